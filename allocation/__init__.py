@@ -1,0 +1,1 @@
+"""Quotas, reservations, allocations and the placement solvers."""

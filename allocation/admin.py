@@ -1,0 +1,120 @@
+"""Admin for quotas (editable), reservations (cancel only) and the read-only allocation records."""
+
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from marketplace.exceptions import MarketplaceError
+
+from .models import Allocation, GpuShare, Quota, Reservation, ReservationEvent
+from .services import quota_set, reservation_cancel
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records written only by services: viewable, never added, changed or deleted by hand."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    list_display = ["organization", "gpu_model", "max_gpu_milli", "whole_gpus", "updated_at"]
+    list_filter = ["gpu_model"]
+    search_fields = ["organization__slug"]
+    list_select_related = ["organization", "gpu_model"]
+    autocomplete_fields = ["organization"]
+
+    @admin.display(description="Whole GPUs")
+    def whole_gpus(self, quota: Quota) -> str:
+        return f"{quota.max_gpu_milli / 1000:g}"
+
+    def save_model(self, request, obj, form, change):
+        if change and ("organization" in form.changed_data or "gpu_model" in form.changed_data):
+            Quota.objects.filter(pk=obj.pk).delete()
+        saved = quota_set(organization=obj.organization, gpu_model=obj.gpu_model, max_gpu_milli=obj.max_gpu_milli)
+        obj.pk = saved.pk
+
+
+class EventInline(ReadOnlyInline):
+    model = ReservationEvent
+    fields = ["at", "from_status", "to_status", "reason_code", "actor", "note"]
+    readonly_fields = fields
+    ordering = ["at", "id"]
+
+
+class ShareInline(ReadOnlyInline):
+    model = GpuShare
+    fields = ["gpu", "gpu_milli", "start_at", "end_at"]
+    readonly_fields = fields
+
+
+@admin.register(Reservation)
+class ReservationAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id", "customer", "status", "reason_code", "gpu_count", "gpu_milli_per_gpu", "start_at", "end_at",
+        "node", "external_ref",
+    ]
+    list_filter = ["status", "reason_code", "customer", "gpu_count"]
+    search_fields = ["=id", "external_ref", "customer__slug", "allocation__node__hostname"]
+    list_select_related = ["customer", "allocation__node"]
+    date_hierarchy = "start_at"
+    inlines = [EventInline]
+    actions = ["cancel_reservations"]
+
+    @admin.display(description="Node", ordering="allocation__node__hostname")
+    def node(self, reservation: Reservation) -> str:
+        allocation = getattr(reservation, "allocation", None)
+        return allocation.node.hostname if allocation else "-"
+
+    def has_change_permission(self, request, obj=None):
+        # The change page is shown read-only; the cancel action goes through the service.
+        return obj is None and request.user.has_perm("allocation.change_reservation")
+
+    @admin.action(description="Cancel the selected reservations", permissions=["change"])
+    def cancel_reservations(self, request, queryset):
+        now = timezone.now()
+        cancelled = 0
+        for reservation_id in queryset.values_list("id", flat=True):
+            try:
+                reservation_cancel(reservation_id=reservation_id, actor=request.user, now=now,
+                                   note="Cancelled by an admin.")
+                cancelled += 1
+            except MarketplaceError as error:
+                self.message_user(request, str(error), messages.WARNING)
+        self.message_user(request, f"Cancelled {cancelled} reservations.", messages.SUCCESS)
+
+
+@admin.register(Allocation)
+class AllocationAdmin(ReadOnlyAdmin):
+    list_display = ["reservation", "customer", "node", "gpu_model", "gpu_milli_total", "start_at", "end_at",
+                    "price_per_gpu_hour", "currency", "released_at"]
+    list_filter = ["gpu_model", "node__region", "customer"]
+    search_fields = ["=reservation__id", "node__hostname", "customer__slug"]
+    list_select_related = ["reservation", "customer", "node", "gpu_model"]
+    inlines = [ShareInline]
+
+
+@admin.register(ReservationEvent)
+class ReservationEventAdmin(ReadOnlyAdmin):
+    list_display = ["at", "reservation", "from_status", "to_status", "reason_code", "actor"]
+    list_filter = ["to_status", "reason_code"]
+    search_fields = ["=reservation__id"]
+    list_select_related = ["reservation", "actor"]
+    date_hierarchy = "at"

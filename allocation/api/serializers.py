@@ -1,0 +1,166 @@
+"""Request and response shapes of the reservation API; validation of business rules is in the services."""
+
+from datetime import timedelta, timezone as dt_timezone
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from rest_framework import serializers
+
+from marketplace.models import GPU_MILLI_PER_GPU, GpuModel
+
+from ..models import Reservation
+from ..services import ReservationSpec
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 datetime that must carry a UTC offset; stored and returned in UTC."""
+
+    default_error_messages = {
+        "naive": "The datetime {value!r} has no UTC offset. Add one, for example 2026-05-01T10:00:00Z.",
+        "invalid": "{value!r} is not an ISO 8601 datetime. Use a form such as 2026-05-01T10:00:00Z.",
+    }
+
+    def to_internal_value(self, value):
+        if not isinstance(value, str):
+            self.fail("invalid", value=value)
+        try:
+            parsed = parse_datetime(value.strip())
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            self.fail("invalid", value=value)
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            self.fail("naive", value=value)
+        return parsed.astimezone(dt_timezone.utc)
+
+
+class StrictSerializer(serializers.Serializer):
+    """A serializer that rejects fields it does not know, so a typo is not silently ignored."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({
+                    name: [f"Unknown field. Valid fields: {', '.join(sorted(self.fields))}."] for name in unknown
+                })
+        return super().to_internal_value(data)
+
+
+class ReservationCreateSerializer(StrictSerializer):
+    gpu_count = serializers.IntegerField(min_value=0, max_value=64, help_text="GPUs on one node; 0 for CPU only.")
+    gpu_milli_per_gpu = serializers.IntegerField(
+        min_value=0, max_value=GPU_MILLI_PER_GPU, required=False,
+        help_text="Milli of each GPU (1000 is a whole GPU). Default: 1000, or 0 when gpu_count is 0.",
+    )
+    cpu_millicores = serializers.IntegerField(min_value=0, max_value=10_000_000, default=0)
+    memory_mib = serializers.IntegerField(min_value=0, max_value=1 << 40, default=0)
+    start_at = AwareDateTimeField(required=False, help_text="Window start with offset; default: now.")
+    end_at = AwareDateTimeField(help_text="Window end with offset; the window is [start_at, end_at).")
+    gpu_models = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, default=list, max_length=32,
+        help_text="Acceptable GPU model names; empty means any.",
+    )
+    region = serializers.CharField(max_length=64, required=False, allow_null=True, default=None)
+    max_price_per_gpu_hour = serializers.DecimalField(
+        max_digits=10, decimal_places=4, min_value=Decimal("0.0001"), required=False, allow_null=True, default=None,
+    )
+    external_ref = serializers.CharField(max_length=128, required=False, default="", allow_blank=True)
+
+    def to_spec(self) -> ReservationSpec:
+        data = self.validated_data
+        gpu_milli = data.get("gpu_milli_per_gpu")
+        if gpu_milli is None:
+            gpu_milli = GPU_MILLI_PER_GPU if data["gpu_count"] > 0 else 0
+        return ReservationSpec(
+            gpu_count=data["gpu_count"],
+            gpu_milli_per_gpu=gpu_milli,
+            cpu_millicores=data["cpu_millicores"],
+            memory_mib=data["memory_mib"],
+            start_at=data.get("start_at") or timezone.now(),
+            end_at=data["end_at"],
+            gpu_models=tuple(data["gpu_models"]),
+            region=data["region"],
+            max_price_per_gpu_hour=data["max_price_per_gpu_hour"],
+            external_ref=data["external_ref"],
+        )
+
+
+class GpuShareSerializer(serializers.Serializer):
+    index = serializers.IntegerField(source="gpu.index")
+    uuid = serializers.UUIDField(source="gpu.uuid")
+    gpu_milli = serializers.IntegerField()
+
+
+class AllocationSerializer(serializers.Serializer):
+    node = serializers.CharField(source="node.hostname")
+    provider = serializers.CharField(source="node.provider.slug")
+    region = serializers.CharField(source="node.region.code")
+    gpu_model = serializers.CharField(source="gpu_model.name")
+    gpus = GpuShareSerializer(source="shares", many=True)
+    start_at = serializers.DateTimeField()
+    end_at = serializers.DateTimeField()
+    price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4)
+    currency = serializers.CharField()
+    estimated_cost = serializers.SerializerMethodField(help_text="Price x GPUs held x hours, rounded to cents.")
+    released_at = serializers.DateTimeField()
+
+    def get_estimated_cost(self, allocation) -> str:
+        hours = Decimal((allocation.end_at - allocation.start_at) / timedelta(seconds=1)) / 3600
+        gpus = Decimal(allocation.gpu_milli_total) / GPU_MILLI_PER_GPU
+        return str((allocation.price_per_gpu_hour * gpus * hours).quantize(Decimal("0.01"), ROUND_HALF_UP))
+
+
+class ReservationSerializer(serializers.ModelSerializer):
+    customer = serializers.CharField(source="customer.slug")
+    gpu_models = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    region = serializers.CharField(source="region.code", allow_null=True)
+    allocation = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Reservation
+        fields = [
+            "id", "customer", "external_ref", "status", "reason_code", "reason_detail",
+            "gpu_count", "gpu_milli_per_gpu", "gpu_models", "region", "cpu_millicores", "memory_mib",
+            "start_at", "end_at", "max_price_per_gpu_hour", "currency", "allocation", "created_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_allocation(self, reservation) -> dict | None:
+        allocation = getattr(reservation, "allocation", None)
+        return AllocationSerializer(allocation).data if allocation is not None else None
+
+
+class GpuModelSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GpuModel
+        fields = ["name", "vendor", "memory_gib", "description"]
+
+
+class OfferQuerySerializer(StrictSerializer):
+    start_at = AwareDateTimeField(required=False)
+    end_at = AwareDateTimeField(required=False)
+    gpu_model = serializers.CharField(max_length=64, required=False)
+    region = serializers.CharField(max_length=64, required=False)
+    max_price_per_gpu_hour = serializers.DecimalField(
+        max_digits=10, decimal_places=4, min_value=Decimal("0.0001"), required=False,
+    )
+
+    def validate(self, data):
+        start_at = data.get("start_at") or timezone.now()
+        end_at = data.get("end_at") or start_at + timedelta(hours=1)
+        if end_at <= start_at:
+            raise serializers.ValidationError({"end_at": ["end_at must be after start_at."]})
+        data["start_at"], data["end_at"] = start_at, end_at
+        return data
+
+
+class OfferSerializer(serializers.Serializer):
+    gpu_model = serializers.CharField()
+    region = serializers.CharField()
+    price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4)
+    currency = serializers.CharField()
+    nodes = serializers.IntegerField()
+    whole_gpus_free = serializers.IntegerField()
+    gpu_milli_free = serializers.IntegerField()

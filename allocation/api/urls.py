@@ -1,0 +1,10 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from .views import GpuModelViewSet, OfferListView, ReservationViewSet
+
+router = SimpleRouter()
+router.register("reservations", ReservationViewSet, basename="reservation")
+router.register("gpu-models", GpuModelViewSet, basename="gpu-model")
+
+urlpatterns = [path("offers/", OfferListView.as_view(), name="offers"), *router.urls]

@@ -1,0 +1,173 @@
+"""Reservation, GPU model and offer endpoints; each view parses input, calls a service and renders."""
+
+import django_filters
+from django.db.models import Prefetch
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace.api.errors import problem, problem_response
+from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound, PermissionDenied
+from marketplace.models import GpuModel, Organization, Region
+
+from ..models import GpuShare, Reservation, ReservationStatus
+from ..selectors import NodeFilter, offers
+from ..services import reservation_cancel, reservation_create
+from .serializers import (
+    GpuModelSerializer,
+    OfferQuerySerializer,
+    OfferSerializer,
+    ReservationCreateSerializer,
+    ReservationSerializer,
+)
+
+
+def customer_of(request: Request) -> Organization:
+    """Return the customer organization the caller acts for; raise ``PermissionDenied`` otherwise."""
+    membership = getattr(request.user, "membership", None)
+    if membership is None:
+        raise PermissionDenied(
+            f"User {request.user.get_username()!r} belongs to no organization. Ask an admin to add a membership.",
+            code="no_organization",
+        )
+    if membership.organization.kind != Organization.Kind.CUSTOMER:
+        raise PermissionDenied(
+            f"Organization {membership.organization.slug!r} is a {membership.organization.kind}; "
+            "only customer organizations reserve GPUs.",
+            code="not_a_customer",
+        )
+    return membership.organization
+
+
+class ReservationFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=ReservationStatus.choices)
+    start_after = django_filters.IsoDateTimeFilter(field_name="start_at", lookup_expr="gte",
+                                                   label="Windows that start at or after this time.")
+    start_before = django_filters.IsoDateTimeFilter(field_name="start_at", lookup_expr="lt",
+                                                    label="Windows that start before this time.")
+    end_after = django_filters.IsoDateTimeFilter(field_name="end_at", lookup_expr="gt",
+                                                 label="Windows that end after this time.")
+    end_before = django_filters.IsoDateTimeFilter(field_name="end_at", lookup_expr="lte",
+                                                  label="Windows that end at or before this time.")
+
+    class Meta:
+        model = Reservation
+        fields = ["status", "start_after", "start_before", "end_after", "end_before"]
+
+
+class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Reservations of the caller's organization."""
+
+    serializer_class = ReservationSerializer
+    filterset_class = ReservationFilter
+    filter_backends = [django_filters.rest_framework.DjangoFilterBackend]
+
+    def get_queryset(self):
+        shares = Prefetch("allocation__shares", queryset=GpuShare.objects.select_related("gpu"))
+        return (
+            Reservation.objects.filter(customer=customer_of(self.request))
+            .select_related(
+                "customer", "region", "allocation__node__provider", "allocation__node__region",
+                "allocation__gpu_model",
+            )
+            .prefetch_related("gpu_models", shares)
+            .order_by("-created_at", "-id")
+        )
+
+    @extend_schema(
+        request=ReservationCreateSerializer,
+        responses={
+            201: ReservationSerializer,
+            400: OpenApiResponse(description="Invalid input; problem details name each field and the fix."),
+            409: OpenApiResponse(description="Rejected: no capacity, quota exceeded, price too low or no node "
+                                             "can hold the shape; reason_code says which."),
+        },
+    )
+    def create(self, request: Request) -> Response:
+        """Reserve GPU shares now or for a future window; the reservation is stored even when rejected."""
+        customer = customer_of(request)
+        serializer = ReservationCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        reservation = reservation_create(customer=customer, spec=serializer.to_spec(), actor=request.user)
+
+        reservation = self.get_queryset().get(pk=reservation.pk)
+        body = ReservationSerializer(reservation).data
+        if reservation.status == ReservationStatus.REJECTED:
+            return problem_response(problem(
+                status=409, code=reservation.reason_code, title="Reservation rejected",
+                detail=reservation.reason_detail, reason_code=reservation.reason_code, reservation=body,
+            ))
+        return Response(body, status=201, headers={"Location": f"/api/v1/reservations/{reservation.pk}/"})
+
+    @extend_schema(request=None, responses={200: ReservationSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Cancel the reservation and release its capacity and quota from now on."""
+        customer = customer_of(request)
+        reservation_id = _parse_id(pk)
+        reservation_cancel(reservation_id=reservation_id, customer=customer, actor=request.user)
+        return Response(ReservationSerializer(self.get_queryset().get(pk=reservation_id)).data)
+
+    def get_object(self) -> Reservation:
+        return _get_or_404(self.get_queryset(), _parse_id(self.kwargs["pk"]))
+
+
+def _parse_id(raw: str | None) -> int:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise NotFound(f"{raw!r} is not a reservation id; ids are integers.") from None
+
+
+def _get_or_404(queryset, reservation_id: int) -> Reservation:
+    try:
+        return queryset.get(pk=reservation_id)
+    except Reservation.DoesNotExist:
+        raise NotFound(f"Reservation {reservation_id} does not exist or belongs to another organization.") from None
+
+
+class GpuModelViewSet(viewsets.ReadOnlyModelViewSet):
+    """The GPU model catalogue."""
+
+    queryset = GpuModel.objects.order_by("name")
+    serializer_class = GpuModelSerializer
+    lookup_field = "name"
+    pagination_class = None
+
+
+class OfferListView(APIView):
+    """Free capacity by GPU model, region and price for a window (default: the next hour)."""
+
+    @extend_schema(parameters=[OfferQuerySerializer], responses={200: OfferSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        query = OfferQuerySerializer(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+
+        model_ids = _lookup_ids(GpuModel, "name", data.get("gpu_model"), "gpu_model")
+        region_ids = _lookup_ids(Region, "code", data.get("region"), "region")
+        node_filter = NodeFilter(
+            gpu_model_ids=model_ids,
+            region_id=region_ids[0] if data.get("region") else None,
+            max_price_per_gpu_hour=data.get("max_price_per_gpu_hour"),
+        )
+        results = offers(data["start_at"], data["end_at"], node_filter)
+        return Response({
+            "start_at": data["start_at"], "end_at": data["end_at"],
+            "results": OfferSerializer(results, many=True).data,
+        })
+
+
+def _lookup_ids(model, field: str, value: str | None, parameter: str) -> tuple[int, ...]:
+    rows = model.objects.all() if value is None else model.objects.filter(**{field: value})
+    ids = tuple(rows.values_list("id", flat=True))
+    if value is not None and not ids:
+        valid = ", ".join(model.objects.values_list(field, flat=True))
+        raise InvalidRequest(
+            f"Unknown {parameter} {value!r}. Use one of: {valid}.",
+            errors=[FieldProblem(parameter, f"Unknown value; use one of: {valid}.", "unknown")],
+        )
+    return ids

@@ -1,0 +1,30 @@
+"""The reservation state machine: which status may follow which.
+
+Every change goes through ``allocation.services.reservation_transition``, which checks this table
+and writes the event row. On PostgreSQL a trigger rejects any other update of the status column.
+"""
+
+from .models import ReservationStatus as S
+
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    S.PENDING: frozenset({S.SCHEDULED, S.ACTIVE, S.REJECTED, S.CANCELLED, S.FAILED}),
+    S.SCHEDULED: frozenset({S.ACTIVE, S.COMPLETED, S.CANCELLED, S.FAILED}),
+    S.ACTIVE: frozenset({S.COMPLETED, S.CANCELLED, S.FAILED}),
+    S.COMPLETED: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.FAILED: frozenset(),
+    S.REJECTED: frozenset(),
+}
+
+TERMINAL_STATUSES = frozenset(status for status, targets in ALLOWED_TRANSITIONS.items() if not targets)
+HOLDING_STATUSES = frozenset({S.SCHEDULED, S.ACTIVE})
+"""Statuses whose allocation holds capacity and quota."""
+
+
+def can_transition(current: str, target: str) -> bool:
+    return target in ALLOWED_TRANSITIONS.get(current, frozenset())
+
+
+def transition_pairs() -> list[tuple[str, str]]:
+    """Return every allowed ``(from, to)`` pair, for the database trigger."""
+    return sorted((str(src), str(dst)) for src, targets in ALLOWED_TRANSITIONS.items() for dst in targets)

@@ -1,0 +1,219 @@
+"""Quotas, reservations, their allocations to GPU shares, and the reservation event log.
+
+Windows are half-open ``[start_at, end_at)`` in UTC. On PostgreSQL, triggers installed by
+migration 0002 reject any write that would put more than 1000 milli on one GPU, overcommit a node's
+CPU or memory, or take an organization past its quota, at any instant of a window.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+from marketplace.models import GPU_MILLI_PER_GPU, Gpu, GpuModel, Node, Organization, Region
+
+
+class Quota(models.Model):
+    """The maximum GPU milli that a customer organization may hold at any instant.
+
+    A row with no GPU model limits the organization's total over all models; a row with a model
+    limits allocations on nodes of that model. Both apply when both exist. An organization with no
+    quota row has no limit.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="quotas")
+    gpu_model = models.ForeignKey(
+        GpuModel, on_delete=models.CASCADE, null=True, blank=True, related_name="quotas",
+        help_text="Leave empty for a limit over all GPU models.",
+    )
+    max_gpu_milli = models.PositiveBigIntegerField(
+        help_text="Maximum concurrent GPU milli (1000 = one whole GPU).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["organization", "gpu_model"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "gpu_model"],
+                condition=Q(gpu_model__isnull=False),
+                name="quota_unique_per_model",
+            ),
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(gpu_model__isnull=True),
+                name="quota_unique_any_model",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = self.gpu_model.name if self.gpu_model_id else "any model"
+        return f"{self.organization.slug}: {self.max_gpu_milli} milli of {scope}"
+
+
+class ReservationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SCHEDULED = "scheduled", "Scheduled"
+    ACTIVE = "active", "Active"
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+    FAILED = "failed", "Failed"
+    REJECTED = "rejected", "Rejected"
+
+
+class RejectionReason(models.TextChoices):
+    NO_CAPACITY = "no_capacity", "No node has free capacity in the window"
+    QUOTA_EXCEEDED = "quota_exceeded", "The organization's quota cannot hold the request"
+    PRICE_ABOVE_MAXIMUM = "price_above_maximum", "Capacity exists only above the maximum price"
+    NO_MATCHING_NODE = "no_matching_node", "No node in the fleet can ever hold this shape"
+
+
+class Reservation(models.Model):
+    """A customer's request for GPU shares over a window, and its lifecycle status."""
+
+    customer = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="reservations",
+        limit_choices_to={"kind": Organization.Kind.CUSTOMER},
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+    )
+    external_ref = models.CharField(
+        max_length=128, blank=True,
+        help_text="The customer's own identifier, for example a trace task name; unique per customer.",
+    )
+    gpu_count = models.PositiveSmallIntegerField()
+    gpu_milli_per_gpu = models.PositiveSmallIntegerField(help_text="Milli of each GPU; 1000 is a whole GPU.")
+    gpu_models = models.ManyToManyField(
+        GpuModel, blank=True, related_name="+", help_text="Acceptable GPU models; empty means any.",
+    )
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    cpu_millicores = models.PositiveIntegerField()
+    memory_mib = models.PositiveBigIntegerField()
+    start_at = models.DateTimeField()
+    end_at = models.DateTimeField()
+    max_price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    currency = models.CharField(max_length=3, default="USD")
+    status = models.CharField(max_length=16, choices=ReservationStatus.choices, default=ReservationStatus.PENDING)
+    reason_code = models.CharField(max_length=32, blank=True)
+    reason_detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["customer", "status"], name="reservation_customer_status"),
+            models.Index(fields=["status", "start_at"], name="reservation_status_start"),
+            models.Index(fields=["status", "end_at"], name="reservation_status_end"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(end_at__gt=F("start_at")), name="reservation_window_not_empty"),
+            models.CheckConstraint(
+                condition=Q(gpu_milli_per_gpu__lte=GPU_MILLI_PER_GPU), name="reservation_milli_at_most_one_gpu",
+            ),
+            models.CheckConstraint(
+                condition=(Q(gpu_count=0) & Q(gpu_milli_per_gpu=0)) | (Q(gpu_count__gt=0) & Q(gpu_milli_per_gpu__gt=0)),
+                name="reservation_gpu_shape_consistent",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status=ReservationStatus.REJECTED) | ~Q(reason_code=""),
+                name="reservation_rejection_has_reason",
+            ),
+            models.UniqueConstraint(
+                fields=["customer", "external_ref"], condition=~Q(external_ref=""),
+                name="reservation_unique_external_ref",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"reservation {self.pk} ({self.status})"
+
+    @property
+    def gpu_milli_total(self) -> int:
+        return self.gpu_count * self.gpu_milli_per_gpu
+
+
+class Allocation(models.Model):
+    """The binding of a reservation to one node for its window.
+
+    ``customer``, ``gpu_model`` and ``gpu_milli_total`` copy the reservation and the node, so the
+    database triggers check quotas and node capacity from this table alone. A released allocation
+    has ``end_at`` cut to the release time; an empty window holds no capacity.
+    """
+
+    reservation = models.OneToOneField(Reservation, on_delete=models.PROTECT, related_name="allocation")
+    customer = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocations")
+    gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="+")
+    start_at = models.DateTimeField()
+    end_at = models.DateTimeField()
+    cpu_millicores = models.PositiveIntegerField()
+    memory_mib = models.PositiveBigIntegerField()
+    gpu_milli_total = models.PositiveIntegerField()
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(auto_now_add=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-start_at", "-id"]
+        indexes = [
+            models.Index(fields=["node", "end_at"], name="allocation_node_end"),
+            models.Index(fields=["customer", "end_at"], name="allocation_customer_end"),
+            models.Index(fields=["end_at"], name="allocation_end"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(end_at__gte=F("start_at")), name="allocation_window_ordered"),
+        ]
+
+    def __str__(self) -> str:
+        return f"allocation of reservation {self.reservation_id} on {self.node_id}"
+
+
+class GpuShare(models.Model):
+    """Milli of one GPU held by an allocation over the allocation's window (copied here)."""
+
+    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="shares")
+    gpu = models.ForeignKey(Gpu, on_delete=models.PROTECT, related_name="shares")
+    gpu_milli = models.PositiveSmallIntegerField()
+    start_at = models.DateTimeField()
+    end_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["allocation", "gpu"]
+        indexes = [
+            models.Index(fields=["gpu", "end_at"], name="share_gpu_end"),
+            models.Index(fields=["end_at"], name="share_end"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(gpu_milli__gt=0) & Q(gpu_milli__lte=GPU_MILLI_PER_GPU), name="share_milli_in_range",
+            ),
+            models.CheckConstraint(condition=Q(end_at__gte=F("start_at")), name="share_window_ordered"),
+            models.UniqueConstraint(fields=["allocation", "gpu"], name="share_one_per_gpu_per_allocation"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.gpu_milli} milli of gpu {self.gpu_id}"
+
+
+class ReservationEvent(models.Model):
+    """One state change of a reservation: who, when, from which status to which, and why."""
+
+    reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="events")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="Empty when the marketplace itself acted.",
+    )
+    at = models.DateTimeField()
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16)
+    reason_code = models.CharField(max_length=32, blank=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["reservation", "at"], name="event_reservation_at")]
+
+    def __str__(self) -> str:
+        return f"{self.reservation_id}: {self.from_status or '-'} -> {self.to_status}"

@@ -1,0 +1,178 @@
+"""Place one admitted reservation: shortlist nodes in the database, rank them, commit the best.
+
+The commit of each choice runs in a savepoint. On PostgreSQL it first locks the node row and
+re-reads the node's free capacity, because another transaction may have committed since the
+shortlist was read; the database triggers check the insert once more. A choice that no longer fits
+rolls back its savepoint, which also releases its node lock, so a transaction never holds more than
+one node lock and lock order cannot deadlock.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+
+from marketplace.models import Node
+
+from .models import Allocation, GpuShare, RejectionReason, Reservation
+from .selectors import NodeFilter, free_candidate_ids, node_states, used_candidate_ids
+from .solvers import Placement, PlacementPolicy, PlacementRequest
+
+logger = logging.getLogger(__name__)
+
+MAX_COMMIT_ATTEMPTS = 5
+"""Ranked choices tried before a request that lost every race is rejected as ``no_capacity``."""
+
+
+class CapacityConflict(Exception):
+    """The chosen node no longer has the capacity the placement needs."""
+
+
+@dataclass(frozen=True)
+class PlacementOutcome:
+    allocation: Allocation | None
+    reason: str = ""
+    detail: str = ""
+
+
+def placement_find_and_commit(
+    *, reservation: Reservation, request: PlacementRequest, node_filter: NodeFilter, policy: PlacementPolicy,
+) -> PlacementOutcome:
+    """Choose a node and GPUs for ``reservation`` and insert its allocation, or say why none fits."""
+    start_at, end_at = reservation.start_at, reservation.end_at
+    shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
+
+    candidate_ids = used_candidate_ids(request, start_at, end_at, node_filter, limit=shortlist_size)
+    candidate_ids += free_candidate_ids(request, start_at, end_at, node_filter, limit=max(shortlist_size // 4, 2))
+    ranked = policy.rank(request, node_states(candidate_ids, start_at, end_at))
+
+    for attempt, placement in enumerate(ranked[:MAX_COMMIT_ATTEMPTS], start=1):
+        try:
+            with transaction.atomic():
+                allocation = _commit(reservation, request, placement)
+        except (CapacityConflict, IntegrityError) as error:
+            logger.warning(
+                "Placement of reservation %s on node %s lost a race (attempt %d): %s",
+                reservation.pk, placement.node_id, attempt, error,
+            )
+            continue
+        return PlacementOutcome(allocation=allocation)
+
+    if ranked:
+        return PlacementOutcome(
+            allocation=None,
+            reason=RejectionReason.NO_CAPACITY,
+            detail=(
+                f"Concurrent reservations took the capacity of the {min(len(ranked), MAX_COMMIT_ATTEMPTS)} "
+                f"best nodes while this request was placed. Retry the request."
+            ),
+        )
+    return _diagnose(request, start_at, end_at, node_filter)
+
+
+def _commit(reservation: Reservation, request: PlacementRequest, placement: Placement) -> Allocation:
+    node = Node.objects.select_for_update().only("id", "gpu_model_id", "price_per_gpu_hour", "currency").get(
+        pk=placement.node_id
+    )
+    if connection.features.has_select_for_update:
+        _recheck(reservation, request, placement)
+
+    allocation = Allocation.objects.create(
+        reservation=reservation,
+        customer_id=reservation.customer_id,
+        node=node,
+        gpu_model_id=node.gpu_model_id,
+        start_at=reservation.start_at,
+        end_at=reservation.end_at,
+        cpu_millicores=request.cpu_millicores,
+        memory_mib=request.memory_mib,
+        gpu_milli_total=request.gpu_milli_total,
+        price_per_gpu_hour=node.price_per_gpu_hour,
+        currency=node.currency,
+    )
+    GpuShare.objects.bulk_create(
+        GpuShare(
+            allocation=allocation, gpu_id=gpu_id, gpu_milli=milli,
+            start_at=reservation.start_at, end_at=reservation.end_at,
+        )
+        for gpu_id, milli in placement.gpu_shares
+    )
+    return allocation
+
+
+def _recheck(reservation: Reservation, request: PlacementRequest, placement: Placement) -> None:
+    """Raise ``CapacityConflict`` unless the locked node still holds ``placement`` in the window."""
+    states = node_states([placement.node_id], reservation.start_at, reservation.end_at)
+    if not states:
+        raise CapacityConflict(f"node {placement.node_id} is gone")
+    state = states[0]
+    free_by_gpu = dict(state.gpu_free_milli)
+    if state.cpu_free_millicores < request.cpu_millicores or state.memory_free_mib < request.memory_mib:
+        raise CapacityConflict(f"node {placement.node_id} has no CPU or memory left")
+    for gpu_id, milli in placement.gpu_shares:
+        if free_by_gpu.get(gpu_id, 0) < milli:
+            raise CapacityConflict(f"GPU {gpu_id} has {free_by_gpu.get(gpu_id, 0)} milli free, {milli} needed")
+
+
+def _diagnose(request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> PlacementOutcome:
+    """Explain why no node fits: the price cap, current usage, or a shape no node can ever hold."""
+    window = f"from {start_at:%Y-%m-%d %H:%M} to {end_at:%Y-%m-%d %H:%M} UTC"
+    shape = describe_shape(request)
+
+    if node_filter.max_price_per_gpu_hour is not None:
+        above_cap = used_candidate_ids(request, start_at, end_at, node_filter, limit=1, with_price=False)
+        above_cap += free_candidate_ids(request, start_at, end_at, node_filter, limit=1, with_price=False)
+        if above_cap:
+            return PlacementOutcome(
+                allocation=None,
+                reason=RejectionReason.PRICE_ABOVE_MAXIMUM,
+                detail=(
+                    f"Nodes can hold {shape} {window}, but none at or below the maximum price of "
+                    f"{node_filter.max_price_per_gpu_hour} per GPU-hour. Raise max_price_per_gpu_hour "
+                    f"or see GET /api/v1/offers/ for current prices."
+                ),
+            )
+
+    if not _any_node_could_hold(request, node_filter):
+        return PlacementOutcome(
+            allocation=None,
+            reason=RejectionReason.NO_MATCHING_NODE,
+            detail=(
+                f"No active node of the requested GPU models and region can hold {shape}, even when idle. "
+                f"Request fewer GPUs, less CPU or memory, or allow other GPU models or regions."
+            ),
+        )
+    return PlacementOutcome(
+        allocation=None,
+        reason=RejectionReason.NO_CAPACITY,
+        detail=(
+            f"No node has {shape} free {window}. Choose another window, allow other GPU models or "
+            f"regions, or see GET /api/v1/offers/ for free capacity."
+        ),
+    )
+
+
+def _any_node_could_hold(request: PlacementRequest, node_filter: NodeFilter) -> bool:
+    nodes = Node.objects.filter(
+        status=Node.Status.ACTIVE,
+        gpu_model_id__in=node_filter.gpu_model_ids,
+        cpu_millicores__gte=request.cpu_millicores,
+        memory_mib__gte=request.memory_mib,
+        gpu_count__gte=request.gpu_count,
+    )
+    if node_filter.region_id is not None:
+        nodes = nodes.filter(region_id=node_filter.region_id)
+    return nodes.exists()
+
+
+def describe_shape(request: PlacementRequest) -> str:
+    """Return the request's shape in words, for messages."""
+    if request.gpu_count == 0:
+        gpus = "no GPU"
+    elif request.gpu_milli_per_gpu == 1000:
+        gpus = f"{request.gpu_count} whole GPU{'s' if request.gpu_count > 1 else ''}"
+    else:
+        gpus = f"{request.gpu_count} x {request.gpu_milli_per_gpu} milli of a GPU"
+    return f"{gpus}, {request.cpu_millicores} CPU millicores and {request.memory_mib} MiB memory"

@@ -1,0 +1,372 @@
+"""Reservation services: the only code that creates, places, cancels or advances reservations.
+
+The REST API, the admin, Celery tasks and the trace replay all call these functions.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
+from django.utils import timezone
+
+from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
+from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Organization, Region
+
+from .lifecycle import HOLDING_STATUSES, can_transition
+from .models import Allocation, GpuShare, Quota, RejectionReason, Reservation, ReservationEvent, ReservationStatus
+from .placement import placement_find_and_commit
+from .quotas import quota_admit
+from .selectors import NodeFilter
+from .solvers import PlacementRequest, get_policy
+
+logger = logging.getLogger(__name__)
+
+MAX_PRICE_PER_GPU_HOUR = Decimal("999999.9999")
+
+
+@dataclass(frozen=True)
+class ReservationSpec:
+    """What a customer asks for; the API and the trace replay both build one.
+
+    Datetimes must be timezone-aware. ``gpu_models`` holds catalogue names; empty means any model.
+    """
+
+    gpu_count: int
+    gpu_milli_per_gpu: int
+    cpu_millicores: int
+    memory_mib: int
+    start_at: datetime
+    end_at: datetime
+    gpu_models: tuple[str, ...] = ()
+    region: str | None = None
+    max_price_per_gpu_hour: Decimal | None = None
+    external_ref: str = ""
+
+
+@dataclass(frozen=True)
+class _ResolvedSpec:
+    spec: ReservationSpec
+    models: list[GpuModel]
+    region: Region | None
+    request: PlacementRequest = field(init=False)
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        object.__setattr__(self, "request", PlacementRequest(
+            gpu_count=spec.gpu_count, gpu_milli_per_gpu=spec.gpu_milli_per_gpu,
+            cpu_millicores=spec.cpu_millicores, memory_mib=spec.memory_mib,
+        ))
+
+
+class DuplicateExternalRef(MarketplaceError):
+    """The customer already has a reservation with this ``external_ref`` (HTTP 409)."""
+
+    def __init__(self, external_ref: str, reservation_id: int):
+        super().__init__(
+            detail=(
+                f"Reservation {reservation_id} already uses external_ref {external_ref!r}. "
+                f"Use a new external_ref, or GET /api/v1/reservations/{reservation_id}/ to see it."
+            ),
+            code="duplicate_external_ref",
+            status=409,
+            title="Duplicate external reference",
+            errors=[FieldProblem("external_ref", "This value is already used by another reservation.", "unique")],
+            extra={"reservation_id": reservation_id},
+        )
+
+
+def reservation_create(
+    *, customer: Organization, spec: ReservationSpec, actor: AbstractBaseUser | None = None,
+    now: datetime | None = None, policy_name: str | None = None,
+) -> Reservation:
+    """Admit, place and commit one reservation in a single transaction.
+
+    Returns the reservation, ``scheduled`` or ``active`` with its allocation, or ``rejected`` with a
+    reason code from ``RejectionReason``. Raises ``InvalidRequest`` for input that can never succeed
+    and ``DuplicateExternalRef`` for a reused ``external_ref``; neither writes anything.
+    """
+    now = now or timezone.now()
+    policy = get_policy(policy_name or settings.MARKETPLACE["PLACEMENT_POLICY"])
+    if customer.kind != Organization.Kind.CUSTOMER:
+        raise InvalidRequest(
+            f"Organization {customer.slug!r} is a {customer.kind}; only customer organizations reserve GPUs.",
+            code="not_a_customer",
+        )
+    resolved = _resolve_spec(spec, now)
+
+    with transaction.atomic():
+        if connection.features.has_select_for_update:
+            # Serialises the admissions of one customer, so concurrent requests cannot jointly pass a
+            # quota. SQLite needs no lock: BEGIN IMMEDIATE already serialises every writer.
+            Organization.objects.select_for_update().only("id").get(pk=customer.pk)
+        _reject_duplicate_external_ref(customer, spec.external_ref)
+
+        reservation = Reservation.objects.create(
+            customer=customer, created_by=actor, external_ref=spec.external_ref,
+            gpu_count=spec.gpu_count, gpu_milli_per_gpu=spec.gpu_milli_per_gpu,
+            region=resolved.region, cpu_millicores=spec.cpu_millicores, memory_mib=spec.memory_mib,
+            start_at=spec.start_at, end_at=spec.end_at, max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
+            currency=settings.MARKETPLACE["DEFAULT_CURRENCY"], status=ReservationStatus.PENDING,
+        )
+        if spec.gpu_models:
+            reservation.gpu_models.set(resolved.models)
+        _record_event(reservation, from_status="", to_status=ReservationStatus.PENDING, actor=actor, at=now,
+                      note="Submitted.")
+
+        _admit_and_place(reservation, resolved, policy, actor=actor, now=now)
+
+    logger.debug("Reservation %s for %s ended %s %s", reservation.pk, customer.slug, reservation.status,
+                 reservation.reason_code)
+    return reservation
+
+
+def _admit_and_place(reservation: Reservation, resolved: _ResolvedSpec, policy, *, actor, now: datetime) -> None:
+    model_names = {model.id: model.name for model in resolved.models}
+    decision = quota_admit(
+        customer_id=reservation.customer_id, model_ids=tuple(model_names), model_names=model_names,
+        gpu_milli=resolved.request.gpu_milli_total, start_at=reservation.start_at, end_at=reservation.end_at,
+    )
+    if not decision.admitted_model_ids:
+        reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
+                               reason_code=RejectionReason.QUOTA_EXCEEDED, note=decision.detail)
+        return
+
+    node_filter = NodeFilter(
+        gpu_model_ids=decision.admitted_model_ids,
+        region_id=resolved.region.id if resolved.region else None,
+        max_price_per_gpu_hour=resolved.spec.max_price_per_gpu_hour,
+    )
+    outcome = placement_find_and_commit(
+        reservation=reservation, request=resolved.request, node_filter=node_filter, policy=policy,
+    )
+    if outcome.allocation is None:
+        reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
+                               reason_code=outcome.reason, note=outcome.detail)
+        return
+
+    placed_status = ReservationStatus.ACTIVE if reservation.start_at <= now else ReservationStatus.SCHEDULED
+    reservation_transition(reservation=reservation, to_status=placed_status, actor=actor, now=now,
+                           note=f"Placed on node {outcome.allocation.node_id} by policy {policy.name}.")
+
+
+def reservation_transition(
+    *, reservation: Reservation, to_status: str, actor: AbstractBaseUser | None = None, now: datetime | None = None,
+    reason_code: str = "", note: str = "",
+) -> None:
+    """Move ``reservation`` to ``to_status`` and record the event; raise ``InvalidTransition`` if not allowed."""
+    now = now or timezone.now()
+    from_status = reservation.status
+    if not can_transition(from_status, to_status):
+        raise InvalidTransition(
+            f"Reservation {reservation.pk} is {from_status} and cannot become {to_status}.",
+            current=from_status, requested=to_status,
+        )
+    reservation.status = to_status
+    update_fields = ["status", "updated_at"]
+    if reason_code or note:
+        reservation.reason_code = reason_code
+        reservation.reason_detail = note
+        update_fields += ["reason_code", "reason_detail"]
+    reservation.save(update_fields=update_fields)
+    _record_event(reservation, from_status=from_status, to_status=to_status, actor=actor, at=now,
+                  reason_code=reason_code, note=note)
+
+
+def reservation_cancel(
+    *, reservation_id: int, customer: Organization | None = None, actor: AbstractBaseUser | None = None,
+    now: datetime | None = None, note: str = "",
+) -> Reservation:
+    """Cancel a reservation and release what its allocation holds from ``now`` on.
+
+    ``customer`` limits the lookup to that organization's reservations (a 404 otherwise). The
+    allocation's window is cut to end at ``now`` (or at its start, if it had not begun), which frees
+    capacity and quota for the rest of the window and keeps the used part for billing.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        reservations = Reservation.objects.select_for_update()
+        if customer is not None:
+            reservations = reservations.filter(customer=customer)
+        try:
+            reservation = reservations.get(pk=reservation_id)
+        except Reservation.DoesNotExist:
+            raise NotFound(f"Reservation {reservation_id} does not exist or belongs to another organization.") from None
+
+        if reservation.status in HOLDING_STATUSES:
+            _release_allocation(reservation, now)
+        reservation_transition(reservation=reservation, to_status=ReservationStatus.CANCELLED, actor=actor, now=now,
+                               note=note or "Cancelled.")
+    logger.info("Cancelled reservation %s of %s", reservation.pk, reservation.customer_id)
+    return reservation
+
+
+def _release_allocation(reservation: Reservation, now: datetime) -> None:
+    allocation = Allocation.objects.filter(reservation=reservation, released_at__isnull=True).first()
+    if allocation is None:
+        return
+    cut = min(max(now, allocation.start_at), allocation.end_at)
+    allocation.end_at = cut
+    allocation.released_at = now
+    allocation.save(update_fields=["end_at", "released_at"])
+    GpuShare.objects.filter(allocation=allocation).update(end_at=cut)
+
+
+def reservations_advance(*, now: datetime | None = None, batch_size: int = 500) -> dict[str, int]:
+    """Start scheduled reservations whose window began and complete those whose window ended.
+
+    Rows are claimed with ``SKIP LOCKED`` on PostgreSQL, so concurrent runs never act on one row
+    twice; running it again with the same ``now`` changes nothing. Returns counts per new status.
+    """
+    now = now or timezone.now()
+    counts = {ReservationStatus.ACTIVE.value: 0, ReservationStatus.COMPLETED.value: 0}
+    steps = [
+        (ReservationStatus.COMPLETED, {"status__in": list(HOLDING_STATUSES), "end_at__lte": now}),
+        (ReservationStatus.ACTIVE, {"status": ReservationStatus.SCHEDULED, "start_at__lte": now}),
+    ]
+    for to_status, conditions in steps:
+        while True:
+            with transaction.atomic():
+                batch = list(
+                    Reservation.objects.select_for_update(skip_locked=True).filter(**conditions)
+                    .order_by("id").only("id", "status")[:batch_size]
+                )
+                if not batch:
+                    break
+                events = [
+                    ReservationEvent(reservation_id=r.id, at=now, from_status=r.status, to_status=to_status,
+                                     note="Window ended." if to_status == ReservationStatus.COMPLETED else "Window began.")
+                    for r in batch
+                ]
+                Reservation.objects.filter(id__in=[r.id for r in batch]).update(status=to_status, updated_at=now)
+                ReservationEvent.objects.bulk_create(events)
+            counts[to_status.value] += len(batch)
+
+    if any(counts.values()):
+        logger.info("Advanced reservations at %s: %s", now.isoformat(), counts)
+    return counts
+
+
+def quota_set(
+    *, organization: Organization, gpu_model: GpuModel | None, max_gpu_milli: int,
+) -> Quota:
+    """Create or change the organization's quota for ``gpu_model`` (``None``: over all models)."""
+    if organization.kind != Organization.Kind.CUSTOMER:
+        raise InvalidRequest(
+            f"Organization {organization.slug!r} is a {organization.kind}; quotas apply to customers only.",
+            errors=[FieldProblem("organization", "Choose a customer organization.")],
+        )
+    if max_gpu_milli < 0:
+        raise InvalidRequest(
+            f"max_gpu_milli is {max_gpu_milli}; use 0 or more (1000 is one whole GPU).",
+            errors=[FieldProblem("max_gpu_milli", "Use 0 or more.", "min_value")],
+        )
+    quota, created = Quota.objects.update_or_create(
+        organization=organization, gpu_model=gpu_model, defaults={"max_gpu_milli": max_gpu_milli},
+    )
+    logger.info("%s quota of %s for %s: %d milli", "Created" if created else "Changed", organization.slug,
+                gpu_model.name if gpu_model else "any model", max_gpu_milli)
+    return quota
+
+
+def _record_event(reservation: Reservation, *, from_status: str, to_status: str, actor, at: datetime,
+                  reason_code: str = "", note: str = "") -> None:
+    ReservationEvent.objects.create(
+        reservation=reservation, actor=actor, at=at, from_status=from_status, to_status=to_status,
+        reason_code=reason_code, note=note,
+    )
+
+
+def _reject_duplicate_external_ref(customer: Organization, external_ref: str) -> None:
+    if not external_ref:
+        return
+    existing = (
+        Reservation.objects.filter(customer=customer, external_ref=external_ref).exclude(external_ref="")
+        .values_list("id", flat=True).first()
+    )
+    if existing is not None:
+        raise DuplicateExternalRef(external_ref, existing)
+
+
+def _resolve_spec(spec: ReservationSpec, now: datetime) -> _ResolvedSpec:
+    """Validate ``spec`` and look up its GPU models and region; raise ``InvalidRequest`` listing every problem."""
+    problems = _shape_problems(spec) + _window_problems(spec, now)
+
+    catalogue = {model.name: model for model in GpuModel.objects.all()}
+    unknown = [name for name in spec.gpu_models if name not in catalogue]
+    if unknown:
+        problems.append(FieldProblem(
+            "gpu_models",
+            f"Unknown GPU model {', '.join(map(repr, unknown))}. Use names from GET /api/v1/gpu-models/: "
+            f"{', '.join(sorted(catalogue))}.",
+            "unknown_gpu_model",
+        ))
+    models = [catalogue[name] for name in dict.fromkeys(spec.gpu_models) if name in catalogue] or list(catalogue.values())
+
+    region = None
+    if spec.region:
+        region = Region.objects.filter(code=spec.region).first()
+        if region is None:
+            codes = ", ".join(Region.objects.values_list("code", flat=True))
+            problems.append(FieldProblem("region", f"Unknown region {spec.region!r}. Use one of: {codes}.",
+                                         "unknown_region"))
+
+    if problems:
+        summary = "; ".join(f"{problem.field}: {problem.message}" for problem in problems)
+        raise InvalidRequest(f"The reservation request is invalid. {summary}", errors=problems)
+    return _ResolvedSpec(spec=spec, models=models, region=region)
+
+
+def _shape_problems(spec: ReservationSpec) -> list[FieldProblem]:
+    problems = []
+    if spec.gpu_count < 0:
+        problems.append(FieldProblem("gpu_count", f"gpu_count is {spec.gpu_count}; use 0 or more.", "min_value"))
+    if spec.gpu_count > 0 and not 1 <= spec.gpu_milli_per_gpu <= GPU_MILLI_PER_GPU:
+        problems.append(FieldProblem(
+            "gpu_milli_per_gpu",
+            f"gpu_milli_per_gpu is {spec.gpu_milli_per_gpu}; use 1 to 1000 (1000 is a whole GPU).", "out_of_range",
+        ))
+    if spec.gpu_count == 0 and spec.gpu_milli_per_gpu != 0:
+        problems.append(FieldProblem(
+            "gpu_milli_per_gpu", "A request with gpu_count 0 takes no GPU; set gpu_milli_per_gpu to 0.", "inconsistent",
+        ))
+    if spec.cpu_millicores < 0:
+        problems.append(FieldProblem("cpu_millicores", "Use 0 or more millicores.", "min_value"))
+    if spec.memory_mib < 0:
+        problems.append(FieldProblem("memory_mib", "Use 0 or more MiB.", "min_value"))
+    if spec.gpu_count == 0 and spec.cpu_millicores == 0 and spec.memory_mib == 0:
+        problems.append(FieldProblem("gpu_count", "The request asks for nothing; ask for at least one GPU.", "empty"))
+    price = spec.max_price_per_gpu_hour
+    if price is not None:
+        try:
+            valid_price = Decimal(price).is_finite() and 0 < Decimal(price) <= MAX_PRICE_PER_GPU_HOUR
+        except (InvalidOperation, TypeError):
+            valid_price = False
+        if not valid_price:
+            problems.append(FieldProblem(
+                "max_price_per_gpu_hour", f"{price} is not a price; use a positive amount such as 2.50.", "invalid",
+            ))
+    if len(spec.external_ref) > 128:
+        problems.append(FieldProblem("external_ref", "Use at most 128 characters.", "max_length"))
+    return problems
+
+
+def _window_problems(spec: ReservationSpec, now: datetime) -> list[FieldProblem]:
+    problems = []
+    for name in ("start_at", "end_at"):
+        value = getattr(spec, name)
+        if value.tzinfo is None or value.utcoffset() is None:
+            problems.append(FieldProblem(name, "Add a UTC offset, for example 2026-05-01T10:00:00Z.", "naive_datetime"))
+    if problems:
+        return problems
+    if spec.end_at <= spec.start_at:
+        problems.append(FieldProblem("end_at", "end_at must be after start_at.", "window_empty"))
+    skew = timedelta(seconds=settings.MARKETPLACE["START_CLOCK_SKEW_SECONDS"])
+    if spec.start_at < now - skew:
+        problems.append(FieldProblem(
+            "start_at", f"start_at {spec.start_at.isoformat()} is in the past; use now or a later time.", "in_past",
+        ))
+    return problems

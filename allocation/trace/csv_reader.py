@@ -1,0 +1,170 @@
+"""Strict readers for the trace's node and task CSV files; no Django imports.
+
+A reader checks every row before returning anything, and raises ``TraceFormatError`` naming the
+file, line and column of the first problem, so a malformed file imports nothing.
+"""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+NODE_COLUMNS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
+TASK_COLUMNS = (
+    "name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec", "qos", "pod_phase",
+    "creation_time", "deletion_time", "scheduled_time",
+)
+TRACE_GPU_MODELS = frozenset({"A10", "G2", "G3", "P100", "T4", "V100M16", "V100M32"})
+
+
+class TraceFormatError(ValueError):
+    """A trace file that cannot be read: which file, line and column, and what is wrong."""
+
+    def __init__(self, path: Path, line: int, column: str | None, message: str):
+        self.path, self.line, self.column = path, line, column
+        where = f"{path.name}, line {line}" + (f", column {column!r}" if column else "")
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceNode:
+    hostname: str
+    cpu_millicores: int
+    memory_mib: int
+    gpu_count: int
+    gpu_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class TraceTask:
+    """One task; times are seconds from the start of the trace."""
+
+    name: str
+    cpu_millicores: int
+    memory_mib: int
+    gpu_count: int
+    gpu_milli: int
+    gpu_models: tuple[str, ...]
+    qos: str
+    phase: str
+    creation_seconds: int
+    deletion_seconds: int
+    scheduled_seconds: int | None
+
+
+class _RowReader:
+    """Reads one CSV file row by row and converts fields, raising ``TraceFormatError`` on the first problem."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...]):
+        self.path, self.columns = Path(path), columns
+        self.line = 0
+
+    def rows(self):
+        try:
+            handle = open(self.path, newline="", encoding="utf-8")
+        except OSError as error:
+            raise TraceFormatError(self.path, 0, None, f"cannot open the file: {error.strerror}.") from error
+        with handle:
+            reader = csv.reader(handle)
+            try:
+                header = next(reader, None)
+                self.line = reader.line_num
+                if header is None:
+                    raise TraceFormatError(self.path, 1, None, "the file is empty; expected a header row.")
+                if tuple(header) != self.columns:
+                    raise TraceFormatError(
+                        self.path, 1, None, f"the header is {','.join(header)!r}; expected {','.join(self.columns)!r}.",
+                    )
+                for fields in reader:
+                    self.line = reader.line_num
+                    if len(fields) != len(self.columns):
+                        raise TraceFormatError(
+                            self.path, self.line, self.columns[min(len(fields), len(self.columns) - 1)],
+                            f"found {len(fields)} fields, expected {len(self.columns)}; the row is truncated or malformed.",
+                        )
+                    yield dict(zip(self.columns, fields))
+            except (csv.Error, UnicodeDecodeError) as error:
+                raise TraceFormatError(self.path, self.line + 1, None, f"not valid CSV: {error}.") from error
+
+    def integer(self, row: dict[str, str], column: str, *, minimum: int = 0, maximum: int | None = None,
+                optional: bool = False) -> int | None:
+        text = row[column].strip()
+        if text == "" and optional:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            raise TraceFormatError(self.path, self.line, column, f"{text!r} is not an integer.") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
+            raise TraceFormatError(self.path, self.line, column, f"{value} is out of range; expected {bounds}.")
+        return value
+
+    def fail(self, column: str, message: str) -> TraceFormatError:
+        return TraceFormatError(self.path, self.line, column, message)
+
+
+def read_nodes(path: Path) -> list[TraceNode]:
+    """Read and check a GPU node list; raise ``TraceFormatError`` on the first bad field."""
+    reader = _RowReader(path, NODE_COLUMNS)
+    nodes: list[TraceNode] = []
+    seen: set[str] = set()
+    for row in reader.rows():
+        hostname = row["sn"].strip()
+        if not hostname:
+            raise reader.fail("sn", "the node name is empty.")
+        if hostname in seen:
+            raise reader.fail("sn", f"node {hostname!r} appears twice.")
+        model = row["model"].strip()
+        if model not in TRACE_GPU_MODELS:
+            raise reader.fail("model", f"{model!r} is not a GPU model of the trace; expected one of {sorted(TRACE_GPU_MODELS)}.")
+        seen.add(hostname)
+        nodes.append(TraceNode(
+            hostname=hostname,
+            cpu_millicores=reader.integer(row, "cpu_milli", minimum=1),
+            memory_mib=reader.integer(row, "memory_mib", minimum=1),
+            gpu_count=reader.integer(row, "gpu", minimum=1, maximum=64),
+            gpu_model=model,
+        ))
+    if not nodes:
+        raise TraceFormatError(Path(path), reader.line + 1, None, "the file has a header but no node rows.")
+    return nodes
+
+
+def read_tasks(path: Path) -> list[TraceTask]:
+    """Read and check a task list; raise ``TraceFormatError`` on the first bad field."""
+    reader = _RowReader(path, TASK_COLUMNS)
+    tasks: list[TraceTask] = []
+    seen: set[str] = set()
+    for row in reader.rows():
+        name = row["name"].strip()
+        if not name:
+            raise reader.fail("name", "the task name is empty.")
+        if name in seen:
+            raise reader.fail("name", f"task {name!r} appears twice.")
+        gpu_count = reader.integer(row, "num_gpu", maximum=64)
+        gpu_milli = reader.integer(row, "gpu_milli", maximum=1000)
+        if (gpu_count == 0) != (gpu_milli == 0):
+            raise reader.fail("gpu_milli", f"num_gpu is {gpu_count} but gpu_milli is {gpu_milli}; both must be 0 or both positive.")
+        gpu_models = tuple(model for model in row["gpu_spec"].strip().split("|") if model)
+        unknown = [model for model in gpu_models if model not in TRACE_GPU_MODELS]
+        if unknown:
+            raise reader.fail("gpu_spec", f"unknown GPU model {unknown[0]!r}; expected models from {sorted(TRACE_GPU_MODELS)}.")
+        creation = reader.integer(row, "creation_time")
+        deletion = reader.integer(row, "deletion_time")
+        seen.add(name)
+        tasks.append(TraceTask(
+            name=name,
+            cpu_millicores=reader.integer(row, "cpu_milli"),
+            memory_mib=reader.integer(row, "memory_mib"),
+            gpu_count=gpu_count,
+            gpu_milli=gpu_milli,
+            gpu_models=gpu_models,
+            qos=row["qos"].strip(),
+            phase=row["pod_phase"].strip(),
+            creation_seconds=creation,
+            deletion_seconds=deletion,
+            scheduled_seconds=reader.integer(row, "scheduled_time", optional=True),
+        ))
+    if not tasks:
+        raise TraceFormatError(Path(path), reader.line + 1, None, "the file has a header but no task rows.")
+    return tasks

@@ -1,0 +1,69 @@
+"""Admin for organizations, members and the fleet."""
+
+from django.contrib import admin
+
+from .models import Gpu, GpuModel, Membership, Node, Organization, Region
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "kind", "created_at"]
+    list_filter = ["kind"]
+    search_fields = ["slug", "name"]
+    inlines = [MembershipInline]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "organization", "role"]
+    list_filter = ["role", "organization__kind"]
+    search_fields = ["user__username", "organization__slug"]
+    autocomplete_fields = ["user", "organization"]
+
+
+@admin.register(GpuModel)
+class GpuModelAdmin(admin.ModelAdmin):
+    list_display = ["name", "vendor", "memory_gib", "description"]
+    search_fields = ["name", "vendor"]
+
+
+@admin.register(Region)
+class RegionAdmin(admin.ModelAdmin):
+    list_display = ["code", "name"]
+    search_fields = ["code", "name"]
+
+
+class GpuInline(admin.TabularInline):
+    model = Gpu
+    extra = 0
+    fields = ["index", "uuid", "health"]
+    readonly_fields = ["index", "uuid"]
+    can_delete = False
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = [
+        "hostname", "provider", "region", "gpu_model", "gpu_count", "cpu_millicores", "memory_mib",
+        "price_per_gpu_hour", "currency", "status",
+    ]
+    list_filter = ["status", "gpu_model", "region", "provider", "gpu_count"]
+    search_fields = ["hostname", "provider__slug"]
+    list_select_related = ["provider", "region", "gpu_model"]
+    autocomplete_fields = ["provider", "region"]
+    inlines = [GpuInline]
+
+
+@admin.register(Gpu)
+class GpuAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "uuid", "health", "node"]
+    list_filter = ["health", "node__gpu_model"]
+    search_fields = ["uuid", "node__hostname"]
+    list_select_related = ["node"]
+    readonly_fields = ["node", "index", "uuid"]

@@ -1,0 +1,157 @@
+"""Organizations, their members, and the fleet that providers list: regions, nodes and GPUs."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+GPU_MILLI_PER_GPU = 1000
+"""Capacity of one GPU in milli; a share of 460 milli is 46 % of one GPU."""
+
+
+class Organization(models.Model):
+    """A tenant: a customer that reserves GPUs or a provider that lists nodes.
+
+    ``allocation_version`` is bumped by the PostgreSQL quota trigger; it serialises concurrent
+    admissions of one customer at every isolation level.
+    """
+
+    class Kind(models.TextChoices):
+        CUSTOMER = "customer", "Customer"
+        PROVIDER = "provider", "Provider"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    allocation_version = models.PositiveBigIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+
+class Membership(models.Model):
+    """The organization a user acts for, and the user's role in it.
+
+    NOTE: a user belongs to exactly one organization; multi-organization users would need an
+    organization selector on every API request.
+    """
+
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        MEMBER = "member", "Member"
+        VIEWER = "viewer", "Viewer"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} of {self.organization.slug}"
+
+
+class GpuModel(models.Model):
+    """An entry of the GPU model catalogue."""
+
+    name = models.CharField(max_length=64, unique=True)
+    vendor = models.CharField(max_length=64)
+    memory_gib = models.PositiveIntegerField(null=True, blank=True, help_text="Empty when the vendor did not disclose it.")
+    description = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Region(models.Model):
+    """A location where providers run nodes."""
+
+    code = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Node(models.Model):
+    """A provider's machine with identical GPUs.
+
+    ``allocation_version`` is bumped by the PostgreSQL allocation trigger; it serialises concurrent
+    writers of the node's allocations at every isolation level.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DRAINING = "draining", "Draining"
+        OFFLINE = "offline", "Offline"
+
+    provider = models.ForeignKey(
+        Organization,
+        on_delete=models.PROTECT,
+        related_name="nodes",
+        limit_choices_to={"kind": Organization.Kind.PROVIDER},
+    )
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="nodes")
+    hostname = models.CharField(max_length=253, unique=True)
+    gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="nodes")
+    gpu_count = models.PositiveSmallIntegerField()
+    cpu_millicores = models.PositiveIntegerField()
+    memory_mib = models.PositiveBigIntegerField()
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    currency = models.CharField(max_length=3, default="USD")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    allocation_version = models.PositiveBigIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["hostname"]
+        indexes = [
+            models.Index(
+                fields=["status", "gpu_count", "cpu_millicores", "price_per_gpu_hour", "id"], name="node_free_order",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(cpu_millicores__gt=0), name="node_cpu_positive"),
+            models.CheckConstraint(condition=Q(memory_mib__gt=0), name="node_memory_positive"),
+            models.CheckConstraint(condition=Q(price_per_gpu_hour__gte=0), name="node_price_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+
+class Gpu(models.Model):
+    """One GPU of a node, with 1000 milli of capacity that reservations may share.
+
+    ``share_version`` is bumped by the PostgreSQL share trigger to serialise writers of one GPU.
+    """
+
+    class Health(models.TextChoices):
+        HEALTHY = "healthy", "Healthy"
+        DEGRADED = "degraded", "Degraded"
+        FAILED = "failed", "Failed"
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpus")
+    index = models.PositiveSmallIntegerField()
+    uuid = models.UUIDField(unique=True, default=uuid.uuid4)
+    health = models.CharField(max_length=16, choices=Health.choices, default=Health.HEALTHY)
+    share_version = models.PositiveBigIntegerField(default=0, editable=False)
+
+    class Meta:
+        ordering = ["node", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["node", "index"], name="gpu_unique_index_per_node"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.node.hostname}/gpu{self.index}"
