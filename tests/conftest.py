@@ -1,0 +1,83 @@
+"""Shared fixtures: a frozen clock, a small fleet, customers and API clients."""
+
+import importlib
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from .factories import CustomerFactory, NodeFactory, RegionFactory, gpu_model, member_with_token
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def hours(n: float) -> timedelta:
+    return timedelta(hours=n)
+
+
+@pytest.fixture(autouse=True)
+def gpu_catalogue(request):
+    """Re-seed the GPU model catalogue, which the flush after a transactional test removes."""
+    uses_database = request.node.get_closest_marker("django_db") is not None
+    if not uses_database and "db" not in request.fixturenames:
+        return
+    if not uses_database:
+        request.getfixturevalue("db")
+    from marketplace.models import GpuModel
+
+    seed = importlib.import_module("marketplace.migrations.0002_seed_gpu_models")
+    for name, vendor, memory_gib, description in seed.CATALOGUE:
+        GpuModel.objects.get_or_create(
+            name=name, defaults={"vendor": vendor, "memory_gib": memory_gib, "description": description},
+        )
+
+
+@pytest.fixture
+def now():
+    return NOW
+
+
+@pytest.fixture
+def require_postgres(db):
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: set DATABASE_URL")
+
+
+@pytest.fixture
+def region(db):
+    return RegionFactory()
+
+
+@pytest.fixture
+def customer(db):
+    return CustomerFactory(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def other_customer(db):
+    return CustomerFactory(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def t4_node(region):
+    """A node with two T4 GPUs, 64 cores and 256 GiB."""
+    return NodeFactory(hostname="t4-a", gpu_model=gpu_model("T4"), gpu_count=2, region=region)
+
+
+@pytest.fixture
+def api(customer):
+    """An API client authenticated as a member of ``customer``."""
+    user, token = member_with_token(customer, "alice")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def other_api(other_customer):
+    user, token = member_with_token(other_customer, "bob")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client
