@@ -4,11 +4,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from marketplace.models import GPU_MILLI_PER_GPU, Gpu, GpuModel, Node, Organization, Region
 
-from ..models import Quota
+from ..models import Allocation, GpuShare, Quota
 from ..services import quota_set
 from . import overlay
 from .csv_reader import read_nodes
@@ -55,6 +55,7 @@ def trace_import(*, nodes_path: Path, replicas: int = 1) -> ImportSummary:
         }
         nodes_created, gpus_created = _create_nodes(trace_nodes, replicas, models, regions, providers)
         _create_customers_and_quotas()
+    refresh_planner_statistics()
 
     summary = ImportSummary(
         nodes_created=nodes_created,
@@ -66,6 +67,21 @@ def trace_import(*, nodes_path: Path, replicas: int = 1) -> ImportSummary:
     )
     logger.info("Trace import finished: %s", summary)
     return summary
+
+
+def refresh_planner_statistics() -> None:
+    """Run ANALYZE on the fleet and allocation tables, so the query planner sees their real sizes.
+
+    Autovacuum does this eventually; a bulk load should not wait for it, because the candidate
+    queries pick join orders from these statistics.
+    """
+    tables = [model._meta.db_table for model in (Node, Gpu, Allocation, GpuShare)]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("ANALYZE " + ", ".join(connection.ops.quote_name(table) for table in tables))
+        else:
+            for table in tables:
+                cursor.execute("ANALYZE " + connection.ops.quote_name(table))
 
 
 def _create_nodes(trace_nodes, replicas, models, regions, providers) -> tuple[int, int]:

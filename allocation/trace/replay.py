@@ -17,8 +17,12 @@ from ..models import Allocation, Reservation, ReservationStatus
 from ..services import ReservationSpec, reservation_create, reservations_advance
 from . import overlay
 from .csv_reader import TraceTask, read_tasks
+from .importer import refresh_planner_statistics
 
 logger = logging.getLogger(__name__)
+
+STATISTICS_REFRESH_EVERY = 1000
+"""Submissions between two ANALYZE runs; the allocation tables grow from empty during a replay."""
 
 INVALID_REQUEST = "invalid_request"
 """Summary key for tasks that the service rejected as invalid input (nothing is stored for them)."""
@@ -97,6 +101,8 @@ def trace_replay(
                 summary.placed += 1
             else:
                 rejected[outcome] += 1
+        if summary.submitted % STATISTICS_REFRESH_EVERY == 0 and summary.submitted:
+            refresh_planner_statistics()
         if on_progress is not None:
             on_progress(done, len(tasks))
     summary.wall_seconds = round(time.perf_counter() - started, 3)
@@ -130,7 +136,7 @@ def _submit(task: TraceTask, customer: Organization, trace_start_at: datetime, t
         logger.info("Task %s is not a valid reservation: %s", task.name, error)
         return INVALID_REQUEST
     if reservation.status == ReservationStatus.REJECTED:
-        return reservation.reason_code
+        return str(reservation.reason_code)
     return "placed"
 
 

@@ -1,0 +1,140 @@
+"""Trace CSV readers and the fleet import: strict errors, nothing half-imported, idempotent re-runs."""
+
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from allocation.models import Quota
+from allocation.trace import NODES_CSV, TASKS_CSV
+from allocation.trace.csv_reader import TraceFormatError, read_nodes, read_tasks
+from allocation.trace.importer import trace_import
+from marketplace.models import Gpu, Node, Organization
+
+NODE_HEADER = "sn,cpu_milli,memory_mib,gpu,model\n"
+TASK_HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_bundled_files_read_in_full():
+    nodes = read_nodes(NODES_CSV)
+    tasks = read_tasks(TASKS_CSV)
+
+    assert len(nodes) == 1213
+    assert sum(node.gpu_count for node in nodes) == 6212
+    assert len(tasks) == 8152
+    assert tasks[1].gpu_milli == 460
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "message"),
+    [
+        ("", 1, None, "empty"),
+        ("sn,cpu,memory_mib,gpu,model\n", 1, None, "header"),
+        (NODE_HEADER + "n1,64000,262144,2,P100\nn2,64000,262144\n", 3, "gpu", "found 3 fields"),
+        (NODE_HEADER + "n1,lots,262144,2,P100\n", 2, "cpu_milli", "not an integer"),
+        (NODE_HEADER + "n1,64000,262144,2,H100\n", 2, "model", "not a GPU model"),
+        (NODE_HEADER + "n1,64000,262144,0,T4\n", 2, "gpu", "out of range"),
+        (NODE_HEADER + "n1,64000,262144,2,T4\nn1,64000,262144,2,T4\n", 3, "sn", "appears twice"),
+        (NODE_HEADER, 2, None, "no node rows"),
+    ],
+)
+def test_malformed_node_file_names_line_and_column(tmp_path, text, line, column, message):
+    path = write(tmp_path, "nodes.csv", text)
+
+    with pytest.raises(TraceFormatError) as raised:
+        read_nodes(path)
+
+    assert raised.value.line == line
+    assert raised.value.column == column
+    assert message in str(raised.value)
+    assert str(raised.value).startswith(f"nodes.csv, line {line}")
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "message"),
+    [
+        ("p1,1000,1024,1,1000,,LS,Running,10,5", "scheduled_time", "found 10 fields"),
+        ("p1,1000,1024,1,1500,,LS,Running,0,10,0", "gpu_milli", "out of range"),
+        ("p1,1000,1024,0,500,,LS,Running,0,10,0", "gpu_milli", "both must be 0"),
+        ("p1,1000,1024,1,500,H100,LS,Running,0,10,0", "gpu_spec", "unknown GPU model"),
+        ("p1,1000,1024,1,500,,LS,Running,-3,10,0", "creation_time", "out of range"),
+        ("p1,1000,1024,1,500,,LS,Running,0,ten,0", "deletion_time", "not an integer"),
+    ],
+)
+def test_malformed_task_row_names_line_and_column(tmp_path, row, column, message):
+    path = write(tmp_path, "tasks.csv", TASK_HEADER + "p0,1000,1024,1,1000,,LS,Running,0,10,0\n" + row + "\n")
+
+    with pytest.raises(TraceFormatError) as raised:
+        read_tasks(path)
+
+    assert raised.value.line == 3
+    assert raised.value.column == column
+    assert message in str(raised.value)
+
+
+def test_truncated_task_file_is_rejected(tmp_path):
+    text = TASKS_CSV.read_text()[:5000]
+    path = write(tmp_path, "tasks.csv", text)
+
+    with pytest.raises(TraceFormatError, match="truncated"):
+        read_tasks(path)
+
+
+def test_missing_file_is_reported(tmp_path):
+    with pytest.raises(TraceFormatError, match="cannot open"):
+        read_nodes(tmp_path / "absent.csv")
+
+
+@pytest.mark.django_db
+def test_malformed_node_file_imports_nothing(tmp_path):
+    path = write(tmp_path, "nodes.csv", NODE_HEADER + "n1,64000,262144,2,P100\nn2,64000,oops,2,T4\n")
+
+    with pytest.raises(CommandError, match=r"Nothing was imported\. nodes\.csv, line 3, column 'memory_mib'"):
+        call_command("import_trace", "--nodes", str(path))
+
+    assert Node.objects.count() == 0
+    assert Organization.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_import_creates_fleet_once():
+    first = trace_import(nodes_path=NODES_CSV)
+    snapshot = list(Node.objects.order_by("hostname").values_list("hostname", "provider__slug", "region__code",
+                                                                   "price_per_gpu_hour"))
+    second = trace_import(nodes_path=NODES_CSV)
+
+    assert (first.nodes_created, first.gpus_created) == (1213, 6212)
+    assert (second.nodes_created, second.gpus_created) == (0, 0)
+    assert Node.objects.count() == 1213
+    assert Gpu.objects.count() == 6212
+    assert snapshot == list(Node.objects.order_by("hostname").values_list("hostname", "provider__slug",
+                                                                          "region__code", "price_per_gpu_hour"))
+    assert Organization.objects.filter(kind="customer").count() == 8
+    assert Quota.objects.count() == 8
+
+
+@pytest.mark.django_db
+def test_import_keeps_quota_edited_by_admin():
+    trace_import(nodes_path=NODES_CSV)
+    Quota.objects.update(max_gpu_milli=7)
+
+    trace_import(nodes_path=NODES_CSV)
+
+    assert set(Quota.objects.values_list("max_gpu_milli", flat=True)) == {7}
+
+
+@pytest.mark.django_db
+def test_import_replicas_multiply_fleet(tmp_path):
+    path = write(tmp_path, "nodes.csv", NODE_HEADER + "n1,64000,262144,2,P100\nn2,96000,393216,8,G2\n")
+
+    summary = trace_import(nodes_path=path, replicas=3)
+
+    assert summary.nodes_total == 6
+    assert summary.gpus_total == 30
+    assert Node.objects.filter(hostname="n2-r2").exists()

@@ -1,0 +1,277 @@
+"""The REST API as a client sees it: authentication, tenant isolation, every error in one format."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from allocation.services import quota_set
+from marketplace.models import Organization
+
+from ..factories import NodeFactory, member_with_token
+
+pytestmark = pytest.mark.django_db
+
+PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
+
+
+def soon(hours: float = 1) -> str:
+    return (datetime.now(timezone.utc) + timedelta(hours=hours)).isoformat()
+
+
+def body(**overrides) -> dict:
+    values = {"gpu_count": 1, "cpu_millicores": 4000, "memory_mib": 8192, "start_at": soon(1), "end_at": soon(3)}
+    values.update(overrides)
+    return values
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    data = response.json()
+    assert response.status_code == status, data
+    assert response["Content-Type"].startswith("application/problem+json")
+    assert PROBLEM_KEYS <= set(data)
+    assert data["status"] == status
+    assert data["code"] == code
+    return data
+
+
+def test_create_returns_allocation(api, t4_node):
+    response = api.post("/api/v1/reservations/", body(gpu_milli_per_gpu=460), format="json")
+
+    data = response.json()
+    assert response.status_code == 201, data
+    assert response["Location"] == f"/api/v1/reservations/{data['id']}/"
+    assert data["status"] == "scheduled"
+    assert data["allocation"]["node"] == "t4-a"
+    assert data["allocation"]["gpu_model"] == "T4"
+    assert data["allocation"]["price_per_gpu_hour"] == "1.0000"
+    assert data["allocation"]["estimated_cost"] == "0.92"
+    assert [gpu["gpu_milli"] for gpu in data["allocation"]["gpus"]] == [460]
+
+
+def test_create_without_start_begins_now(api, t4_node):
+    response = api.post("/api/v1/reservations/", {"gpu_count": 1, "end_at": soon(1)}, format="json")
+
+    assert response.status_code == 201
+    assert response.json()["status"] == "active"
+
+
+def test_no_capacity_is_409_with_reason(api, t4_node):
+    api.post("/api/v1/reservations/", body(gpu_count=2), format="json")
+
+    response = api.post("/api/v1/reservations/", body(), format="json")
+
+    data = assert_problem(response, 409, "no_capacity")
+    assert data["reason_code"] == "no_capacity"
+    assert data["reservation"]["status"] == "rejected"
+    assert "Choose another window" in data["detail"]
+
+
+def test_quota_exhausted_is_409(api, customer, t4_node):
+    quota_set(organization=customer, gpu_model=None, max_gpu_milli=500)
+
+    response = api.post("/api/v1/reservations/", body(), format="json")
+
+    assert_problem(response, 409, "quota_exceeded")
+
+
+def test_naive_datetime_names_field_and_fix(api, t4_node):
+    response = api.post("/api/v1/reservations/", body(start_at="2030-01-01T10:00:00"), format="json")
+
+    data = assert_problem(response, 400, "invalid_request")
+    assert data["errors"][0]["field"] == "start_at"
+    assert "Add one" in data["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"end_at": None}, "end_at"),
+        ({"gpu_count": "many"}, "gpu_count"),
+        ({"gpu_count": 65}, "gpu_count"),
+        ({"gpu_milli_per_gpu": 2000}, "gpu_milli_per_gpu"),
+        ({"end_at": "tomorrow"}, "end_at"),
+        ({"gpu_models": "T4"}, "gpu_models"),
+        ({"gpu_models": ["H100"]}, "gpu_models"),
+        ({"region": "atlantis"}, "region"),
+        ({"max_price_per_gpu_hour": "free"}, "max_price_per_gpu_hour"),
+        ({"gpu_mili": 500}, "gpu_mili"),
+        ({"start_at": "2001-01-01T00:00:00Z", "end_at": "2001-01-02T00:00:00Z"}, "start_at"),
+        ({"start_at": soon(5), "end_at": soon(4)}, "end_at"),
+    ],
+)
+def test_invalid_field_is_400_naming_field(api, t4_node, payload, field):
+    request = body(**payload)
+    if payload.get("end_at", "") is None:
+        del request["end_at"]
+
+    response = api.post("/api/v1/reservations/", request, format="json")
+
+    data = assert_problem(response, 400, "invalid_request")
+    assert field in [error["field"] for error in data["errors"]]
+    assert field in data["detail"]
+
+
+def test_malformed_json_is_400(api):
+    response = api.post("/api/v1/reservations/", "{not json", content_type="application/json")
+
+    assert_problem(response, 400, "parse_error")
+
+
+def test_body_as_form_is_415(api):
+    response = api.post("/api/v1/reservations/", {"gpu_count": 1})
+
+    assert_problem(response, 415, "unsupported_media_type")
+
+
+def test_body_as_list_is_400(api):
+    response = api.post("/api/v1/reservations/", [1, 2], format="json")
+
+    assert_problem(response, 400, "invalid_request")
+
+
+def test_missing_token_is_401(client, t4_node):
+    response = client.get("/api/v1/reservations/")
+
+    data = assert_problem(response, 401, "not_authenticated")
+    assert "Authorization: Token" in data["detail"]
+
+
+def test_wrong_token_is_401(client):
+    response = client.get("/api/v1/reservations/", HTTP_AUTHORIZATION="Token nope")
+
+    assert_problem(response, 401, "authentication_failed")
+
+
+def test_user_without_organization_is_403(client, django_user_model):
+    from rest_framework.authtoken.models import Token
+
+    user = django_user_model.objects.create(username="loner")
+    token = Token.objects.create(user=user)
+
+    response = client.get("/api/v1/reservations/", HTTP_AUTHORIZATION=f"Token {token.key}")
+
+    assert_problem(response, 403, "no_organization")
+
+
+def test_provider_user_cannot_reserve(client, t4_node):
+    _, token = member_with_token(t4_node.provider, "prov")
+
+    response = client.post("/api/v1/reservations/", body(), content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Token {token}")
+
+    assert_problem(response, 403, "not_a_customer")
+
+
+def test_customer_sees_only_own_reservations(api, other_api, t4_node):
+    mine = api.post("/api/v1/reservations/", body(), format="json").json()
+    theirs = other_api.post("/api/v1/reservations/", body(), format="json").json()
+
+    listing = api.get("/api/v1/reservations/").json()
+    assert [item["id"] for item in listing["results"]] == [mine["id"]]
+    assert_problem(api.get(f"/api/v1/reservations/{theirs['id']}/"), 404, "not_found")
+    assert_problem(api.post(f"/api/v1/reservations/{theirs['id']}/cancel/"), 404, "not_found")
+    assert other_api.get(f"/api/v1/reservations/{theirs['id']}/").json()["status"] == "scheduled"
+
+
+def test_cancel_then_cancel_again(api, t4_node):
+    created = api.post("/api/v1/reservations/", body(), format="json").json()
+
+    cancelled = api.post(f"/api/v1/reservations/{created['id']}/cancel/")
+    again = api.post(f"/api/v1/reservations/{created['id']}/cancel/")
+
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    data = assert_problem(again, 409, "invalid_transition")
+    assert data["current_status"] == "cancelled"
+
+
+def test_list_filters_by_status_and_time(api, t4_node):
+    first = api.post("/api/v1/reservations/", body(start_at=soon(1), end_at=soon(2)), format="json").json()
+    api.post("/api/v1/reservations/", body(start_at=soon(10), end_at=soon(11)), format="json")
+    api.post(f"/api/v1/reservations/{first['id']}/cancel/")
+
+    cancelled = api.get("/api/v1/reservations/", {"status": "cancelled"}).json()
+    late = api.get("/api/v1/reservations/", {"start_after": soon(5)}).json()
+
+    assert [item["id"] for item in cancelled["results"]] == [first["id"]]
+    assert late["count"] == 1
+
+
+def test_bad_filter_value_is_400(api):
+    response = api.get("/api/v1/reservations/", {"status": "sleeping"})
+
+    data = assert_problem(response, 400, "invalid_request")
+    assert data["errors"][0]["field"] == "status"
+
+
+def test_bad_page_is_404_problem(api):
+    assert_problem(api.get("/api/v1/reservations/", {"page": 99}), 404, "not_found")
+
+
+def test_non_integer_id_is_404(api):
+    assert_problem(api.get("/api/v1/reservations/abc/"), 404, "not_found")
+
+
+def test_unknown_api_path_is_404_problem(api):
+    assert_problem(api.get("/api/v1/nothing-here/"), 404, "not_found")
+
+
+def test_wrong_method_is_405(api):
+    assert_problem(api.delete("/api/v1/reservations/"), 405, "method_not_allowed")
+
+
+def test_gpu_models_lists_catalogue(api):
+    names = [model["name"] for model in api.get("/api/v1/gpu-models/").json()]
+
+    assert names == ["A10", "G2", "G3", "P100", "T4", "V100M16", "V100M32"]
+
+
+def test_offers_show_free_capacity(api, region, t4_node):
+    NodeFactory(hostname="t4-b", gpu_count=4, region=region)
+    api.post("/api/v1/reservations/", body(gpu_milli_per_gpu=500), format="json")
+
+    response = api.get("/api/v1/offers/", {"start_at": soon(1), "end_at": soon(2), "gpu_model": "T4"})
+
+    data = response.json()
+    assert response.status_code == 200, data
+    assert data["results"] == [{
+        "gpu_model": "T4", "region": "eu-central", "price_per_gpu_hour": "1.0000", "currency": "USD",
+        "nodes": 2, "whole_gpus_free": 5, "gpu_milli_free": 5500,
+    }]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"start_at": "2030-01-01T00:00:00"}, "start_at"),
+        ({"gpu_model": "H100"}, "gpu_model"),
+        ({"region": "mars"}, "region"),
+        ({"color": "red"}, "color"),
+    ],
+)
+def test_offers_bad_query_is_400(api, params, field):
+    data = assert_problem(api.get("/api/v1/offers/", params), 400, "invalid_request")
+
+    assert field in [error["field"] for error in data["errors"]]
+
+
+def test_schema_and_docs_are_served(client):
+    schema = client.get("/api/schema/")
+    docs = client.get("/api/docs/")
+
+    assert schema.status_code == 200
+    assert b"/api/v1/reservations/" in schema.content
+    assert docs.status_code == 200
+    assert b"cdn" not in docs.content.lower()
+
+
+def test_organization_kind_is_checked_by_membership(api, customer):
+    Organization.objects.filter(pk=customer.pk).update(kind=Organization.Kind.PROVIDER)
+
+    assert_problem(api.get("/api/v1/reservations/"), 403, "not_a_customer")
+
+
+def test_openapi_schema_validates_without_warnings():
+    from django.core.management import call_command
+
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", "/dev/null")
