@@ -1,0 +1,38 @@
+# The README's commands. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The demo always uses the embedded SQLite database and eager tasks, whatever the shell exports.
+DEMO_ENV := env -u DATABASE_URL -u REDIS_URL
+
+.PHONY: install demo test bench serve clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	mkdir -p var
+	$(DEMO_ENV) $(BIN)/python manage.py migrate --noinput
+	$(DEMO_ENV) $(BIN)/python manage.py import_trace
+	$(DEMO_ENV) $(BIN)/python manage.py replay_trace
+	$(DEMO_ENV) $(BIN)/python manage.py demo_users
+	$(DEMO_ENV) $(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+serve: install
+	$(DEMO_ENV) $(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+test: install
+	$(BIN)/pytest
+
+bench: install
+	$(DEMO_ENV) $(BIN)/python -m bench.replay --output docs/benchmarks.md
+
+clean:
+	rm -rf var .pytest_cache
