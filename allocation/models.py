@@ -20,7 +20,10 @@ class Quota(models.Model):
     quota row has no limit.
     """
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="quotas")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="quotas",
+        limit_choices_to={"kind": Organization.Kind.CUSTOMER},
+    )
     gpu_model = models.ForeignKey(
         GpuModel, on_delete=models.CASCADE, null=True, blank=True, related_name="quotas",
         help_text="Leave empty for a limit over all GPU models.",

@@ -70,7 +70,7 @@ def trace_import(*, nodes_path: Path, replicas: int = 1) -> ImportSummary:
 
 
 def refresh_planner_statistics() -> None:
-    """Run ANALYZE on the fleet and allocation tables, so the query planner sees their real sizes.
+    """Run ANALYZE on the fleet and allocation tables, so the query planner uses their real sizes.
 
     Autovacuum does this eventually; a bulk load should not wait for it, because the candidate
     queries pick join orders from these statistics.

@@ -65,7 +65,7 @@ def trace_replay(
 ) -> ReplaySummary:
     """Submit the first ``limit`` tasks (all when ``None``) as reservations, in creation-time order.
 
-    Each task's window is ``[start + creation_time, start + deletion_time)``, and the service sees
+    Each task's window is ``[start + creation_time, start + deletion_time)``, and the service takes
     the task's start as the current time. Tasks already replayed (same customer and task name) are
     skipped, so a second run submits nothing twice. Afterwards reservations are advanced to the
     real current time.

@@ -56,7 +56,7 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
 
 
 def problem_exception_handler(exc: Exception, context: dict) -> Response:
-    """DRF exception handler that answers every error, expected or not, in the problem format."""
+    """Render every error raised in a DRF view, expected or not, as problem details."""
     set_rollback()
 
     if isinstance(exc, MarketplaceError):

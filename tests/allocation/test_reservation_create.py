@@ -115,14 +115,14 @@ def test_cpu_shortage_is_no_capacity(customer, region):
     assert second.reason_code == "no_capacity"
 
 
-def test_shape_larger_than_any_node_is_no_matching_node(customer, t4_node):
+def test_oversized_shape_is_no_matching_node(customer, t4_node):
     reservation = reserve(customer, gpu_count=8)
 
     assert reservation.status == ReservationStatus.REJECTED
     assert reservation.reason_code == "no_matching_node"
 
 
-def test_price_cap_below_every_node_is_price_above_maximum(customer, t4_node):
+def test_low_price_cap_is_price_above_maximum(customer, t4_node):
     reservation = reserve(customer, max_price_per_gpu_hour=Decimal("0.50"))
 
     assert reservation.reason_code == "price_above_maximum"
