@@ -58,6 +58,16 @@ def _node_conditions(alias: str, node_filter: NodeFilter, *, with_price: bool = 
     return " AND ".join(conditions), params
 
 
+def _gpu_use_cte() -> str:
+    """Return the ``gpu_use`` CTE: milli held per GPU by shares overlapping the window (two parameters)."""
+    return f"""gpu_use AS (
+            SELECT s.gpu_id, SUM(s.gpu_milli) AS used_milli
+            FROM {_table(GpuShare)} s
+            WHERE s.end_at > %s AND s.start_at < %s
+            GROUP BY s.gpu_id
+        )"""
+
+
 def _healthy_gpus_sql(alias: str) -> str:
     return (
         f"(SELECT COUNT(*) FROM {_table(Gpu)} hg WHERE hg.node_id = {alias}.id "
@@ -77,12 +87,7 @@ def used_candidate_ids(
     node_sql, node_params = _node_conditions("n", node_filter, with_price=with_price)
     blocked_above = GPU_MILLI_PER_GPU - request.gpu_milli_per_gpu
     sql = f"""
-        WITH gpu_use AS (
-            SELECT s.gpu_id, SUM(s.gpu_milli) AS used_milli
-            FROM {_table(GpuShare)} s
-            WHERE s.end_at > %s AND s.start_at < %s
-            GROUP BY s.gpu_id
-        ), node_gpu_use AS (
+        WITH {_gpu_use_cte()}, node_gpu_use AS (
             SELECT g.node_id,
                    SUM(CASE WHEN u.used_milli > %s THEN 1 ELSE 0 END) AS blocked_gpus,
                    SUM(u.used_milli) AS used_milli
@@ -242,12 +247,7 @@ def offers(start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> lis
     """Aggregate free capacity in the window by GPU model, region and price, cheapest first."""
     node_sql, node_params = _node_conditions("n", node_filter)
     sql = f"""
-        WITH gpu_use AS (
-            SELECT s.gpu_id, SUM(s.gpu_milli) AS used_milli
-            FROM {_table(GpuShare)} s
-            WHERE s.end_at > %s AND s.start_at < %s
-            GROUP BY s.gpu_id
-        )
+        WITH {_gpu_use_cte()}
         SELECT m.name, r.code, n.price_per_gpu_hour, n.currency,
                COUNT(DISTINCT n.id),
                SUM(CASE WHEN COALESCE(u.used_milli, 0) = 0 THEN 1 ELSE 0 END),
