@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# The demo always uses the embedded SQLite database and eager tasks, whatever the shell exports.
-DEMO_ENV := env -u DATABASE_URL -u REDIS_URL
+# The demo always uses the embedded SQLite database and eager tasks, whatever the shell or .env
+# sets: an empty value wins over .env, and the settings treat it as unset.
+DEMO_ENV := env DATABASE_URL= REDIS_URL=
 
 .PHONY: install demo test bench serve clean
 
@@ -22,7 +23,7 @@ demo: install
 	$(DEMO_ENV) $(BIN)/python manage.py migrate --noinput
 	$(DEMO_ENV) $(BIN)/python manage.py import_trace
 	$(DEMO_ENV) $(BIN)/python manage.py replay_trace
-	$(DEMO_ENV) $(BIN)/python manage.py demo_users
+	$(DEMO_ENV) $(BIN)/python manage.py demo_users --base-url http://$(HOST):$(PORT)
 	$(DEMO_ENV) $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 serve: install

@@ -73,7 +73,7 @@ def placement_find_and_commit(
 
 
 def _commit(reservation: Reservation, request: PlacementRequest, placement: Placement) -> Allocation:
-    node = Node.objects.select_for_update().only("id", "gpu_model_id", "price_per_gpu_hour", "currency").get(
+    node = Node.objects.select_for_update().only("id", "hostname", "gpu_model_id", "price_per_gpu_hour", "currency").get(
         pk=placement.node_id
     )
     if connection.features.has_select_for_update:

@@ -150,7 +150,7 @@ def _admit_and_place(reservation: Reservation, resolved: _ResolvedSpec, policy, 
 
     placed_status = ReservationStatus.ACTIVE if reservation.start_at <= now else ReservationStatus.SCHEDULED
     reservation_transition(reservation=reservation, to_status=placed_status, actor=actor, now=now,
-                           note=f"Placed on node {outcome.allocation.node_id} by policy {policy.name}.")
+                           note=f"Placed on node {outcome.allocation.node.hostname} by policy {policy.name}.")
 
 
 def reservation_transition(

@@ -26,8 +26,8 @@ SCALING_REPLICAS = (1, 4, 16)
 
 def manage(database: Path, *args: str) -> str:
     """Run a management command on ``database`` and return its standard output."""
-    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(SQLITE_PATH=str(database), APP_LOG_LEVEL="WARNING", LOG_LEVEL="WARNING")
+    env = dict(os.environ, DATABASE_URL="", REDIS_URL="", SQLITE_PATH=str(database),
+               APP_LOG_LEVEL="WARNING", LOG_LEVEL="WARNING")
     completed = subprocess.run(
         [sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, check=True, capture_output=True, text=True,
     )

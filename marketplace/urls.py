@@ -1,9 +1,11 @@
 """Top-level URLs: the admin, API v1, its OpenAPI schema and the locally served Swagger UI."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from marketplace.api.errors import json_not_found
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="home.html"), name="home"),
@@ -11,6 +13,8 @@ urlpatterns = [
     path("api/v1/", include("allocation.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # Unknown API paths get problem details even with DEBUG on, where Django ignores handler404.
+    re_path(r"^api/", json_not_found),
 ]
 
 handler404 = "marketplace.api.errors.json_not_found"

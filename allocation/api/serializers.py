@@ -54,8 +54,14 @@ class ReservationCreateSerializer(StrictSerializer):
         min_value=0, max_value=GPU_MILLI_PER_GPU, required=False,
         help_text="Milli of each GPU (1000 is a whole GPU). Default: 1000, or 0 when gpu_count is 0.",
     )
-    cpu_millicores = serializers.IntegerField(min_value=0, max_value=10_000_000, default=0)
-    memory_mib = serializers.IntegerField(min_value=0, max_value=1 << 40, default=0)
+    cpu_millicores = serializers.IntegerField(
+        min_value=0, max_value=10_000_000, default=0,
+        help_text="Host CPU to hold on the node, in millicores (1000 = one core). Default: 0, none held.",
+    )
+    memory_mib = serializers.IntegerField(
+        min_value=0, max_value=1 << 40, default=0,
+        help_text="Host memory to hold on the node, in MiB. Default: 0, none held.",
+    )
     start_at = AwareDateTimeField(required=False, help_text="Window start with offset; default: now.")
     end_at = AwareDateTimeField(help_text="Window end with offset; the window is [start_at, end_at).")
     gpu_models = serializers.ListField(
@@ -164,3 +170,9 @@ class OfferSerializer(serializers.Serializer):
     nodes = serializers.IntegerField()
     whole_gpus_free = serializers.IntegerField()
     gpu_milli_free = serializers.IntegerField()
+
+
+class OfferListSerializer(serializers.Serializer):
+    start_at = serializers.DateTimeField()
+    end_at = serializers.DateTimeField()
+    results = OfferSerializer(many=True)

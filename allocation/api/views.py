@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.api.errors import problem, problem_response
+from marketplace.api.serializers import ProblemSerializer
 from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound, PermissionDenied
 from marketplace.models import GpuModel, Organization, Region
 
@@ -18,6 +19,7 @@ from ..selectors import NodeFilter, offers
 from ..services import reservation_cancel, reservation_create
 from .serializers import (
     GpuModelSerializer,
+    OfferListSerializer,
     OfferQuerySerializer,
     OfferSerializer,
     ReservationCreateSerializer,
@@ -83,9 +85,12 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         request=ReservationCreateSerializer,
         responses={
             201: ReservationSerializer,
-            400: OpenApiResponse(description="Invalid input; problem details name each field and the fix."),
-            409: OpenApiResponse(description="Rejected: no capacity, quota exceeded, price too low or no node "
-                                             "can hold the shape; reason_code says which."),
+            400: OpenApiResponse(ProblemSerializer, description="Invalid input; errors[] names each field and the fix."),
+            403: OpenApiResponse(ProblemSerializer, description="The user acts for no customer organization."),
+            409: OpenApiResponse(ProblemSerializer, description=(
+                "Rejected: no capacity, quota exceeded, price too low or no node can hold the shape; reason_code "
+                "says which and reservation holds the stored rejected reservation. Also a duplicate external_ref."
+            )),
         },
     )
     def create(self, request: Request) -> Response:
@@ -104,7 +109,11 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             ))
         return Response(body, status=201, headers={"Location": f"/api/v1/reservations/{reservation.pk}/"})
 
-    @extend_schema(request=None, responses={200: ReservationSerializer})
+    @extend_schema(request=None, responses={
+        200: ReservationSerializer,
+        404: OpenApiResponse(ProblemSerializer, description="No such reservation in your organization."),
+        409: OpenApiResponse(ProblemSerializer, description="The reservation is already final; current_status says which."),
+    })
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Cancel the reservation and release its capacity and quota from now on."""
@@ -143,7 +152,10 @@ class GpuModelViewSet(viewsets.ReadOnlyModelViewSet):
 class OfferListView(APIView):
     """Free capacity by GPU model, region and price for a window (default: the next hour)."""
 
-    @extend_schema(parameters=[OfferQuerySerializer], responses={200: OfferSerializer(many=True)})
+    @extend_schema(parameters=[OfferQuerySerializer], responses={
+        200: OfferListSerializer,
+        400: OpenApiResponse(ProblemSerializer, description="Invalid query parameter; errors[] names it."),
+    })
     def get(self, request: Request) -> Response:
         query = OfferQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)

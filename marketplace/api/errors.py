@@ -25,7 +25,7 @@ _DRF_FIXES = {
     "not_authenticated": "Send the header 'Authorization: Token <your API token>'.",
     "authentication_failed": "Check the API token in the Authorization header.",
     "permission_denied": "Ask an owner of your organization for access.",
-    "not_found": "Check the id in the URL; you can only see your own organization's objects.",
+    "not_found": "Check the URL and any page number; objects of other organizations are not visible.",
     "method_not_allowed": "See /api/docs/ for the methods this endpoint accepts.",
     "parse_error": "Send a valid JSON body.",
     "unsupported_media_type": "Send the body as JSON with 'Content-Type: application/json'.",
@@ -140,12 +140,23 @@ def _describe(context: dict) -> str:
 def json_not_found(request, exception=None):
     """Django 404 handler: problem details for API paths, the plain page elsewhere."""
     if request.path.startswith("/api/"):
-        body = problem(status=404, code="not_found", title="Not found",
-                       detail=f"No endpoint at {request.path}. See /api/docs/ for the endpoints.")
+        detail = f"No endpoint at {request.path}. See /api/docs/ for the endpoints."
+        if not request.path.endswith("/") and _resolves_to_endpoint(request.path + "/"):
+            detail = f"No endpoint at {request.path}. Add the trailing slash: {request.path}/"
+        body = problem(status=404, code="not_found", title="Not found", detail=detail)
         return JsonResponse(body, status=404, content_type=PROBLEM_CONTENT_TYPE)
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)
+
+
+def _resolves_to_endpoint(path: str) -> bool:
+    from django.urls import Resolver404, resolve
+
+    try:
+        return resolve(path).func is not json_not_found
+    except Resolver404:
+        return False
 
 
 def json_server_error(request):

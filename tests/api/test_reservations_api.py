@@ -275,3 +275,9 @@ def test_openapi_schema_validates_without_warnings():
     from django.core.management import call_command
 
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", "/dev/null")
+
+
+def test_missing_trailing_slash_names_fix(api):
+    data = assert_problem(api.get("/api/v1/reservations"), 404, "not_found")
+
+    assert data["detail"].endswith("Add the trailing slash: /api/v1/reservations/")

@@ -14,12 +14,20 @@ DEMO_CUSTOMER_SLUG = "orbit-vision"
 class Command(BaseCommand):
     help = "Create (or keep) the demo superuser and a customer user with an API token; print the credentials."
 
-    def handle(self, *args, **options):
+    def add_arguments(self, parser):
+        parser.add_argument("--base-url", default="http://127.0.0.1:8000",
+                            help="Address the site is served at, for the printed links.")
+        parser.add_argument("--token-only", action="store_true",
+                            help="Print only the API token of the demo customer user, for scripts.")
+
+    def handle(self, *args, base_url: str, token_only: bool, **options):
         User = get_user_model()
         password = os.environ.get("DEMO_ADMIN_PASSWORD", "demo-admin-password")
 
-        admin, created = User.objects.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
-        if created:
+        admin, admin_created = User.objects.get_or_create(
+            username="admin", defaults={"is_staff": True, "is_superuser": True},
+        )
+        if admin_created:
             admin.set_password(password)
             admin.save()
 
@@ -33,6 +41,14 @@ class Command(BaseCommand):
         Membership.objects.get_or_create(user=user, defaults={"organization": customer, "role": Membership.Role.OWNER})
         token, _ = Token.objects.get_or_create(user=user)
 
-        self.stdout.write(f"Admin:     http://127.0.0.1:8000/admin/  user 'admin', password '{password}' (set when first created)")
+        if token_only:
+            self.stdout.write(token.key)
+            return
+        base_url = base_url.rstrip("/")
+        if admin_created:
+            login = f"user 'admin', password '{password}'"
+        else:
+            login = "user 'admin', with the password it got when first created (see the README)"
+        self.stdout.write(f"Admin:     {base_url}/admin/  {login}")
         self.stdout.write(f"API token of customer user 'orbit' ({DEMO_CUSTOMER_SLUG}): {token.key}")
-        self.stdout.write("API docs:  http://127.0.0.1:8000/api/docs/")
+        self.stdout.write(f"API docs:  {base_url}/api/docs/")
