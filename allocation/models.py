@@ -122,8 +122,10 @@ class Reservation(models.Model):
                 condition=~Q(status=ReservationStatus.REJECTED) | ~Q(reason_code=""),
                 name="reservation_rejection_has_reason",
             ),
+            # A rejected reservation frees its external_ref, so the customer can retry under the same name.
             models.UniqueConstraint(
-                fields=["customer", "external_ref"], condition=~Q(external_ref=""),
+                fields=["customer", "external_ref"],
+                condition=~Q(external_ref="") & ~Q(status=ReservationStatus.REJECTED),
                 name="reservation_unique_external_ref",
             ),
         ]
@@ -153,6 +155,10 @@ class Allocation(models.Model):
     cpu_millicores = models.PositiveIntegerField()
     memory_mib = models.PositiveBigIntegerField()
     gpu_milli_total = models.PositiveIntegerField()
+    billed_gpu_milli = models.PositiveIntegerField(
+        help_text="GPU milli charged: the GPU share, or the node's GPUs in proportion to the CPU or memory "
+                  "taken, whichever is larger.",
+    )
     price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
     currency = models.CharField(max_length=3)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -1,20 +1,21 @@
 """Place one admitted reservation: shortlist nodes in the database, rank them, commit the best.
 
 The commit of each choice runs in a savepoint. On PostgreSQL it first locks the node row and
-re-reads the node's free capacity, because another transaction may have committed since the
-shortlist was read; the database triggers check the insert once more. A choice that no longer fits
+places the request again on the node's fresh state, because another transaction may have committed
+since the shortlist was read; the database triggers check the insert once more. A choice that no longer fits
 rolls back its savepoint, which also releases its node lock, so a transaction never holds more than
 one node lock and lock order cannot deadlock.
 """
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
-from marketplace.models import Node
+from marketplace.models import GPU_MILLI_PER_GPU, Node
 
 from .models import Allocation, GpuShare, RejectionReason, Reservation
 from .selectors import NodeFilter, free_candidate_ids, node_states, used_candidate_ids
@@ -23,7 +24,9 @@ from .solvers import Placement, PlacementPolicy, PlacementRequest
 logger = logging.getLogger(__name__)
 
 MAX_COMMIT_ATTEMPTS = 5
-"""Ranked choices tried before a request that lost every race is rejected as ``no_capacity``."""
+"""Ranked choices tried from one shortlist."""
+SHORTLIST_ROUNDS = 3
+"""Shortlists read before a request that lost every race is rejected as ``no_capacity``."""
 
 
 class CapacityConflict(Exception):
@@ -40,44 +43,56 @@ class PlacementOutcome:
 def placement_find_and_commit(
     *, reservation: Reservation, request: PlacementRequest, node_filter: NodeFilter, policy: PlacementPolicy,
 ) -> PlacementOutcome:
-    """Choose a node and GPUs for ``reservation`` and insert its allocation, or say why none fits."""
+    """Choose a node and GPUs for ``reservation`` and insert its allocation, or say why none fits.
+
+    Under contention a shortlist can go stale while it is tried, so a fresh shortlist is read
+    up to ``SHORTLIST_ROUNDS`` times before the request is rejected as ``no_capacity``.
+    """
     start_at, end_at = reservation.start_at, reservation.end_at
     shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
+    attempts = 0
 
-    candidate_ids = used_candidate_ids(request, start_at, end_at, node_filter, limit=shortlist_size)
-    candidate_ids += free_candidate_ids(request, start_at, end_at, node_filter, limit=max(shortlist_size // 4, 2))
-    ranked = policy.rank(request, node_states(candidate_ids, start_at, end_at))
+    for _round in range(SHORTLIST_ROUNDS):
+        candidate_ids = used_candidate_ids(request, start_at, end_at, node_filter, limit=shortlist_size)
+        candidate_ids += free_candidate_ids(request, start_at, end_at, node_filter, limit=max(shortlist_size // 4, 2))
+        ranked = policy.rank(request, node_states(candidate_ids, start_at, end_at))
+        if not ranked:
+            break
 
-    for attempt, placement in enumerate(ranked[:MAX_COMMIT_ATTEMPTS], start=1):
-        try:
-            with transaction.atomic():
-                allocation = _commit(reservation, request, placement)
-        except (CapacityConflict, IntegrityError) as error:
-            logger.warning(
-                "Placement of reservation %s on node %s lost a race (attempt %d): %s",
-                reservation.pk, placement.node_id, attempt, error,
-            )
-            continue
-        return PlacementOutcome(allocation=allocation)
+        for placement in ranked[:MAX_COMMIT_ATTEMPTS]:
+            attempts += 1
+            try:
+                with transaction.atomic():
+                    allocation = _commit(reservation, request, placement, policy)
+            except (CapacityConflict, IntegrityError) as error:
+                logger.warning(
+                    "Placement of reservation %s on node %s lost a race (attempt %d): %s",
+                    reservation.pk, placement.node_id, attempts, error,
+                )
+                continue
+            return PlacementOutcome(allocation=allocation)
 
-    if ranked:
+    if attempts:
         return PlacementOutcome(
             allocation=None,
             reason=RejectionReason.NO_CAPACITY,
             detail=(
-                f"Concurrent reservations took the capacity of the {min(len(ranked), MAX_COMMIT_ATTEMPTS)} "
-                f"best nodes while this request was placed. Retry the request."
+                f"Concurrent reservations took the capacity of the {attempts} best nodes while this request "
+                f"was placed. Submit the request again, or see GET /api/v1/offers/ for free capacity."
             ),
         )
     return _diagnose(request, start_at, end_at, node_filter)
 
 
-def _commit(reservation: Reservation, request: PlacementRequest, placement: Placement) -> Allocation:
-    node = Node.objects.select_for_update().only("id", "hostname", "gpu_model_id", "price_per_gpu_hour", "currency").get(
-        pk=placement.node_id
-    )
+def _commit(
+    reservation: Reservation, request: PlacementRequest, placement: Placement, policy: PlacementPolicy,
+) -> Allocation:
+    node = Node.objects.select_for_update().only(
+        "id", "hostname", "gpu_model_id", "gpu_count", "cpu_millicores", "memory_mib", "price_per_gpu_hour",
+        "currency",
+    ).get(pk=placement.node_id)
     if connection.features.has_select_for_update:
-        _recheck(reservation, request, placement)
+        placement = _replan_locked_node(reservation, request, placement, policy)
 
     allocation = Allocation.objects.create(
         reservation=reservation,
@@ -89,6 +104,7 @@ def _commit(reservation: Reservation, request: PlacementRequest, placement: Plac
         cpu_millicores=request.cpu_millicores,
         memory_mib=request.memory_mib,
         gpu_milli_total=request.gpu_milli_total,
+        billed_gpu_milli=billed_gpu_milli(request, node),
         price_per_gpu_hour=node.price_per_gpu_hour,
         currency=node.currency,
     )
@@ -102,18 +118,31 @@ def _commit(reservation: Reservation, request: PlacementRequest, placement: Plac
     return allocation
 
 
-def _recheck(reservation: Reservation, request: PlacementRequest, placement: Placement) -> None:
-    """Raise ``CapacityConflict`` unless the locked node still holds ``placement`` in the window."""
-    states = node_states([placement.node_id], reservation.start_at, reservation.end_at)
-    if not states:
-        raise CapacityConflict(f"node {placement.node_id} is gone")
-    state = states[0]
-    free_by_gpu = dict(state.gpu_free_milli)
-    if state.cpu_free_millicores < request.cpu_millicores or state.memory_free_mib < request.memory_mib:
-        raise CapacityConflict(f"node {placement.node_id} has no CPU or memory left")
-    for gpu_id, milli in placement.gpu_shares:
-        if free_by_gpu.get(gpu_id, 0) < milli:
-            raise CapacityConflict(f"GPU {gpu_id} has {free_by_gpu.get(gpu_id, 0)} milli free, {milli} needed")
+def _replan_locked_node(
+    reservation: Reservation, request: PlacementRequest, placement: Placement, policy: PlacementPolicy,
+) -> Placement:
+    """Place ``request`` again on the locked node's fresh state; raise ``CapacityConflict`` if it no longer fits.
+
+    The GPUs chosen from the shortlist may have been taken meanwhile while others on the node are
+    still free, so the policy chooses again instead of rechecking the stale choice.
+    """
+    fresh = node_states([placement.node_id], reservation.start_at, reservation.end_at)
+    replanned = policy.rank(request, fresh)
+    if not replanned:
+        raise CapacityConflict(f"node {placement.node_id} can no longer hold the request")
+    return replanned[0]
+
+
+def billed_gpu_milli(request: PlacementRequest, node: Node) -> int:
+    """Return the GPU milli a reservation pays for: its GPUs, or more if it takes more of the node's CPU or memory.
+
+    A request that takes half of a node's CPU keeps half of its GPUs from other customers, so it
+    pays for the largest of its GPU share, CPU share and memory share of the node (dominant share).
+    """
+    node_gpu_milli = node.gpu_count * GPU_MILLI_PER_GPU
+    cpu_share = math.ceil(node_gpu_milli * request.cpu_millicores / node.cpu_millicores)
+    memory_share = math.ceil(node_gpu_milli * request.memory_mib / node.memory_mib)
+    return max(request.gpu_milli_total, cpu_share, memory_share)
 
 
 def _diagnose(request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> PlacementOutcome:

@@ -63,7 +63,7 @@ class _ResolvedSpec:
 
 
 class DuplicateExternalRef(MarketplaceError):
-    """The customer already has a reservation with this ``external_ref`` (HTTP 409)."""
+    """The customer already has a reservation, not rejected, with this ``external_ref`` (HTTP 409)."""
 
     def __init__(self, external_ref: str, reservation_id: int):
         super().__init__(
@@ -285,7 +285,7 @@ def _reject_duplicate_external_ref(customer: Organization, external_ref: str) ->
         return
     existing = (
         Reservation.objects.filter(customer=customer, external_ref=external_ref).exclude(external_ref="")
-        .values_list("id", flat=True).first()
+        .exclude(status=ReservationStatus.REJECTED).values_list("id", flat=True).first()
     )
     if existing is not None:
         raise DuplicateExternalRef(external_ref, existing)
@@ -318,6 +318,14 @@ def _resolve_spec(spec: ReservationSpec, now: datetime) -> _ResolvedSpec:
         summary = "; ".join(f"{problem.field}: {problem.message}" for problem in problems)
         raise InvalidRequest(f"The reservation request is invalid. {summary}", errors=problems)
     return _ResolvedSpec(spec=spec, models=models, region=region)
+
+
+def _add_clamped(moment: datetime, delta: timedelta) -> datetime:
+    """Return ``moment + delta``, clamped to the datetime range instead of raising ``OverflowError``."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return (datetime.max if delta > timedelta(0) else datetime.min).replace(tzinfo=moment.tzinfo)
 
 
 def _shape_problems(spec: ReservationSpec) -> list[FieldProblem]:
@@ -362,11 +370,30 @@ def _window_problems(spec: ReservationSpec, now: datetime) -> list[FieldProblem]
             problems.append(FieldProblem(name, "Add a UTC offset, for example 2026-05-01T10:00:00Z.", "naive_datetime"))
     if problems:
         return problems
+    limits = settings.MARKETPLACE
+    duration = spec.end_at - spec.start_at
     if spec.end_at <= spec.start_at:
-        problems.append(FieldProblem("end_at", "end_at must be after start_at.", "window_empty"))
-    skew = timedelta(seconds=settings.MARKETPLACE["START_CLOCK_SKEW_SECONDS"])
-    if spec.start_at < now - skew:
+        problems.append(FieldProblem("end_at", "end_at must be after start_at (default: now).", "window_empty"))
+    elif duration < timedelta(seconds=limits["MIN_DURATION_SECONDS"]):
+        problems.append(FieldProblem(
+            "end_at", f"The window must last at least {limits['MIN_DURATION_SECONDS']} seconds; move end_at later.",
+            "too_short",
+        ))
+    elif duration > timedelta(seconds=limits["MAX_DURATION_SECONDS"]):
+        problems.append(FieldProblem(
+            "end_at", f"The window lasts {duration}; the maximum is {timedelta(seconds=limits['MAX_DURATION_SECONDS'])}. "
+                      "Split it into several reservations.", "too_long",
+        ))
+    skew = timedelta(seconds=limits["START_CLOCK_SKEW_SECONDS"])
+    horizon = timedelta(seconds=limits["MAX_HORIZON_SECONDS"])
+    latest_start = _add_clamped(now, horizon)
+    if spec.start_at < _add_clamped(now, -skew):
         problems.append(FieldProblem(
             "start_at", f"start_at {spec.start_at.isoformat()} is in the past; use now or a later time.", "in_past",
+        ))
+    elif spec.start_at > latest_start:
+        problems.append(FieldProblem(
+            "start_at", f"start_at {spec.start_at.isoformat()} is more than {horizon.days} days ahead; "
+                        f"book no later than {latest_start.isoformat()}.", "beyond_horizon",
         ))
     return problems

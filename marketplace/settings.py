@@ -113,7 +113,13 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "marketplace.api.errors.problem_exception_handler",
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["marketplace.api.parsers.SafeJSONParser"],
+    # JSON only: errors must never come back as the HTML browsable API. /api/docs/ is for exploring.
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "marketplace.api.parsers.ProblemJSONRenderer",
+    ],
+    "URL_FORMAT_OVERRIDE": None,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -150,6 +156,10 @@ MARKETPLACE = {
     "PLACEMENT_SHORTLIST_SIZE": env.int("PLACEMENT_SHORTLIST_SIZE", default=24),
     # A request may start this many seconds in the past, to absorb client clock skew.
     "START_CLOCK_SKEW_SECONDS": env.int("START_CLOCK_SKEW_SECONDS", default=300),
+    # Window limits: shortest and longest window, and how far ahead a window may start.
+    "MIN_DURATION_SECONDS": env.int("RESERVATION_MIN_DURATION_SECONDS", default=1),
+    "MAX_DURATION_SECONDS": env.int("RESERVATION_MAX_DURATION_SECONDS", default=400 * 86400),
+    "MAX_HORIZON_SECONDS": env.int("RESERVATION_MAX_HORIZON_SECONDS", default=730 * 86400),
     "DEFAULT_CURRENCY": "USD",
 }
 

@@ -19,7 +19,9 @@ class AwareDateTimeField(serializers.DateTimeField):
     default_error_messages = {
         "naive": "The datetime {value!r} has no UTC offset. Add one, for example 2026-05-01T10:00:00Z.",
         "invalid": "{value!r} is not an ISO 8601 datetime. Use a form such as 2026-05-01T10:00:00Z.",
+        "out_of_range": "{value!r} is outside the supported years {first} to {last}.",
     }
+    FIRST_YEAR, LAST_YEAR = 1970, 9000
 
     def to_internal_value(self, value):
         if not isinstance(value, str):
@@ -32,6 +34,8 @@ class AwareDateTimeField(serializers.DateTimeField):
             self.fail("invalid", value=value)
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             self.fail("naive", value=value)
+        if not self.FIRST_YEAR <= parsed.year <= self.LAST_YEAR:
+            self.fail("out_of_range", value=value, first=self.FIRST_YEAR, last=self.LAST_YEAR)
         return parsed.astimezone(dt_timezone.utc)
 
 
@@ -109,12 +113,19 @@ class AllocationSerializer(serializers.Serializer):
     end_at = serializers.DateTimeField()
     price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4)
     currency = serializers.CharField()
-    estimated_cost = serializers.SerializerMethodField(help_text="Price x GPUs held x hours, rounded to cents.")
+    billed_gpus = serializers.SerializerMethodField(
+        help_text="GPUs charged: the GPU share, or more when the reservation takes a larger share of the "
+                  "node's CPU or memory.",
+    )
+    estimated_cost = serializers.SerializerMethodField(help_text="Price x billed GPUs x hours, rounded to cents.")
     released_at = serializers.DateTimeField()
+
+    def get_billed_gpus(self, allocation) -> str:
+        return str(Decimal(allocation.billed_gpu_milli) / GPU_MILLI_PER_GPU)
 
     def get_estimated_cost(self, allocation) -> str:
         hours = Decimal((allocation.end_at - allocation.start_at) / timedelta(seconds=1)) / 3600
-        gpus = Decimal(allocation.gpu_milli_total) / GPU_MILLI_PER_GPU
+        gpus = Decimal(allocation.billed_gpu_milli) / GPU_MILLI_PER_GPU
         return str((allocation.price_per_gpu_hour * gpus * hours).quantize(Decimal("0.01"), ROUND_HALF_UP))
 
 
@@ -157,7 +168,7 @@ class OfferQuerySerializer(StrictSerializer):
         start_at = data.get("start_at") or timezone.now()
         end_at = data.get("end_at") or start_at + timedelta(hours=1)
         if end_at <= start_at:
-            raise serializers.ValidationError({"end_at": ["end_at must be after start_at."]})
+            raise serializers.ValidationError({"end_at": ["end_at must be after start_at (default: now)."]})
         data["start_at"], data["end_at"] = start_at, end_at
         return data
 

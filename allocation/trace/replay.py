@@ -78,23 +78,28 @@ def trace_replay(
     if limit is not None:
         tasks = tasks[:limit]
     trace_start_at = trace_start_at or default_trace_start(tasks)
+    try:
+        trace_start_at + timedelta(seconds=max(task.deletion_seconds for task in tasks))
+    except OverflowError:
+        raise RuntimeError(f"The trace starting at {trace_start_at.isoformat()} ends after the year 9999; "
+                           "choose an earlier --start.") from None
     trace_end_seconds = max(task.deletion_seconds for task in tasks) if hold_until_trace_end else None
     customers = {org.slug: org for org in Organization.objects.filter(slug__in=[c.slug for c in overlay.CUSTOMERS])}
     if len(customers) != len(overlay.CUSTOMERS):
         raise RuntimeError("The trace's customer organizations are missing; run `python manage.py import_trace` first.")
 
     already = set(Reservation.objects.filter(customer__in=customers.values()).exclude(external_ref="")
-                  .values_list("external_ref", flat=True))
+                  .values_list("customer__slug", "external_ref"))
     summary = ReplaySummary(trace_start_at=trace_start_at.isoformat(), policy=policy_name or "")
     rejected = Counter()
     logger.info("Replaying %d tasks from %s, trace start %s", len(tasks), tasks_path, trace_start_at.isoformat())
 
     started = time.perf_counter()
     for done, task in enumerate(tasks, start=1):
-        if task.name in already:
+        customer = customers[overlay.customer_for_task(task.name)]
+        if (customer.slug, task.name) in already:
             summary.skipped_already_replayed += 1
         else:
-            customer = customers[overlay.customer_for_task(task.name)]
             outcome = _submit(task, customer, trace_start_at, trace_end_seconds, policy_name)
             summary.submitted += 1
             if outcome == "placed":

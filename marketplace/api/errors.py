@@ -9,7 +9,8 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db import IntegrityError, OperationalError
+from django.core.exceptions import RequestDataTooBig
+from django.db import DataError, IntegrityError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -25,7 +26,7 @@ _DRF_FIXES = {
     "not_authenticated": "Send the header 'Authorization: Token <your API token>'.",
     "authentication_failed": "Check the API token in the Authorization header.",
     "permission_denied": "Ask an owner of your organization for access.",
-    "not_found": "Check the URL and any page number; objects of other organizations are not visible.",
+    "not_found": "Check the URL; objects of other organizations are not visible.",
     "method_not_allowed": "See /api/docs/ for the methods this endpoint accepts.",
     "parse_error": "Send a valid JSON body.",
     "unsupported_media_type": "Send the body as JSON with 'Content-Type: application/json'.",
@@ -80,8 +81,10 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
 
     if isinstance(exc, drf_exceptions.APIException):
         code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+        detail = str(exc.detail).strip()
         fix = _DRF_FIXES.get(code, "")
-        detail = f"{exc.detail} {fix}".strip()
+        if fix:
+            detail = f"{detail.rstrip('.')}. {fix}"
         headers = {}
         if getattr(exc, "auth_header", None):
             headers["WWW-Authenticate"] = exc.auth_header
@@ -92,6 +95,18 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
         if exc.status_code == 401 and "WWW-Authenticate" not in headers:
             response["WWW-Authenticate"] = 'Token realm="api"'
         return response
+
+    if isinstance(exc, RequestDataTooBig):
+        body = problem(status=413, code="payload_too_large", title="Payload too large",
+                       detail="The request body is larger than the server accepts. Send a smaller body.")
+        return problem_response(body)
+
+    if isinstance(exc, DataError):
+        logger.warning("Request %s sent a value the database cannot store: %s", _describe(context), exc)
+        body = problem(status=400, code="invalid_request", title="Invalid request",
+                       detail="A value in the request has characters or a size the database cannot store "
+                              "(for example a NUL character or a number out of range). Correct the value.")
+        return problem_response(body)
 
     if isinstance(exc, IntegrityError):
         logger.warning("Request %s hit a database constraint: %s", _describe(context), exc)

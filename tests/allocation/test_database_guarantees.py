@@ -26,6 +26,7 @@ def raw_allocation(customer, node, *, cpu=1000, memory=1024, gpu_milli_total=0, 
     return Allocation.objects.create(
         reservation=reservation, customer=customer, node=node, gpu_model=node.gpu_model, start_at=start,
         end_at=end, cpu_millicores=cpu, memory_mib=memory, gpu_milli_total=gpu_milli_total,
+        billed_gpu_milli=gpu_milli_total,
         price_per_gpu_hour=Decimal("1"), currency="USD",
     )
 

@@ -138,3 +138,70 @@ def test_import_replicas_multiply_fleet(tmp_path):
     assert summary.nodes_total == 6
     assert summary.gpus_total == 30
     assert Node.objects.filter(hostname="n2-r2").exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "message"),
+    [
+        ("n1,\u0666\u0664\u0660\u0660\u0660,262144,2,T4", "cpu_milli", "not an integer"),
+        ("n1,99999999999,262144,2,T4", "cpu_milli", "out of range"),
+        ("n1,64000,99999999999999999999,2,T4", "memory_mib", "out of range"),
+        ("n\x001,64000,262144,2,T4", "sn", "not a valid name"),
+        ("n" * 300 + ",64000,262144,2,T4", "sn", "not a valid name"),
+    ],
+)
+def test_node_values_outside_bounds_are_rejected(tmp_path, row, column, message):
+    path = write(tmp_path, "nodes.csv", NODE_HEADER + row + "\n")
+
+    with pytest.raises(TraceFormatError) as raised:
+        read_nodes(path)
+
+    assert raised.value.column == column
+    assert message in str(raised.value)
+
+
+def test_invalid_utf8_names_its_line(tmp_path):
+    rows = "".join(f"n{i},64000,262144,2,T4\n" for i in range(3000))
+    path = tmp_path / "nodes.csv"
+    path.write_bytes((NODE_HEADER + rows).encode() + b"bad\xff,1,1,1,T4\n")
+
+    with pytest.raises(TraceFormatError) as raised:
+        read_nodes(path)
+
+    assert raised.value.line == 3002
+    assert "not valid UTF-8" in str(raised.value)
+
+
+def test_huge_deletion_time_is_rejected(tmp_path):
+    path = write(tmp_path, "tasks.csv", TASK_HEADER + "p0,1000,1024,1,1000,,LS,Running,0,99999999999999,0\n")
+
+    with pytest.raises(TraceFormatError, match="deletion_time"):
+        read_tasks(path)
+
+
+@pytest.mark.django_db
+def test_replay_start_outside_years_is_clear_error():
+    trace_import(nodes_path=NODES_CSV)
+
+    with pytest.raises(CommandError, match="outside the years 1970 to 9000"):
+        call_command("replay_trace", "--limit", "5", "--start", "9999-12-31T00:00:00+00:00")
+
+
+@pytest.mark.django_db
+def test_replay_ending_after_year_9999_is_clear_error():
+    from datetime import datetime, timezone
+
+    from allocation.trace.replay import trace_replay
+
+    trace_import(nodes_path=NODES_CSV)
+
+    with pytest.raises(RuntimeError, match="ends after the year 9999"):
+        trace_replay(tasks_path=TASKS_CSV, trace_start_at=datetime(9999, 12, 1, tzinfo=timezone.utc), limit=5)
+
+
+@pytest.mark.django_db
+def test_replay_unknown_policy_is_clear_error():
+    trace_import(nodes_path=NODES_CSV)
+
+    with pytest.raises(CommandError, match=r"Unknown placement policy 'nosuch'\. Use one of: best_fit\.$"):
+        call_command("replay_trace", "--limit", "5", "--policy", "nosuch")

@@ -1,5 +1,6 @@
 """``python manage.py replay_trace``: submit the trace's tasks as reservations."""
 
+import argparse
 import json
 import sys
 from datetime import datetime
@@ -14,9 +15,15 @@ from allocation.trace.replay import trace_replay
 
 
 def aware_datetime(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
+    """Parse ``--start``: ISO 8601 with a UTC offset, in the years 1970 to 9000."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ISO 8601; use for example 2026-01-01T00:00:00Z") from None
     if value.tzinfo is None:
-        raise ValueError("add a UTC offset, for example 2026-01-01T00:00:00Z")
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset; add one, for example 2026-01-01T00:00:00Z")
+    if not 1970 <= value.year <= 9000:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside the years 1970 to 9000")
     return value
 
 
@@ -53,8 +60,10 @@ class Command(BaseCommand):
             summary = trace_replay(tasks_path=tasks, trace_start_at=start, limit=limit, policy_name=policy,
                                    hold_until_trace_end=hold_until_trace_end,
                                    on_progress=on_progress)
-        except (TraceFormatError, RuntimeError, KeyError) as error:
+        except (TraceFormatError, RuntimeError) as error:
             raise CommandError(f"Nothing was replayed. {error}") from error
+        except KeyError as error:
+            raise CommandError(f"Nothing was replayed. {error.args[0]}") from error
         finally:
             bar.close()
 
