@@ -109,16 +109,15 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "marketplace.api.pagination.StrictPageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "marketplace.api.errors.problem_exception_handler",
     "DEFAULT_PARSER_CLASSES": ["marketplace.api.parsers.SafeJSONParser"],
-    # JSON only: errors must never come back as the HTML browsable API. /api/docs/ is for exploring.
-    "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
-        "marketplace.api.parsers.ProblemJSONRenderer",
-    ],
+    # JSON only, whatever the Accept header: errors never come back as the HTML browsable API.
+    # /api/docs/ is for exploring.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "marketplace.api.parsers.JSONOnlyNegotiation",
     "URL_FORMAT_OVERRIDE": None,
 }
 

@@ -158,7 +158,7 @@ class GpuModelSerializer(serializers.ModelSerializer):
 class OfferQuerySerializer(StrictSerializer):
     start_at = AwareDateTimeField(required=False)
     end_at = AwareDateTimeField(required=False)
-    gpu_model = serializers.CharField(max_length=64, required=False)
+    gpu_model = serializers.CharField(max_length=64, required=False, help_text="Repeat to allow several models.")
     region = serializers.CharField(max_length=64, required=False)
     max_price_per_gpu_hour = serializers.DecimalField(
         max_digits=10, decimal_places=4, min_value=Decimal("0.0001"), required=False,

@@ -5,6 +5,7 @@ from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,6 +19,7 @@ from ..models import GpuShare, Reservation, ReservationStatus
 from ..selectors import NodeFilter, offers
 from ..services import reservation_cancel, reservation_create
 from .serializers import (
+    AwareDateTimeField,
     GpuModelSerializer,
     OfferListSerializer,
     OfferQuerySerializer,
@@ -63,6 +65,8 @@ class ReservationFilter(django_filters.FilterSet):
 class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Reservations of the caller's organization."""
 
+    LIST_PARAMETERS = frozenset({"page", "status", "start_after", "start_before", "end_after", "end_before"})
+
     serializer_class = ReservationSerializer
     filterset_class = ReservationFilter
     filter_backends = [django_filters.rest_framework.DjangoFilterBackend]
@@ -96,6 +100,12 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     def create(self, request: Request) -> Response:
         """Reserve GPU shares now or for a future window; the reservation is stored even when rejected."""
         customer = customer_of(request)
+        if not isinstance(request.data, dict):
+            raise InvalidRequest(
+                f"The body is a JSON {type(request.data).__name__}; send a JSON object with the reservation's "
+                "fields, as /api/docs/ shows.",
+                errors=[FieldProblem("body", "Send a JSON object.", "not_an_object")],
+            )
         serializer = ReservationCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         reservation = reservation_create(customer=customer, spec=serializer.to_spec(), actor=request.user)
@@ -122,15 +132,43 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         reservation_cancel(reservation_id=reservation_id, customer=customer, actor=request.user)
         return Response(ReservationSerializer(self.get_queryset().get(pk=reservation_id)).data)
 
+    def get_serializer_class(self):
+        if self.request is not None and self.request.method == "POST":
+            return ReservationCreateSerializer
+        return ReservationSerializer
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        """List the organization's reservations, newest first; filter by status and window times."""
+        _check_list_parameters(request, self.LIST_PARAMETERS)
+        return super().list(request, *args, **kwargs)
+
     def get_object(self) -> Reservation:
         return _get_or_404(self.get_queryset(), _parse_id(self.kwargs["pk"]))
 
 
+def _check_list_parameters(request: Request, allowed: frozenset[str]) -> None:
+    """Reject unknown query parameters and datetimes without a UTC offset, naming each one."""
+    problems = [
+        FieldProblem(name, f"Unknown parameter. Valid parameters: {', '.join(sorted(allowed))}.", "unknown")
+        for name in sorted(set(request.query_params) - allowed)
+    ]
+    datetime_field = AwareDateTimeField()
+    for name in ("start_after", "start_before", "end_after", "end_before"):
+        for value in request.query_params.getlist(name):
+            try:
+                datetime_field.run_validation(value)
+            except ValidationError as error:
+                problems.append(FieldProblem(name, str(error.detail[0]), "invalid"))
+    if problems:
+        summary = "; ".join(f"{problem.field}: {problem.message}" for problem in problems)
+        raise InvalidRequest(f"The query is invalid. {summary}", errors=problems)
+
+
 def _parse_id(raw: str | None) -> int:
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        raise NotFound(f"{raw!r} is not a reservation id; ids are integers.") from None
+    text = str(raw)
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise NotFound(f"{text[:20]!r} is not a reservation id; ids are positive integers.")
+    return int(text)
 
 
 def _get_or_404(queryset, reservation_id: int) -> Reservation:
@@ -157,11 +195,14 @@ class OfferListView(APIView):
         400: OpenApiResponse(ProblemSerializer, description="Invalid query parameter; errors[] names it."),
     })
     def get(self, request: Request) -> Response:
-        query = OfferQuerySerializer(data=request.query_params.dict())
+        parameters = request.query_params.dict()
+        model_names = request.query_params.getlist("gpu_model")
+        parameters.pop("gpu_model", None)
+        query = OfferQuerySerializer(data=parameters)
         query.is_valid(raise_exception=True)
         data = query.validated_data
 
-        model_ids = _lookup_ids(GpuModel, "name", data.get("gpu_model"), "gpu_model")
+        model_ids = _lookup_model_ids(model_names)
         region_ids = _lookup_ids(Region, "code", data.get("region"), "region")
         node_filter = NodeFilter(
             gpu_model_ids=model_ids,
@@ -173,6 +214,21 @@ class OfferListView(APIView):
             "start_at": data["start_at"], "end_at": data["end_at"],
             "results": OfferSerializer(results, many=True).data,
         })
+
+
+def _lookup_model_ids(names: list[str]) -> tuple[int, ...]:
+    """Return the ids of the named GPU models (all models when ``names`` is empty)."""
+    if not names:
+        return tuple(GpuModel.objects.values_list("id", flat=True))
+    found = dict(GpuModel.objects.filter(name__in=names).values_list("name", "id"))
+    unknown = [name for name in names if name not in found]
+    if unknown:
+        valid = ", ".join(GpuModel.objects.values_list("name", flat=True))
+        raise InvalidRequest(
+            f"Unknown gpu_model {unknown[0][:64]!r}. Use one of: {valid}.",
+            errors=[FieldProblem("gpu_model", f"Unknown value; use one of: {valid}.", "unknown")],
+        )
+    return tuple(found.values())
 
 
 def _lookup_ids(model, field: str, value: str | None, parameter: str) -> tuple[int, ...]:

@@ -1,10 +1,8 @@
-"""Request parsers and renderers of the API."""
-
-
+"""Request parsing and content negotiation of the API."""
 
 from rest_framework.exceptions import ParseError
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import JSONParser
-from rest_framework.renderers import JSONRenderer
 
 
 class SafeJSONParser(JSONParser):
@@ -17,10 +15,11 @@ class SafeJSONParser(JSONParser):
             raise ParseError("JSON parse error: the body is nested too deeply.") from None
 
 
-class ProblemJSONRenderer(JSONRenderer):
-    """Lets clients send ``Accept: application/problem+json``; renders the same JSON."""
-
-    media_type = "application/problem+json"
 
 
 
+class JSONOnlyNegotiation(DefaultContentNegotiation):
+    """Always render JSON, whatever the Accept header asks, so a browser still gets a readable error."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type

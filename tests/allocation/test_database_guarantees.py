@@ -209,3 +209,20 @@ def test_concurrent_raw_inserts_without_locks_have_one_winner(region):
     assert results[0] == "committed"
     assert isinstance(results[1], IntegrityError)
     assert GpuShare.objects.filter(gpu=gpu).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_fill_node_exactly(region):
+    """Racing requests re-plan on the locked node, so every GPU is used and none twice."""
+    NodeFactory(hostname="eight-a", gpu_count=8, region=region)
+    NodeFactory(hostname="eight-b", gpu_count=8, region=region)
+    customers = [CustomerFactory(slug=f"filler-{i}") for i in range(18)]
+
+    results = run_concurrently([
+        lambda c=c: reservation_create(customer=c, spec=full_spec(), now=NOW) for c in customers
+    ])
+
+    statuses = [r.status for r in results]
+    assert statuses.count("active") == 16
+    assert statuses.count("rejected") == 2
+    assert GpuShare.objects.values("gpu").distinct().count() == 16

@@ -281,3 +281,134 @@ def test_missing_trailing_slash_names_fix(api):
     data = assert_problem(api.get("/api/v1/reservations"), 404, "not_found")
 
     assert data["detail"].endswith("Add the trailing slash: /api/v1/reservations/")
+
+
+def test_deeply_nested_json_is_400(api):
+    response = api.post("/api/v1/reservations/", "[" * 5000 + "]" * 5000, content_type="application/json")
+
+    data = assert_problem(response, 400, "parse_error")
+    assert "nested too deeply" in data["detail"]
+
+
+def test_oversized_body_is_413(api):
+    response = api.post("/api/v1/reservations/", body(external_ref="x" * 3_000_000), format="json")
+
+    assert_problem(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"start_at": "0001-01-01T00:00:00+01:00"}, "start_at"),
+        ({"end_at": "9999-12-31T23:30:00-01:00"}, "end_at"),
+        ({"end_at": soon(24 * 500)}, "end_at"),
+        ({"start_at": soon(24 * 800), "end_at": soon(24 * 801)}, "start_at"),
+    ],
+)
+def test_window_outside_limits_is_400(api, t4_node, payload, field):
+    data = assert_problem(api.post("/api/v1/reservations/", body(**payload), format="json"), 400, "invalid_request")
+
+    assert field in [error["field"] for error in data["errors"]]
+
+
+def test_offers_near_end_of_calendar_is_400(api):
+    assert_problem(api.get("/api/v1/offers/", {"start_at": "9999-12-31T23:30:00Z"}), 400, "invalid_request")
+
+
+def test_nul_in_model_name_is_not_500(api):
+    response = api.get("/api/v1/gpu-models/A1%000/")
+
+    assert response.status_code in (400, 404)
+    assert response["Content-Type"].startswith("application/problem+json")
+
+
+def test_post_without_trailing_slash_is_404_problem(api):
+    data = assert_problem(api.post("/api/v1/reservations", body(), format="json"), 404, "not_found")
+
+    assert "trailing slash" in data["detail"]
+
+
+def test_html_accept_still_gets_json(api):
+    response = api.get("/api/v1/reservations/abc/", HTTP_ACCEPT="text/html")
+
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("application/problem+json")
+    assert response.json()["code"] == "not_found"
+
+
+def test_problem_json_accept_is_honoured(api):
+    response = api.get("/api/v1/gpu-models/", HTTP_ACCEPT="application/problem+json")
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("page", ["abc", "0", "-1", "1.5"])
+def test_invalid_page_is_400_naming_page(api, page):
+    data = assert_problem(api.get("/api/v1/reservations/", {"page": page}), 400, "invalid_request")
+
+    assert data["errors"][0]["field"] == "page"
+
+
+def test_null_body_is_400(api):
+    data = assert_problem(api.post("/api/v1/reservations/", "null", content_type="application/json"),
+                          400, "invalid_request")
+
+    assert "JSON object" in data["detail"]
+
+
+def test_unknown_list_parameter_is_400(api):
+    data = assert_problem(api.get("/api/v1/reservations/", {"stauts": "active"}), 400, "invalid_request")
+
+    assert data["errors"][0]["field"] == "stauts"
+
+
+def test_naive_list_filter_is_400(api):
+    data = assert_problem(api.get("/api/v1/reservations/", {"start_after": "2030-01-01T00:00:00"}),
+                          400, "invalid_request")
+
+    assert data["errors"][0]["field"] == "start_after"
+
+
+def test_long_id_is_truncated_in_message(api):
+    data = assert_problem(api.get("/api/v1/reservations/" + "9" * 5000 + "/"), 404, "not_found")
+
+    assert len(data["detail"]) < 300
+
+
+def test_offers_accept_several_models(api, region, t4_node):
+    from ..factories import gpu_model
+
+    NodeFactory(hostname="v100", gpu_count=1, gpu_model=gpu_model("V100M32"), region=region)
+
+    data = api.get("/api/v1/offers/?gpu_model=T4&gpu_model=V100M32").json()
+
+    assert sorted(offer["gpu_model"] for offer in data["results"]) == ["T4", "V100M32"]
+
+
+def test_options_describes_create_fields(api):
+    data = api.options("/api/v1/reservations/").json()
+
+    assert "gpu_count" in data["actions"]["POST"]
+    assert "id" not in data["actions"]["POST"]
+
+
+def test_external_ref_reusable_after_rejection(api, t4_node):
+    rejected = api.post("/api/v1/reservations/", body(max_price_per_gpu_hour="0.01", external_ref="job-42"),
+                        format="json")
+
+    retried = api.post("/api/v1/reservations/", body(external_ref="job-42"), format="json")
+    duplicate = api.post("/api/v1/reservations/", body(external_ref="job-42"), format="json")
+
+    assert_problem(rejected, 409, "price_above_maximum")
+    assert retried.status_code == 201
+    assert_problem(duplicate, 409, "duplicate_external_ref")
+
+
+def test_cpu_heavy_reservation_pays_dominant_share(api, t4_node):
+    response = api.post("/api/v1/reservations/", body(gpu_count=0, gpu_milli_per_gpu=0, cpu_millicores=32000,
+                                                      start_at=soon(1), end_at=soon(2)), format="json")
+
+    allocation = response.json()["allocation"]
+    assert response.status_code == 201
+    assert allocation["billed_gpus"] == "1"
+    assert allocation["estimated_cost"] == "1.00"
