@@ -30,7 +30,7 @@ MAX_PRICE_PER_GPU_HOUR = Decimal("999999.9999")
 
 @dataclass(frozen=True)
 class ReservationSpec:
-    """What a customer asks for; the API and the trace replay both build one.
+    """What a customer requests; the API and the trace replay both build one.
 
     Datetimes must be timezone-aware. ``gpu_models`` holds catalogue names; empty means any model.
     """

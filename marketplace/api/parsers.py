@@ -19,7 +19,7 @@ class SafeJSONParser(JSONParser):
 
 
 class JSONOnlyNegotiation(DefaultContentNegotiation):
-    """Always render JSON, whatever the Accept header asks, so a browser still gets a readable error."""
+    """Always render JSON, whatever the Accept header requests, so a browser still gets a readable error."""
 
     def select_renderer(self, request, renderers, format_suffix=None):
         return renderers[0], renderers[0].media_type
