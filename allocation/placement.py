@@ -8,16 +8,16 @@ one node lock and lock order cannot deadlock.
 """
 
 import logging
-import math
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
-from marketplace.models import GPU_MILLI_PER_GPU, Node
+from marketplace.models import Node
 
 from .models import Allocation, GpuShare, RejectionReason, Reservation
+from .pricing import billed_gpu_milli
 from .selectors import NodeFilter, free_candidate_ids, node_states, used_candidate_ids
 from .solvers import Placement, PlacementPolicy, PlacementRequest
 
@@ -40,6 +40,17 @@ class PlacementOutcome:
     detail: str = ""
 
 
+def placement_rank(
+    *, request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter,
+    policy: PlacementPolicy,
+) -> list[Placement]:
+    """Shortlist nodes in the database and return the policy's feasible placements, best first."""
+    shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
+    candidate_ids = used_candidate_ids(request, start_at, end_at, node_filter, limit=shortlist_size)
+    candidate_ids += free_candidate_ids(request, start_at, end_at, node_filter, limit=max(shortlist_size // 4, 2))
+    return policy.rank(request, node_states(candidate_ids, start_at, end_at))
+
+
 def placement_find_and_commit(
     *, reservation: Reservation, request: PlacementRequest, node_filter: NodeFilter, policy: PlacementPolicy,
 ) -> PlacementOutcome:
@@ -49,13 +60,11 @@ def placement_find_and_commit(
     up to ``SHORTLIST_ROUNDS`` times before the request is rejected as ``no_capacity``.
     """
     start_at, end_at = reservation.start_at, reservation.end_at
-    shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
     attempts = 0
 
     for _round in range(SHORTLIST_ROUNDS):
-        candidate_ids = used_candidate_ids(request, start_at, end_at, node_filter, limit=shortlist_size)
-        candidate_ids += free_candidate_ids(request, start_at, end_at, node_filter, limit=max(shortlist_size // 4, 2))
-        ranked = policy.rank(request, node_states(candidate_ids, start_at, end_at))
+        ranked = placement_rank(request=request, start_at=start_at, end_at=end_at, node_filter=node_filter,
+                                policy=policy)
         if not ranked:
             break
 
@@ -81,7 +90,7 @@ def placement_find_and_commit(
                 f"was placed. Submit the request again, or see GET /api/v1/offers/ for free capacity."
             ),
         )
-    return _diagnose(request, start_at, end_at, node_filter)
+    return placement_diagnose(request, start_at, end_at, node_filter)
 
 
 def _commit(
@@ -104,7 +113,8 @@ def _commit(
         cpu_millicores=request.cpu_millicores,
         memory_mib=request.memory_mib,
         gpu_milli_total=request.gpu_milli_total,
-        billed_gpu_milli=billed_gpu_milli(request, node),
+        billed_gpu_milli=billed_gpu_milli(request, node_gpu_count=node.gpu_count,
+                                          node_cpu_millicores=node.cpu_millicores, node_memory_mib=node.memory_mib),
         price_per_gpu_hour=node.price_per_gpu_hour,
         currency=node.currency,
     )
@@ -133,19 +143,7 @@ def _replan_locked_node(
     return replanned[0]
 
 
-def billed_gpu_milli(request: PlacementRequest, node: Node) -> int:
-    """Return the GPU milli a reservation pays for: its GPUs, or more if it takes more of the node's CPU or memory.
-
-    A request that takes half of a node's CPU keeps half of its GPUs from other customers, so it
-    pays for the largest of its GPU share, CPU share and memory share of the node (dominant share).
-    """
-    node_gpu_milli = node.gpu_count * GPU_MILLI_PER_GPU
-    cpu_share = math.ceil(node_gpu_milli * request.cpu_millicores / node.cpu_millicores)
-    memory_share = math.ceil(node_gpu_milli * request.memory_mib / node.memory_mib)
-    return max(request.gpu_milli_total, cpu_share, memory_share)
-
-
-def _diagnose(request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> PlacementOutcome:
+def placement_diagnose(request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> PlacementOutcome:
     """Explain why no node fits: the price cap, current usage, or a shape no node can ever hold."""
     window = f"from {start_at:%Y-%m-%d %H:%M} to {end_at:%Y-%m-%d %H:%M} UTC"
     shape = describe_shape(request)

@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Iterable
 
-from django.db import connection
+from django.db import connection, models
 
 from marketplace.models import GPU_MILLI_PER_GPU, Gpu, GpuModel, Node, Region
 
@@ -273,3 +273,15 @@ def offers(start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> lis
         )
         for model, region, price, currency, nodes, whole, milli in rows
     ]
+
+
+def allocation_end_instants(after: datetime, until: datetime, *, limit: int) -> list[datetime]:
+    """Return the first ``limit`` distinct instants in ``(after, until]`` at which an allocation ends.
+
+    Free capacity only grows when an allocation ends, so these are the only later start times at
+    which a request that does not fit now can begin to fit.
+    """
+    return list(
+        Allocation.objects.filter(end_at__gt=after, end_at__lte=until, start_at__lt=models.F("end_at"))
+        .order_by("end_at").values_list("end_at", flat=True).distinct()[:limit]
+    )

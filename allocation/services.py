@@ -48,7 +48,7 @@ class ReservationSpec:
 
 
 @dataclass(frozen=True)
-class _ResolvedSpec:
+class ResolvedSpec:
     spec: ReservationSpec
     models: list[GpuModel]
     region: Region | None
@@ -96,7 +96,7 @@ def reservation_create(
             f"Organization {customer.slug!r} is a {customer.kind}; only customer organizations reserve GPUs.",
             code="not_a_customer",
         )
-    resolved = _resolve_spec(spec, now)
+    resolved = resolve_spec(spec, now)
 
     with transaction.atomic():
         if connection.features.has_select_for_update:
@@ -124,7 +124,7 @@ def reservation_create(
     return reservation
 
 
-def _admit_and_place(reservation: Reservation, resolved: _ResolvedSpec, policy, *, actor, now: datetime) -> None:
+def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *, actor, now: datetime) -> None:
     model_names = {model.id: model.name for model in resolved.models}
     decision = quota_admit(
         customer_id=reservation.customer_id, model_ids=tuple(model_names), model_names=model_names,
@@ -291,7 +291,7 @@ def _reject_duplicate_external_ref(customer: Organization, external_ref: str) ->
         raise DuplicateExternalRef(external_ref, existing)
 
 
-def _resolve_spec(spec: ReservationSpec, now: datetime) -> _ResolvedSpec:
+def resolve_spec(spec: ReservationSpec, now: datetime) -> ResolvedSpec:
     """Validate ``spec`` and look up its GPU models and region; raise ``InvalidRequest`` listing every problem."""
     problems = _shape_problems(spec) + _window_problems(spec, now)
 
@@ -317,7 +317,7 @@ def _resolve_spec(spec: ReservationSpec, now: datetime) -> _ResolvedSpec:
     if problems:
         summary = "; ".join(f"{problem.field}: {problem.message}" for problem in problems)
         raise InvalidRequest(f"The reservation request is invalid. {summary}", errors=problems)
-    return _ResolvedSpec(spec=spec, models=models, region=region)
+    return ResolvedSpec(spec=spec, models=models, region=region)
 
 
 def _add_clamped(moment: datetime, delta: timedelta) -> datetime:

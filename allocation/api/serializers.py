@@ -1,7 +1,7 @@
 """Request and response shapes of the reservation API; validation of business rules is in the services."""
 
 from datetime import timedelta, timezone as dt_timezone
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -10,6 +10,7 @@ from rest_framework import serializers
 from marketplace.models import GPU_MILLI_PER_GPU, GpuModel
 
 from ..models import Reservation
+from ..pricing import estimated_cost
 from ..services import ReservationSpec
 
 
@@ -124,9 +125,10 @@ class AllocationSerializer(serializers.Serializer):
         return str(Decimal(allocation.billed_gpu_milli) / GPU_MILLI_PER_GPU)
 
     def get_estimated_cost(self, allocation) -> str:
-        hours = Decimal((allocation.end_at - allocation.start_at) / timedelta(seconds=1)) / 3600
-        gpus = Decimal(allocation.billed_gpu_milli) / GPU_MILLI_PER_GPU
-        return str((allocation.price_per_gpu_hour * gpus * hours).quantize(Decimal("0.01"), ROUND_HALF_UP))
+        return str(estimated_cost(
+            price_per_gpu_hour=allocation.price_per_gpu_hour, billed_milli=allocation.billed_gpu_milli,
+            start_at=allocation.start_at, end_at=allocation.end_at,
+        ))
 
 
 class ReservationSerializer(serializers.ModelSerializer):
@@ -187,3 +189,35 @@ class OfferListSerializer(serializers.Serializer):
     start_at = serializers.DateTimeField()
     end_at = serializers.DateTimeField()
     results = OfferSerializer(many=True)
+
+
+class OptionSerializer(serializers.Serializer):
+    gpu_model = serializers.CharField()
+    region = serializers.CharField()
+    price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4)
+    currency = serializers.CharField()
+
+
+class AlternativesSerializer(serializers.Serializer):
+    earliest_start_at = serializers.DateTimeField(
+        allow_null=True, help_text="Earliest start at which the request fits as asked; null if none was found.",
+    )
+    options = OptionSerializer(many=True, help_text="GPU models and regions where it fits in its window now.")
+
+
+class QuoteSerializer(serializers.Serializer):
+    fits = serializers.BooleanField(help_text="Whether a reservation sent now would be placed.")
+    start_at = serializers.DateTimeField()
+    end_at = serializers.DateTimeField()
+    reason_code = serializers.CharField(help_text="Why it does not fit; empty when it fits.")
+    detail = serializers.CharField()
+    gpu_model = serializers.CharField()
+    region = serializers.CharField()
+    price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4, allow_null=True)
+    currency = serializers.CharField()
+    billed_gpus = serializers.SerializerMethodField()
+    estimated_cost = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    alternatives = AlternativesSerializer(allow_null=True)
+
+    def get_billed_gpus(self, quote) -> str:
+        return str(Decimal(quote.billed_gpu_milli) / GPU_MILLI_PER_GPU)

@@ -17,14 +17,17 @@ from marketplace.models import GpuModel, Organization, Region
 
 from ..models import GpuShare, Reservation, ReservationStatus
 from ..selectors import NodeFilter, offers
+from ..quoting import reservation_alternatives, reservation_quote
 from ..services import reservation_cancel, reservation_create
 from .serializers import (
+    AlternativesSerializer,
     AwareDateTimeField,
     GpuModelSerializer,
     OfferListSerializer,
     OfferQuerySerializer,
     OfferSerializer,
     ReservationCreateSerializer,
+    QuoteSerializer,
     ReservationSerializer,
 )
 
@@ -93,29 +96,25 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             403: OpenApiResponse(ProblemSerializer, description="The user acts for no customer organization."),
             409: OpenApiResponse(ProblemSerializer, description=(
                 "Rejected: no capacity, quota exceeded, price too low or no node can hold the shape; reason_code "
-                "says which and reservation holds the stored rejected reservation. Also a duplicate external_ref."
+                "says which, reservation holds the stored rejected reservation, and alternatives gives the "
+                "earliest start that fits and the models and regions that fit now. Also a duplicate external_ref."
             )),
         },
     )
     def create(self, request: Request) -> Response:
         """Reserve GPU shares now or for a future window; the reservation is stored even when rejected."""
         customer = customer_of(request)
-        if not isinstance(request.data, dict):
-            raise InvalidRequest(
-                f"The body is a JSON {type(request.data).__name__}; send a JSON object with the reservation's "
-                "fields, as /api/docs/ shows.",
-                errors=[FieldProblem("body", "Send a JSON object.", "not_an_object")],
-            )
-        serializer = ReservationCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        serializer = _valid_create_serializer(request)
         reservation = reservation_create(customer=customer, spec=serializer.to_spec(), actor=request.user)
 
         reservation = self.get_queryset().get(pk=reservation.pk)
         body = ReservationSerializer(reservation).data
         if reservation.status == ReservationStatus.REJECTED:
+            alternatives = reservation_alternatives(reservation=reservation)
             return problem_response(problem(
                 status=409, code=reservation.reason_code, title="Reservation rejected",
                 detail=reservation.reason_detail, reason_code=reservation.reason_code, reservation=body,
+                alternatives=AlternativesSerializer(alternatives).data,
             ))
         return Response(body, status=201, headers={"Location": f"/api/v1/reservations/{reservation.pk}/"})
 
@@ -144,6 +143,19 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 
     def get_object(self) -> Reservation:
         return _get_or_404(self.get_queryset(), _parse_id(self.kwargs["pk"]))
+
+
+def _valid_create_serializer(request: Request) -> ReservationCreateSerializer:
+    """Return the validated reservation body; raise ``InvalidRequest`` if it is not a JSON object."""
+    if not isinstance(request.data, dict):
+        raise InvalidRequest(
+            f"The body is a JSON {type(request.data).__name__}; send a JSON object with the reservation's "
+            "fields, as /api/docs/ shows.",
+            errors=[FieldProblem("body", "Send a JSON object.", "not_an_object")],
+        )
+    serializer = ReservationCreateSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer
 
 
 def _check_list_parameters(request: Request, allowed: frozenset[str]) -> None:
@@ -176,6 +188,20 @@ def _get_or_404(queryset, reservation_id: int) -> Reservation:
         return queryset.get(pk=reservation_id)
     except Reservation.DoesNotExist:
         raise NotFound(f"Reservation {reservation_id} does not exist or belongs to another organization.") from None
+
+
+class QuoteView(APIView):
+    """What a reservation would cost and when it could start, without booking anything."""
+
+    @extend_schema(request=ReservationCreateSerializer, responses={
+        200: QuoteSerializer,
+        400: OpenApiResponse(ProblemSerializer, description="Invalid input; errors[] names each field and the fix."),
+    })
+    def post(self, request: Request) -> Response:
+        customer = customer_of(request)
+        serializer = _valid_create_serializer(request)
+        quote = reservation_quote(customer=customer, spec=serializer.to_spec())
+        return Response(QuoteSerializer(quote).data)
 
 
 class GpuModelViewSet(viewsets.ReadOnlyModelViewSet):

@@ -1,0 +1,103 @@
+"""Alternatives for a request that does not fit: the earliest start that fits, and other models or regions now."""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+
+from marketplace.models import GpuModel, Node
+
+from .placement import placement_rank
+from .quotas import quota_admit
+from .selectors import NodeFilter, allocation_end_instants
+from .solvers import PlacementPolicy, PlacementRequest
+
+logger = logging.getLogger(__name__)
+
+EARLIEST_START_CANDIDATES = 24
+"""Later start instants tried when looking for the earliest start that fits."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """A GPU model and region where the request fits in its window, at the lowest price found there."""
+
+    gpu_model: str
+    region: str
+    price_per_gpu_hour: Decimal
+    currency: str
+
+
+@dataclass(frozen=True)
+class Alternatives:
+    earliest_start_at: datetime | None
+    options: list[Option] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "earliest_start_at": self.earliest_start_at.isoformat() if self.earliest_start_at else None,
+            "options": [
+                {"gpu_model": o.gpu_model, "region": o.region, "price_per_gpu_hour": str(o.price_per_gpu_hour),
+                 "currency": o.currency}
+                for o in self.options
+            ],
+        }
+
+
+def alternatives_find(
+    *, customer_id: int, request: PlacementRequest, start_at: datetime, end_at: datetime,
+    node_filter: NodeFilter, policy: PlacementPolicy, now: datetime,
+) -> Alternatives:
+    """Find when the request would fit as asked, and which other models or regions fit in its window.
+
+    The earliest start keeps the request's models, region, price cap and duration, respects the
+    customer's quotas and the booking horizon, and is one of the next instants at which an
+    allocation ends. NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
+    ``earliest_start_at`` is ``None`` when the request fits only later than those.
+    """
+    return Alternatives(
+        earliest_start_at=_earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now),
+        options=_options_now(customer_id, request, start_at, end_at, policy),
+    )
+
+
+def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now) -> datetime | None:
+    duration = end_at - start_at
+    latest_start = now + timedelta(seconds=settings.MARKETPLACE["MAX_HORIZON_SECONDS"])
+    model_names = dict(GpuModel.objects.filter(id__in=node_filter.gpu_model_ids).values_list("id", "name"))
+
+    for candidate in allocation_end_instants(start_at, latest_start, limit=EARLIEST_START_CANDIDATES):
+        decision = quota_admit(
+            customer_id=customer_id, model_ids=node_filter.gpu_model_ids, model_names=model_names,
+            gpu_milli=request.gpu_milli_total, start_at=candidate, end_at=candidate + duration,
+        )
+        if not decision.admitted_model_ids:
+            continue
+        shifted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, node_filter.max_price_per_gpu_hour)
+        if placement_rank(request=request, start_at=candidate, end_at=candidate + duration, node_filter=shifted,
+                          policy=policy):
+            return candidate
+    return None
+
+
+def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]:
+    """List every (GPU model, region) that can hold the request in its window, ignoring the request's filters."""
+    catalogue = dict(GpuModel.objects.values_list("id", "name"))
+    decision = quota_admit(
+        customer_id=customer_id, model_ids=tuple(catalogue), model_names=catalogue,
+        gpu_milli=request.gpu_milli_total, start_at=start_at, end_at=end_at,
+    )
+    cheapest: dict[tuple[str, str], Option] = {}
+    for model_id in decision.admitted_model_ids:
+        ranked = placement_rank(request=request, start_at=start_at, end_at=end_at,
+                                node_filter=NodeFilter((model_id,)), policy=policy)
+        nodes = Node.objects.filter(id__in=[p.node_id for p in ranked]).values_list(
+            "region__code", "price_per_gpu_hour", "currency",
+        )
+        for region, price, currency in nodes:
+            key = (catalogue[model_id], region)
+            if key not in cheapest or price < cheapest[key].price_per_gpu_hour:
+                cheapest[key] = Option(gpu_model=key[0], region=region, price_per_gpu_hour=price, currency=currency)
+    return sorted(cheapest.values(), key=lambda o: (o.price_per_gpu_hour, o.gpu_model, o.region))

@@ -1,0 +1,34 @@
+"""What a reservation pays: billed GPU milli (dominant share) and the estimated cost of a window."""
+
+import math
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from marketplace.models import GPU_MILLI_PER_GPU
+
+from .solvers import PlacementRequest
+
+CENT = Decimal("0.01")
+
+
+def billed_gpu_milli(
+    request: PlacementRequest, *, node_gpu_count: int, node_cpu_millicores: int, node_memory_mib: int,
+) -> int:
+    """Return the GPU milli a reservation pays for: its GPUs, or more if it takes more of the node's CPU or memory.
+
+    A request that takes half of a node's CPU keeps half of its GPUs from other customers, so it
+    pays for the largest of its GPU share, CPU share and memory share of the node (dominant share).
+    """
+    node_gpu_milli = node_gpu_count * GPU_MILLI_PER_GPU
+    cpu_share = math.ceil(node_gpu_milli * request.cpu_millicores / node_cpu_millicores)
+    memory_share = math.ceil(node_gpu_milli * request.memory_mib / node_memory_mib)
+    return max(request.gpu_milli_total, cpu_share, memory_share)
+
+
+def estimated_cost(
+    *, price_per_gpu_hour: Decimal, billed_milli: int, start_at: datetime, end_at: datetime,
+) -> Decimal:
+    """Return price x billed GPUs x hours of the window, rounded half up to cents."""
+    hours = Decimal((end_at - start_at) / timedelta(seconds=1)) / 3600
+    gpus = Decimal(billed_milli) / GPU_MILLI_PER_GPU
+    return (price_per_gpu_hour * gpus * hours).quantize(CENT, ROUND_HALF_UP)
