@@ -6,6 +6,7 @@ CPU or memory, or take an organization past its quota, at any instant of a windo
 """
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import F, Q
 
@@ -226,3 +227,22 @@ class ReservationEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.reservation_id}: {self.from_status or '-'} -> {self.to_status}"
+
+
+class IdempotencyKey(models.Model):
+    """The first response to a customer's POST with an ``Idempotency-Key`` header, replayed on retries."""
+
+    customer = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request body as canonical JSON.")
+    response_status = models.PositiveSmallIntegerField(null=True)
+    response_body = models.JSONField(null=True, encoder=DjangoJSONEncoder)
+    reservation = models.ForeignKey(Reservation, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["customer", "key"], name="idempotency_key_unique")]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_key_created")]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}: {self.key}"

@@ -17,7 +17,7 @@ from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransiti
 from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Organization, Region
 
 from .lifecycle import HOLDING_STATUSES, can_transition
-from .models import Allocation, GpuShare, Quota, RejectionReason, Reservation, ReservationEvent, ReservationStatus
+from .models import Allocation, GpuShare, IdempotencyKey, Quota, RejectionReason, Reservation, ReservationEvent, ReservationStatus
 from .placement import placement_find_and_commit
 from .quotas import quota_admit
 from .selectors import NodeFilter
@@ -270,6 +270,16 @@ def quota_set(
     logger.info("%s quota of %s for %s: %d milli", "Created" if created else "Changed", organization.slug,
                 gpu_model.name if gpu_model else "any model", max_gpu_milli)
     return quota
+
+
+def idempotency_keys_purge(*, now: datetime | None = None) -> int:
+    """Delete idempotency keys older than the retention period; return how many were deleted."""
+    now = now or timezone.now()
+    retention = timedelta(seconds=settings.MARKETPLACE["IDEMPOTENCY_KEY_RETENTION_SECONDS"])
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=now - retention).delete()
+    if deleted:
+        logger.info("Purged %d idempotency keys older than %s", deleted, retention)
+    return deleted
 
 
 def _record_event(reservation: Reservation, *, from_status: str, to_status: str, actor, at: datetime,

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from celery import shared_task
 
-from .services import reservations_advance
+from .services import idempotency_keys_purge, reservations_advance
 from .trace import TASKS_CSV
 from .trace.replay import trace_replay
 
@@ -30,3 +30,9 @@ def replay_trace_task(limit: int | None = None, trace_start_at: str | None = Non
 def advance_reservations_task() -> dict[str, int]:
     """Start and complete reservations whose windows began or ended."""
     return reservations_advance()
+
+
+@shared_task(name="allocation.purge_idempotency_keys", acks_late=True)
+def purge_idempotency_keys_task() -> int:
+    """Delete idempotency keys past their retention period."""
+    return idempotency_keys_purge()

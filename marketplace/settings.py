@@ -145,6 +145,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "advance-reservations": {"task": "allocation.advance_reservations", "schedule": 60.0},
+    "purge-idempotency-keys": {"task": "allocation.purge_idempotency_keys", "schedule": 3600.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -160,6 +161,8 @@ MARKETPLACE = {
     "MAX_DURATION_SECONDS": env.int("RESERVATION_MAX_DURATION_SECONDS", default=400 * 86400),
     "MAX_HORIZON_SECONDS": env.int("RESERVATION_MAX_HORIZON_SECONDS", default=730 * 86400),
     "DEFAULT_CURRENCY": "USD",
+    # How long a POST's Idempotency-Key is remembered; a retry after that is a new request.
+    "IDEMPOTENCY_KEY_RETENTION_SECONDS": env.int("IDEMPOTENCY_KEY_RETENTION_SECONDS", default=24 * 3600),
 }
 
 LOGGING = {

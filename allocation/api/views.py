@@ -2,7 +2,7 @@
 
 import django_filters
 from django.db.models import Prefetch
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -19,6 +19,8 @@ from ..models import GpuShare, Reservation, ReservationStatus
 from ..selectors import NodeFilter, offers
 from ..quoting import reservation_alternatives, reservation_quote
 from ..services import reservation_cancel, reservation_create
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import idempotent_post
 from .serializers import (
     AlternativesSerializer,
     AwareDateTimeField,
@@ -90,6 +92,10 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 
     @extend_schema(
         request=ReservationCreateSerializer,
+        parameters=[OpenApiParameter(
+            IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER, required=False,
+            description="A unique key per request; a retry with the same key and body returns the first response.",
+        )],
         responses={
             201: ReservationSerializer,
             400: OpenApiResponse(ProblemSerializer, description="Invalid input; errors[] names each field and the fix."),
@@ -99,11 +105,15 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
                 "says which, reservation holds the stored rejected reservation, and alternatives gives the "
                 "earliest start that fits and the models and regions that fit now. Also a duplicate external_ref."
             )),
+            422: OpenApiResponse(ProblemSerializer, description="The Idempotency-Key was used with another body."),
         },
     )
     def create(self, request: Request) -> Response:
         """Reserve GPU shares now or for a future window; the reservation is stored even when rejected."""
         customer = customer_of(request)
+        return idempotent_post(request, customer, lambda: self._create(request, customer))
+
+    def _create(self, request: Request, customer: Organization) -> Response:
         serializer = _valid_create_serializer(request)
         reservation = reservation_create(customer=customer, spec=serializer.to_spec(), actor=request.user)
 
