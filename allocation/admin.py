@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from marketplace.exceptions import MarketplaceError
 
-from .models import Allocation, GpuShare, Quota, Reservation, ReservationEvent
+from .models import Allocation, ApprovalPolicy, GpuShare, IdempotencyKey, Quota, Reservation, ReservationEvent
 from .services import quota_set, reservation_cancel
 
 
@@ -118,3 +118,18 @@ class ReservationEventAdmin(ReadOnlyAdmin):
     search_fields = ["=reservation__id"]
     list_select_related = ["reservation", "actor"]
     date_hierarchy = "at"
+
+
+@admin.register(ApprovalPolicy)
+class ApprovalPolicyAdmin(admin.ModelAdmin):
+    list_display = ["organization", "flagged", "max_gpus_without_approval", "max_cost_without_approval", "updated_at"]
+    list_filter = ["flagged"]
+    search_fields = ["organization__slug"]
+    autocomplete_fields = ["organization"]
+
+
+@admin.register(IdempotencyKey)
+class IdempotencyKeyAdmin(ReadOnlyAdmin):
+    list_display = ["key", "customer", "response_status", "reservation", "created_at"]
+    search_fields = ["key", "customer__slug"]
+    list_select_related = ["customer", "reservation"]

@@ -7,18 +7,23 @@ and writes the event row. On PostgreSQL a trigger rejects any other update of th
 from .models import ReservationStatus as S
 
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    S.PENDING: frozenset({S.SCHEDULED, S.ACTIVE, S.REJECTED, S.CANCELLED, S.FAILED}),
-    S.SCHEDULED: frozenset({S.ACTIVE, S.COMPLETED, S.CANCELLED, S.FAILED}),
-    S.ACTIVE: frozenset({S.COMPLETED, S.CANCELLED, S.FAILED}),
+    S.PENDING: frozenset({S.PENDING_APPROVAL, S.SCHEDULED, S.ACTIVE, S.REJECTED, S.CANCELLED, S.FAILED}),
+    S.PENDING_APPROVAL: frozenset({S.SCHEDULED, S.ACTIVE, S.REJECTED, S.EXPIRED, S.CANCELLED, S.FAILED}),
+    S.SCHEDULED: frozenset({S.ACTIVE, S.COMPLETED, S.CANCELLED, S.FAILED, S.PREEMPTED}),
+    S.ACTIVE: frozenset({S.COMPLETED, S.CANCELLED, S.FAILED, S.PREEMPTED}),
     S.COMPLETED: frozenset(),
     S.CANCELLED: frozenset(),
     S.FAILED: frozenset(),
     S.REJECTED: frozenset(),
+    S.EXPIRED: frozenset(),
+    S.PREEMPTED: frozenset(),
 }
 
 TERMINAL_STATUSES = frozenset(status for status, targets in ALLOWED_TRANSITIONS.items() if not targets)
-HOLDING_STATUSES = frozenset({S.SCHEDULED, S.ACTIVE})
+HOLDING_STATUSES = frozenset({S.PENDING_APPROVAL, S.SCHEDULED, S.ACTIVE})
 """Statuses whose allocation holds capacity and quota."""
+CONFIRMED_STATUSES = frozenset({S.SCHEDULED, S.ACTIVE})
+"""Statuses that advance with the clock: scheduled starts, and both complete when the window ends."""
 
 
 def can_transition(current: str, target: str) -> bool:

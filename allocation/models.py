@@ -56,12 +56,15 @@ class Quota(models.Model):
 
 class ReservationStatus(models.TextChoices):
     PENDING = "pending", "Pending"
+    PENDING_APPROVAL = "pending_approval", "Pending approval"
     SCHEDULED = "scheduled", "Scheduled"
     ACTIVE = "active", "Active"
     COMPLETED = "completed", "Completed"
     CANCELLED = "cancelled", "Cancelled"
     FAILED = "failed", "Failed"
     REJECTED = "rejected", "Rejected"
+    EXPIRED = "expired", "Expired"
+    PREEMPTED = "preempted", "Preempted"
 
 
 class RejectionReason(models.TextChoices):
@@ -69,6 +72,7 @@ class RejectionReason(models.TextChoices):
     QUOTA_EXCEEDED = "quota_exceeded", "The organization's quota cannot hold the request"
     PRICE_ABOVE_MAXIMUM = "price_above_maximum", "Capacity exists only above the maximum price"
     NO_MATCHING_NODE = "no_matching_node", "No node in the fleet can ever hold this shape"
+    REJECTED_BY_ADMIN = "rejected_by_admin", "An admin rejected the request"
 
 
 class Reservation(models.Model):
@@ -100,6 +104,9 @@ class Reservation(models.Model):
     status = models.CharField(max_length=16, choices=ReservationStatus.choices, default=ReservationStatus.PENDING)
     reason_code = models.CharField(max_length=32, blank=True)
     reason_detail = models.TextField(blank=True)
+    hold_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="While pending approval: when the held capacity is released unapproved.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -137,6 +144,34 @@ class Reservation(models.Model):
     @property
     def gpu_milli_total(self) -> int:
         return self.gpu_count * self.gpu_milli_per_gpu
+
+
+class ApprovalPolicy(models.Model):
+    """When a customer's reservations need an admin's approval before they are confirmed.
+
+    A request needs approval when any rule applies: the organization is flagged, it asks for more
+    than ``max_gpus_without_approval`` GPUs, or its estimated cost exceeds ``max_cost_without_approval``.
+    """
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="approval_policy",
+        limit_choices_to={"kind": Organization.Kind.CUSTOMER},
+    )
+    flagged = models.BooleanField(default=False, help_text="Every request of this organization needs approval.")
+    max_gpus_without_approval = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests for more GPUs need approval; empty means no limit.",
+    )
+    max_cost_without_approval = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True,
+        help_text="Requests whose estimated cost is higher need approval; empty means no limit.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "approval policies"
+
+    def __str__(self) -> str:
+        return f"approval policy of {self.organization.slug}"
 
 
 class Allocation(models.Model):

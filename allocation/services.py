@@ -16,9 +16,11 @@ from django.utils import timezone
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
 from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Organization, Region
 
-from .lifecycle import HOLDING_STATUSES, can_transition
+from .lifecycle import CONFIRMED_STATUSES, HOLDING_STATUSES, can_transition
 from .models import Allocation, GpuShare, IdempotencyKey, Quota, RejectionReason, Reservation, ReservationEvent, ReservationStatus
+from .approval_policy import approval_reason
 from .placement import placement_find_and_commit
+from .pricing import estimated_cost
 from .quotas import quota_admit
 from .selectors import NodeFilter
 from .solvers import PlacementRequest, get_policy
@@ -148,9 +150,27 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
                                reason_code=outcome.reason, note=outcome.detail)
         return
 
+    allocation = outcome.allocation
+    placed_note = f"Placed on node {allocation.node.hostname} by policy {policy.name}."
+    needs_approval = approval_reason(
+        customer_id=reservation.customer_id, gpu_count=reservation.gpu_count,
+        estimated_cost=estimated_cost(price_per_gpu_hour=allocation.price_per_gpu_hour,
+                                      billed_milli=allocation.billed_gpu_milli,
+                                      start_at=allocation.start_at, end_at=allocation.end_at),
+    )
+    if needs_approval:
+        hold = timedelta(seconds=settings.MARKETPLACE["APPROVAL_HOLD_SECONDS"])
+        reservation.hold_expires_at = now + hold
+        reservation.save(update_fields=["hold_expires_at"])
+        reservation_transition(
+            reservation=reservation, to_status=ReservationStatus.PENDING_APPROVAL, actor=actor, now=now,
+            note=f"{placed_note} Needs an admin's approval because {needs_approval}; the capacity is held until "
+                 f"{reservation.hold_expires_at.isoformat()}.",
+        )
+        return
+
     placed_status = ReservationStatus.ACTIVE if reservation.start_at <= now else ReservationStatus.SCHEDULED
-    reservation_transition(reservation=reservation, to_status=placed_status, actor=actor, now=now,
-                           note=f"Placed on node {outcome.allocation.node.hostname} by policy {policy.name}.")
+    reservation_transition(reservation=reservation, to_status=placed_status, actor=actor, now=now, note=placed_note)
 
 
 def reservation_transition(
@@ -197,14 +217,15 @@ def reservation_cancel(
             raise NotFound(f"Reservation {reservation_id} does not exist or belongs to another organization.") from None
 
         if reservation.status in HOLDING_STATUSES:
-            _release_allocation(reservation, now)
+            release_allocation(reservation, now)
         reservation_transition(reservation=reservation, to_status=ReservationStatus.CANCELLED, actor=actor, now=now,
                                note=note or "Cancelled.")
     logger.info("Cancelled reservation %s of %s", reservation.pk, reservation.customer_id)
     return reservation
 
 
-def _release_allocation(reservation: Reservation, now: datetime) -> None:
+def release_allocation(reservation: Reservation, now: datetime) -> None:
+    """Cut the reservation's allocation to end at ``now`` (or its start), freeing capacity and quota after it."""
     allocation = Allocation.objects.filter(reservation=reservation, released_at__isnull=True).first()
     if allocation is None:
         return
@@ -224,7 +245,7 @@ def reservations_advance(*, now: datetime | None = None, batch_size: int = 500) 
     now = now or timezone.now()
     counts = {ReservationStatus.ACTIVE.value: 0, ReservationStatus.COMPLETED.value: 0}
     steps = [
-        (ReservationStatus.COMPLETED, {"status__in": list(HOLDING_STATUSES), "end_at__lte": now}),
+        (ReservationStatus.COMPLETED, {"status__in": list(CONFIRMED_STATUSES), "end_at__lte": now}),
         (ReservationStatus.ACTIVE, {"status": ReservationStatus.SCHEDULED, "start_at__lte": now}),
     ]
     for to_status, conditions in steps:

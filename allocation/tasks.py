@@ -5,6 +5,7 @@ from datetime import datetime
 
 from celery import shared_task
 
+from .approvals import reservations_expire
 from .services import idempotency_keys_purge, reservations_advance
 from .trace import TASKS_CSV
 from .trace.replay import trace_replay
@@ -36,3 +37,9 @@ def advance_reservations_task() -> dict[str, int]:
 def purge_idempotency_keys_task() -> int:
     """Delete idempotency keys past their retention period."""
     return idempotency_keys_purge()
+
+
+@shared_task(name="allocation.expire_reservations", acks_late=True)
+def expire_reservations_task() -> int:
+    """Expire reservations whose approval hold ran out; safe to run twice."""
+    return reservations_expire()

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_filters",
     "django_htmx",
+    "django_celery_beat",
     "marketplace",
     "allocation",
 ]
@@ -143,9 +144,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=30 * 60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}
 CELERY_TIMEZONE = "UTC"
+# Beat keeps its schedule in the database (django-celery-beat); the entries below are synced into it.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "advance-reservations": {"task": "allocation.advance_reservations", "schedule": 60.0},
     "purge-idempotency-keys": {"task": "allocation.purge_idempotency_keys", "schedule": 3600.0},
+    "expire-reservations": {"task": "allocation.expire_reservations", "schedule": 60.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -161,6 +165,8 @@ MARKETPLACE = {
     "MAX_DURATION_SECONDS": env.int("RESERVATION_MAX_DURATION_SECONDS", default=400 * 86400),
     "MAX_HORIZON_SECONDS": env.int("RESERVATION_MAX_HORIZON_SECONDS", default=730 * 86400),
     "DEFAULT_CURRENCY": "USD",
+    # How long a reservation pending approval holds its capacity before it expires unapproved.
+    "APPROVAL_HOLD_SECONDS": env.int("APPROVAL_HOLD_SECONDS", default=30 * 60),
     # How long a POST's Idempotency-Key is remembered; a retry after that is a new request.
     "IDEMPOTENCY_KEY_RETENTION_SECONDS": env.int("IDEMPOTENCY_KEY_RETENTION_SECONDS", default=24 * 3600),
 }

@@ -84,7 +84,7 @@ def _replay(record: IdempotencyKey, fingerprint: str) -> Response:
             ),
         ))
     headers = {"Idempotent-Replayed": "true"}
-    if record.response_status == 201 and record.reservation_id:
+    if record.response_status in (201, 202) and record.reservation_id:
         headers["Location"] = f"/api/v1/reservations/{record.reservation_id}/"
     content_type = PROBLEM_CONTENT_TYPE if record.response_status >= 400 else None
     return Response(record.response_body, status=record.response_status, headers=headers, content_type=content_type)

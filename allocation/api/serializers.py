@@ -142,7 +142,8 @@ class ReservationSerializer(serializers.ModelSerializer):
         fields = [
             "id", "customer", "external_ref", "status", "reason_code", "reason_detail",
             "gpu_count", "gpu_milli_per_gpu", "gpu_models", "region", "cpu_millicores", "memory_mib",
-            "start_at", "end_at", "max_price_per_gpu_hour", "currency", "allocation", "created_at", "updated_at",
+            "start_at", "end_at", "max_price_per_gpu_hour", "currency", "hold_expires_at", "allocation",
+            "created_at", "updated_at",
         ]
         read_only_fields = fields
 

@@ -98,6 +98,10 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         )],
         responses={
             201: ReservationSerializer,
+            202: OpenApiResponse(ReservationSerializer, description=(
+                "Placed and holding capacity, pending an admin's approval (status pending_approval, "
+                "hold_expires_at says until when)."
+            )),
             400: OpenApiResponse(ProblemSerializer, description="Invalid input; errors[] names each field and the fix."),
             403: OpenApiResponse(ProblemSerializer, description="The user acts for no customer organization."),
             409: OpenApiResponse(ProblemSerializer, description=(
@@ -126,7 +130,9 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
                 detail=reservation.reason_detail, reason_code=reservation.reason_code, reservation=body,
                 alternatives=AlternativesSerializer(alternatives).data,
             ))
-        return Response(body, status=201, headers={"Location": f"/api/v1/reservations/{reservation.pk}/"})
+        # 202: placed and holding capacity, but an admin still has to approve it.
+        status = 202 if reservation.status == ReservationStatus.PENDING_APPROVAL else 201
+        return Response(body, status=status, headers={"Location": f"/api/v1/reservations/{reservation.pk}/"})
 
     @extend_schema(request=None, responses={
         200: ReservationSerializer,

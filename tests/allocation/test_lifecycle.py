@@ -11,7 +11,7 @@ from ..conftest import NOW, hours
 
 
 def test_terminal_statuses_have_no_exit():
-    assert TERMINAL_STATUSES == {"completed", "cancelled", "failed", "rejected"}
+    assert TERMINAL_STATUSES == {"completed", "cancelled", "failed", "rejected", "expired", "preempted"}
     for status in TERMINAL_STATUSES:
         assert ALLOWED_TRANSITIONS[status] == frozenset()
 
