@@ -18,7 +18,7 @@ from marketplace.models import GpuModel, Organization
 from .approvals import reservation_approve, reservation_reject
 from .models import Quota, Reservation, ReservationStatus
 from .pricing import estimated_cost
-from .selectors import NodeFilter, customer_usage_by_model, offers
+from .selectors import NodeFilter, customer_usage, offers
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _row(reservation: Reservation, now: datetime) -> QueueRow:
     allocation = reservation.allocation
     free = offers(reservation.start_at, reservation.end_at, NodeFilter((allocation.gpu_model_id,)))
     quota = Quota.objects.filter(organization_id=reservation.customer_id, gpu_model__isnull=True).first()
-    usage = customer_usage_by_model(reservation.customer_id, reservation.start_at, reservation.end_at)
+    usage = customer_usage(reservation.customer_id, reservation.start_at, reservation.end_at)
     return QueueRow(
         reservation=reservation,
         node=allocation.node.hostname,
@@ -127,7 +127,7 @@ def _row(reservation: Reservation, now: datetime) -> QueueRow:
                                       billed_milli=allocation.billed_gpu_milli,
                                       start_at=allocation.start_at, end_at=allocation.end_at),
         currency=allocation.currency,
-        quota_used_milli=sum(usage.values()),
+        quota_used_milli=usage.total,
         quota_limit_milli=quota.max_gpu_milli if quota else None,
         hold_minutes_left=max(int((reservation.hold_expires_at - now).total_seconds() // 60), 0)
         if reservation.hold_expires_at else 0,

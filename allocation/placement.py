@@ -18,7 +18,7 @@ from marketplace.models import Node
 
 from .models import Allocation, GpuShare, RejectionReason, Reservation
 from .pricing import billed_gpu_milli
-from .selectors import NodeFilter, free_candidate_ids, node_states, used_candidate_ids
+from .selectors import NodeFilter, candidate_ids, node_states
 from .solvers import Placement, PlacementPolicy, PlacementRequest
 
 logger = logging.getLogger(__name__)
@@ -46,9 +46,9 @@ def placement_rank(
 ) -> list[Placement]:
     """Shortlist nodes in the database and return the policy's feasible placements, best first."""
     shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
-    candidate_ids = used_candidate_ids(request, start_at, end_at, node_filter, limit=shortlist_size)
-    candidate_ids += free_candidate_ids(request, start_at, end_at, node_filter, limit=max(shortlist_size // 4, 2))
-    return policy.rank(request, node_states(candidate_ids, start_at, end_at))
+    ids = candidate_ids(request, start_at, end_at, node_filter, used_limit=shortlist_size,
+                        free_limit=max(shortlist_size // 4, 2))
+    return policy.rank(request, node_states(ids, start_at, end_at))
 
 
 def placement_find_and_commit(
@@ -149,8 +149,8 @@ def placement_diagnose(request: PlacementRequest, start_at: datetime, end_at: da
     shape = describe_shape(request)
 
     if node_filter.max_price_per_gpu_hour is not None:
-        above_cap = used_candidate_ids(request, start_at, end_at, node_filter, limit=1, with_price=False)
-        above_cap += free_candidate_ids(request, start_at, end_at, node_filter, limit=1, with_price=False)
+        above_cap = candidate_ids(request, start_at, end_at, node_filter, used_limit=1, free_limit=1,
+                                  with_price=False)
         if above_cap:
             return PlacementOutcome(
                 allocation=None,

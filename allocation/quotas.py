@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .models import Quota
-from .selectors import customer_usage_by_model
+from .selectors import customer_usage
 
 
 @dataclass(frozen=True)
@@ -21,16 +21,16 @@ def quota_admit(
 ) -> QuotaDecision:
     """Return the models in ``model_ids`` on which ``gpu_milli`` more fits the customer's quotas.
 
-    Usage is the sum of the customer's allocations that overlap the window (see ``selectors``), so
-    the limit holds at every instant of the window. The caller holds the customer's row lock, so
-    concurrent requests of one customer are checked one after another.
+    Usage is the customer's peak over the instants of the window, so the limit holds at every
+    instant. The caller holds the customer's row lock, so concurrent requests of one customer are
+    checked one after another.
     """
     quotas = list(Quota.objects.filter(organization_id=customer_id).values_list("gpu_model_id", "max_gpu_milli"))
     if not quotas or gpu_milli == 0:
         return QuotaDecision(admitted_model_ids=model_ids)
 
-    usage = customer_usage_by_model(customer_id, start_at, end_at)
-    total_usage = sum(usage.values())
+    peaks = customer_usage(customer_id, start_at, end_at)
+    usage, total_usage = peaks.by_model, peaks.total
     limits = dict(quotas)
 
     overall_limit = limits.get(None)
@@ -38,8 +38,8 @@ def quota_admit(
         return QuotaDecision(
             admitted_model_ids=(),
             detail=(
-                f"The organization holds {total_usage} GPU milli in this window and its quota over all "
-                f"models is {overall_limit}; {gpu_milli} more do not fit. Cancel a reservation, choose "
+                f"The organization holds up to {total_usage} GPU milli at once in this window and its quota "
+                f"over all models is {overall_limit}; {gpu_milli} more do not fit. Cancel a reservation, choose "
                 f"a window with less usage, or ask an admin to raise the quota."
             ),
         )

@@ -1,13 +1,10 @@
 """Read queries for placement, quotas and offers.
 
-The candidate queries do the fleet-wide filtering inside the database, so one placement decision
-reads only a shortlist of nodes into Python, however large the fleet. Usage in a window is the sum
-of every allocation that overlaps it; that is never below the true peak, so a node that passes
-here also passes the exact per-instant check of the PostgreSQL triggers.
-
-NOTE: the sum over-counts when overlapping allocations do not overlap each other (back-to-back
-bookings inside one long window), so such a node is skipped although it would fit. Exact per-instant
-usage replaces the sum when future-window bookings make that case common.
+The candidate query does the fleet-wide filtering inside the database, so one placement decision
+reads only a shortlist of nodes into Python, however large the fleet. Usage in a window is the
+peak over its instants, as the PostgreSQL triggers compute it: a sweep over the start and end of
+every overlapping row, with ends before starts at the same instant because windows are half-open.
+Two short bookings inside one long window therefore count once each, not together.
 """
 
 from dataclasses import dataclass
@@ -58,14 +55,45 @@ def _node_conditions(alias: str, node_filter: NodeFilter, *, with_price: bool = 
     return " AND ".join(conditions), params
 
 
-def _gpu_use_cte() -> str:
-    """Return the ``gpu_use`` CTE: milli held per GPU by shares overlapping the window (two parameters)."""
-    return f"""gpu_use AS (
-            SELECT s.gpu_id, SUM(s.gpu_milli) AS used_milli
-            FROM {_table(GpuShare)} s
-            WHERE s.end_at > %s AND s.start_at < %s
-            GROUP BY s.gpu_id
-        )"""
+def _peak_sql(table: str, key: str, values: dict[str, str], where: str = "") -> str:
+    """Return a query of the peak of each value per ``key`` over the window, as columns named after ``values``.
+
+    ``values`` maps output names to the row's amount (a column of ``table``, alias ``r``). The
+    query takes four parameters: window start, window end, window start, window end.
+    """
+    amounts = ", ".join(f"{amount} AS {name}" for name, amount in values.items())
+    negatives = ", ".join(f"-{amount}" for amount in values.values())
+    running = ", ".join(
+        f"SUM({name}) OVER (PARTITION BY {key} ORDER BY at, sign ROWS UNBOUNDED PRECEDING) AS {name}"
+        for name in values
+    )
+    peaks = ", ".join(f"MAX({name}) AS {name}" for name in values)
+    overlap = f"r.end_at > %s AND r.start_at < %s AND r.end_at > r.start_at {where}"
+    return f"""
+        SELECT {key}, {peaks} FROM (
+            SELECT {key}, {running} FROM (
+                SELECT r.{key} AS {key}, r.start_at AS at, 1 AS sign, {amounts}
+                FROM {table} r WHERE {overlap}
+                UNION ALL
+                SELECT r.{key}, r.end_at, -1, {negatives}
+                FROM {table} r WHERE {overlap}
+            ) deltas
+        ) sweep GROUP BY {key}"""
+
+
+def _gpu_use_cte(where: str = "") -> str:
+    """Return the ``gpu_use`` CTE: the peak milli held on each GPU in the window (four parameters)."""
+    return f"gpu_use AS ({_peak_sql(_table(GpuShare), 'gpu_id', {'used_milli': 'r.gpu_milli'}, where)})"
+
+
+def _node_use_cte(where: str = "") -> str:
+    """Return the ``node_use`` CTE: each node's peak CPU and memory held in the window (four parameters)."""
+    values = {"used_cpu": "r.cpu_millicores", "used_memory": "r.memory_mib"}
+    return f"node_use AS ({_peak_sql(_table(Allocation), 'node_id', values, where)})"
+
+
+def _window(start_at: datetime, end_at: datetime) -> list[Any]:
+    return [_when(start_at), _when(end_at), _when(start_at), _when(end_at)]
 
 
 def _healthy_gpus_sql(alias: str) -> str:
@@ -75,93 +103,78 @@ def _healthy_gpus_sql(alias: str) -> str:
     )
 
 
-def used_candidate_ids(
-    request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter, *, limit: int,
-    with_price: bool = True,
+def candidate_ids(
+    request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter, *,
+    used_limit: int, free_limit: int, with_price: bool = True,
 ) -> list[int]:
-    """Return up to ``limit`` ids of partly used nodes that can hold ``request``, tightest fit first.
+    """Return ids of nodes that can hold ``request`` in the window: partly used ones first, tightest fit first.
 
-    The query starts from the allocations and shares that overlap the window, so its cost follows
-    the live workload, not the size of the fleet.
+    Partly used nodes (up to ``used_limit``) come from the allocations and shares that overlap the
+    window, so that part costs what the live workload costs, not what the fleet size costs. Empty
+    nodes (up to ``free_limit``, smaller first) come from the ``node_free_order`` index, whose scan
+    stops after ``free_limit`` matches. Both parts run in one statement, so they see one snapshot
+    and a node that is being filled cannot fall between them.
+
+    NOTE: GPU health is not filtered for empty nodes, to keep that scan on the index; the policy
+    skips a node whose healthy GPUs are too few. If unhealthy GPUs became common, the shortlist
+    could fill with such nodes and the request would be rejected although a healthy node was free.
     """
-    node_sql, node_params = _node_conditions("n", node_filter, with_price=with_price)
+    used_sql, used_params = _node_conditions("n", node_filter, with_price=with_price)
+    free_sql, free_params = _node_conditions("e", node_filter, with_price=with_price)
     blocked_above = GPU_MILLI_PER_GPU - request.gpu_milli_per_gpu
     sql = f"""
-        WITH {_gpu_use_cte()}, node_gpu_use AS (
+        WITH {_gpu_use_cte()}, {_node_use_cte()},
+        node_gpu_use AS (
             SELECT g.node_id,
                    SUM(CASE WHEN u.used_milli > %s THEN 1 ELSE 0 END) AS blocked_gpus,
                    SUM(u.used_milli) AS used_milli
             FROM gpu_use u JOIN {_table(Gpu)} g ON g.id = u.gpu_id
             WHERE g.health = %s
             GROUP BY g.node_id
-        ), node_use AS (
-            SELECT a.node_id, SUM(a.cpu_millicores) AS used_cpu, SUM(a.memory_mib) AS used_memory
-            FROM {_table(Allocation)} a
-            WHERE a.end_at > %s AND a.start_at < %s
-            GROUP BY a.node_id
         )
-        SELECT n.id
-        FROM node_use nu
-        JOIN {_table(Node)} n ON n.id = nu.node_id
-        LEFT JOIN node_gpu_use ng ON ng.node_id = n.id
-        WHERE {node_sql}
-          AND n.cpu_millicores - nu.used_cpu >= %s
-          AND n.memory_mib - nu.used_memory >= %s
-          AND {_healthy_gpus_sql("n")} - COALESCE(ng.blocked_gpus, 0) >= %s
-        ORDER BY
-            0.5 * (n.cpu_millicores - nu.used_cpu - %s) / n.cpu_millicores
-            + 0.5 * (n.gpu_count * {GPU_MILLI_PER_GPU} - COALESCE(ng.used_milli, 0) - %s)
-                  / (n.gpu_count * {GPU_MILLI_PER_GPU}),
-            n.price_per_gpu_hour, n.id
-        LIMIT %s
+        SELECT id FROM (
+            SELECT n.id
+            FROM node_use nu
+            JOIN {_table(Node)} n ON n.id = nu.node_id
+            LEFT JOIN node_gpu_use ng ON ng.node_id = n.id
+            WHERE {used_sql}
+              AND n.cpu_millicores - nu.used_cpu >= %s
+              AND n.memory_mib - nu.used_memory >= %s
+              AND {_healthy_gpus_sql("n")} - COALESCE(ng.blocked_gpus, 0) >= %s
+            ORDER BY
+                0.5 * (n.cpu_millicores - nu.used_cpu - %s) / n.cpu_millicores
+                + 0.5 * (n.gpu_count * {GPU_MILLI_PER_GPU} - COALESCE(ng.used_milli, 0) - %s)
+                      / (n.gpu_count * {GPU_MILLI_PER_GPU}),
+                n.price_per_gpu_hour, n.id
+            LIMIT %s
+        ) used_nodes
+        UNION ALL
+        SELECT id FROM (
+            SELECT e.id
+            FROM {_table(Node)} e
+            WHERE {free_sql}
+              AND e.cpu_millicores >= %s
+              AND e.memory_mib >= %s
+              AND e.gpu_count >= %s
+              AND NOT EXISTS (
+                  SELECT 1 FROM {_table(Allocation)} a
+                  WHERE a.node_id = e.id AND a.end_at > %s AND a.start_at < %s AND a.end_at > a.start_at
+              )
+            ORDER BY e.gpu_count, e.cpu_millicores, e.price_per_gpu_hour, e.id
+            LIMIT %s
+        ) free_nodes
     """
     params = [
-        _when(start_at), _when(end_at),
+        *_window(start_at, end_at), *_window(start_at, end_at),
         blocked_above, Gpu.Health.HEALTHY,
-        _when(start_at), _when(end_at),
-        *node_params,
+        *used_params,
         request.cpu_millicores, request.memory_mib, request.gpu_count,
         request.cpu_millicores, request.gpu_milli_total,
-        limit,
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [row[0] for row in cursor.fetchall()]
-
-
-def free_candidate_ids(
-    request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter, *, limit: int,
-    with_price: bool = True,
-) -> list[int]:
-    """Return up to ``limit`` ids of nodes with nothing allocated in the window that can hold ``request``.
-
-    Smaller nodes come first, because best fit prefers them among empty nodes. The order matches
-    the ``node_free_order`` index, so the scan stops after ``limit`` matching rows.
-
-    NOTE: GPU health is not filtered here, to keep the scan index-only; the policy skips a node whose
-    healthy GPUs are too few. If unhealthy GPUs became common, the shortlist could fill with such
-    nodes and the request would be rejected although a healthy node was free.
-    """
-    node_sql, node_params = _node_conditions("n", node_filter, with_price=with_price)
-    sql = f"""
-        SELECT n.id
-        FROM {_table(Node)} n
-        WHERE {node_sql}
-          AND n.cpu_millicores >= %s
-          AND n.memory_mib >= %s
-          AND n.gpu_count >= %s
-          AND NOT EXISTS (
-              SELECT 1 FROM {_table(Allocation)} a
-              WHERE a.node_id = n.id AND a.end_at > %s AND a.start_at < %s
-          )
-        ORDER BY n.gpu_count, n.cpu_millicores, n.price_per_gpu_hour, n.id
-        LIMIT %s
-    """
-    params = [
-        *node_params,
+        used_limit,
+        *free_params,
         request.cpu_millicores, request.memory_mib, request.gpu_count,
         _when(start_at), _when(end_at),
-        limit,
+        free_limit,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -169,36 +182,38 @@ def free_candidate_ids(
 
 
 def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -> list[NodeState]:
-    """Load what is free on each of ``node_ids`` in the window, as the solvers' ``NodeState``."""
+    """Load what is free on each of ``node_ids`` at the busiest instant of the window, as ``NodeState``."""
     node_ids = list(dict.fromkeys(node_ids))
     if not node_ids:
         return []
     placeholders = ", ".join(["%s"] * len(node_ids))
-    window = [_when(start_at), _when(end_at)]
+    on_nodes = f"AND r.node_id IN ({placeholders})"
+    on_node_gpus = f"AND r.gpu_id IN (SELECT id FROM {_table(Gpu)} WHERE node_id IN ({placeholders}))"
 
     node_sql = f"""
+        WITH {_node_use_cte(on_nodes)}
         SELECT n.id, m.name, n.gpu_count, n.cpu_millicores, n.memory_mib, n.price_per_gpu_hour,
-               COALESCE(SUM(a.cpu_millicores), 0), COALESCE(SUM(a.memory_mib), 0)
+               COALESCE(nu.used_cpu, 0), COALESCE(nu.used_memory, 0)
         FROM {_table(Node)} n
         JOIN {_table(GpuModel)} m ON m.id = n.gpu_model_id
-        LEFT JOIN {_table(Allocation)} a ON a.node_id = n.id AND a.end_at > %s AND a.start_at < %s
+        LEFT JOIN node_use nu ON nu.node_id = n.id
         WHERE n.id IN ({placeholders})
-        GROUP BY n.id, m.name, n.gpu_count, n.cpu_millicores, n.memory_mib, n.price_per_gpu_hour
     """
     gpu_sql = f"""
-        SELECT g.node_id, g.id, COALESCE(SUM(s.gpu_milli), 0)
+        WITH {_gpu_use_cte(on_node_gpus)}
+        SELECT g.node_id, g.id, COALESCE(u.used_milli, 0)
         FROM {_table(Gpu)} g
-        LEFT JOIN {_table(GpuShare)} s ON s.gpu_id = g.id AND s.end_at > %s AND s.start_at < %s
+        LEFT JOIN gpu_use u ON u.gpu_id = g.id
         WHERE g.node_id IN ({placeholders}) AND g.health = %s
-        GROUP BY g.node_id, g.id, g.{connection.ops.quote_name("index")}
         ORDER BY g.node_id, g.{connection.ops.quote_name("index")}
     """
+    window = [_when(start_at), _when(end_at)]
     gpu_free: dict[int, list[tuple[int, int]]] = {node_id: [] for node_id in node_ids}
     with connection.cursor() as cursor:
-        cursor.execute(gpu_sql, [*window, *node_ids, Gpu.Health.HEALTHY])
+        cursor.execute(gpu_sql, [*window, *node_ids, *window, *node_ids, *node_ids, Gpu.Health.HEALTHY])
         for node_id, gpu_id, used_milli in cursor.fetchall():
             gpu_free[node_id].append((gpu_id, GPU_MILLI_PER_GPU - int(used_milli)))
-        cursor.execute(node_sql, [*window, *node_ids])
+        cursor.execute(node_sql, [*window, *node_ids, *window, *node_ids, *node_ids])
         rows = cursor.fetchall()
 
     states = {}
@@ -217,17 +232,27 @@ def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -
     return [states[node_id] for node_id in node_ids if node_id in states]
 
 
-def customer_usage_by_model(customer_id: int, start_at: datetime, end_at: datetime) -> dict[int, int]:
-    """Return the customer's GPU milli per GPU model id, summed over allocations overlapping the window."""
-    sql = f"""
-        SELECT a.gpu_model_id, SUM(a.gpu_milli_total)
-        FROM {_table(Allocation)} a
-        WHERE a.customer_id = %s AND a.end_at > %s AND a.start_at < %s
-        GROUP BY a.gpu_model_id
-    """
+@dataclass(frozen=True)
+class CustomerUsage:
+    """A customer's peak GPU milli in a window, per GPU model id and over all models together."""
+
+    by_model: dict[int, int]
+    total: int
+
+
+def customer_usage(customer_id: int, start_at: datetime, end_at: datetime) -> CustomerUsage:
+    """Return the customer's peak GPU milli held by allocations in the window, per model and in total."""
+    on_customer = "AND r.customer_id = %s"
+    per_model = _peak_sql(_table(Allocation), "gpu_model_id", {"used_milli": "r.gpu_milli_total"}, on_customer)
+    overall = _peak_sql(_table(Allocation), "customer_id", {"used_milli": "r.gpu_milli_total"}, on_customer)
+    window = [_when(start_at), _when(end_at)]
+    params = [*window, customer_id, *window, customer_id]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [customer_id, _when(start_at), _when(end_at)])
-        return {model_id: int(total) for model_id, total in cursor.fetchall()}
+        cursor.execute(per_model, params)
+        by_model = {model_id: int(peak) for model_id, peak in cursor.fetchall()}
+        cursor.execute(overall, params)
+        row = cursor.fetchone()
+    return CustomerUsage(by_model=by_model, total=int(row[1]) if row else 0)
 
 
 @dataclass(frozen=True)
@@ -262,7 +287,7 @@ def offers(start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> lis
         HAVING SUM({GPU_MILLI_PER_GPU} - COALESCE(u.used_milli, 0)) > 0
         ORDER BY n.price_per_gpu_hour, m.name, r.code
     """
-    params = [_when(start_at), _when(end_at), Gpu.Health.HEALTHY, *node_params]
+    params = [*_window(start_at, end_at), Gpu.Health.HEALTHY, *node_params]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

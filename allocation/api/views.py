@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.api.errors import problem, problem_response
-from marketplace.api.serializers import ProblemSerializer
+from marketplace.api.serializers import problem_responses
 from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound, PermissionDenied
 from marketplace.models import GpuModel, Organization, Region
 
@@ -102,14 +102,15 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
                 "Placed and holding capacity, pending an admin's approval (status pending_approval, "
                 "hold_expires_at says until when)."
             )),
-            400: OpenApiResponse(ProblemSerializer, description="Invalid input; errors[] names each field and the fix."),
-            403: OpenApiResponse(ProblemSerializer, description="The user acts for no customer organization."),
-            409: OpenApiResponse(ProblemSerializer, description=(
-                "Rejected: no capacity, quota exceeded, price too low or no node can hold the shape; reason_code "
-                "says which, reservation holds the stored rejected reservation, and alternatives gives the "
-                "earliest start that fits and the models and regions that fit now. Also a duplicate external_ref."
-            )),
-            422: OpenApiResponse(ProblemSerializer, description="The Idempotency-Key was used with another body."),
+            **problem_responses({
+                400: "Invalid input; errors[] names each field and the fix.",
+                403: "The user acts for no customer organization.",
+                409: "Rejected: no capacity, quota exceeded, price too low or no node can hold the shape; "
+                     "reason_code says which, reservation holds the stored rejected reservation, and alternatives "
+                     "gives the earliest start that fits and the models and regions that fit now. Also a duplicate "
+                     "external_ref.",
+                422: "The Idempotency-Key was used with another body.",
+            }),
         },
     )
     def create(self, request: Request) -> Response:
@@ -136,8 +137,10 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 
     @extend_schema(request=None, responses={
         200: ReservationSerializer,
-        404: OpenApiResponse(ProblemSerializer, description="No such reservation in your organization."),
-        409: OpenApiResponse(ProblemSerializer, description="The reservation is already final; current_status says which."),
+        **problem_responses({
+            404: "No such reservation in your organization.",
+            409: "The reservation is already final; current_status says which.",
+        }),
     })
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
@@ -211,7 +214,7 @@ class QuoteView(APIView):
 
     @extend_schema(request=ReservationCreateSerializer, responses={
         200: QuoteSerializer,
-        400: OpenApiResponse(ProblemSerializer, description="Invalid input; errors[] names each field and the fix."),
+        **problem_responses({400: "Invalid input; errors[] names each field and the fix."}),
     })
     def post(self, request: Request) -> Response:
         customer = customer_of(request)
@@ -234,7 +237,7 @@ class OfferListView(APIView):
 
     @extend_schema(parameters=[OfferQuerySerializer], responses={
         200: OfferListSerializer,
-        400: OpenApiResponse(ProblemSerializer, description="Invalid query parameter; errors[] names it."),
+        **problem_responses({400: "Invalid query parameter; errors[] names it."}),
     })
     def get(self, request: Request) -> Response:
         parameters = request.query_params.dict()

@@ -18,3 +18,13 @@ class ProblemSerializer(serializers.Serializer):
     detail = serializers.CharField(help_text="What failed and how to fix it.")
     code = serializers.CharField(help_text="Stable machine-readable code, for example no_capacity.")
     errors = FieldErrorSerializer(many=True, required=False)
+
+
+def problem_responses(descriptions: dict[int, str]) -> dict:
+    """Return drf-spectacular responses documenting problem-details bodies for the given status codes."""
+    from drf_spectacular.utils import OpenApiResponse
+
+    return {
+        (status, "application/problem+json"): OpenApiResponse(ProblemSerializer, description=description)
+        for status, description in descriptions.items()
+    }

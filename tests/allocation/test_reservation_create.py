@@ -317,3 +317,27 @@ def test_cancel_twice_is_invalid_transition(customer, t4_node):
         reservation_cancel(reservation_id=reservation.pk, now=NOW)
 
     assert raised.value.extra == {"current_status": "cancelled", "requested_status": "cancelled"}
+
+
+def test_long_window_fits_around_two_short_bookings(customer, other_customer, region):
+    NodeFactory(hostname="single", gpu_count=1, region=region)
+    reserve(customer, gpu_milli_per_gpu=600, start_at=NOW, end_at=NOW + hours(1))
+    reserve(customer, gpu_milli_per_gpu=600, start_at=NOW + hours(2), end_at=NOW + hours(3))
+
+    spanning = reserve(other_customer, gpu_milli_per_gpu=400, start_at=NOW, end_at=NOW + hours(3))
+
+    assert spanning.status == ReservationStatus.ACTIVE
+
+
+def test_quota_counts_peak_not_sum(customer, region):
+    NodeFactory(hostname="eight", gpu_count=8, region=region)
+    quota_set(organization=customer, gpu_model=None, max_gpu_milli=5000)
+    reserve(customer, gpu_count=3, start_at=NOW, end_at=NOW + hours(1))
+    reserve(customer, gpu_count=3, start_at=NOW + hours(2), end_at=NOW + hours(3))
+
+    spanning = reserve(customer, gpu_count=2, start_at=NOW, end_at=NOW + hours(3))
+    over = reserve(customer, gpu_count=1, start_at=NOW, end_at=NOW + hours(3))
+
+    assert spanning.status == ReservationStatus.ACTIVE
+    assert over.reason_code == "quota_exceeded"
+    assert "up to 5000 GPU milli at once" in over.reason_detail
