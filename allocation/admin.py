@@ -74,7 +74,6 @@ class ReservationAdmin(ReadOnlyAdmin):
     list_filter = ["status", "reason_code", "customer", "gpu_count"]
     search_fields = ["=id", "external_ref", "customer__slug", "allocation__node__hostname"]
     list_select_related = ["customer", "allocation__node"]
-    date_hierarchy = "start_at"
     inlines = [EventInline]
     actions = ["cancel_reservations"]
 
@@ -117,7 +116,6 @@ class ReservationEventAdmin(ReadOnlyAdmin):
     list_filter = ["to_status", "reason_code"]
     search_fields = ["=reservation__id"]
     list_select_related = ["reservation", "actor"]
-    date_hierarchy = "at"
 
 
 @admin.register(ApprovalPolicy)

@@ -1,5 +1,6 @@
 """Request and response shapes of the reservation API; validation of business rules is in the services."""
 
+import re
 from datetime import timedelta, timezone as dt_timezone
 from decimal import Decimal
 
@@ -14,6 +15,20 @@ from ..pricing import estimated_cost
 from ..services import ReservationSpec
 
 
+ISO_DATETIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:?[0-9]{2})?",
+)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer that must be a JSON number or digits, never a boolean or a float with a fraction."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class AwareDateTimeField(serializers.DateTimeField):
     """An ISO 8601 datetime that must carry a UTC offset; stored and returned in UTC."""
 
@@ -25,8 +40,8 @@ class AwareDateTimeField(serializers.DateTimeField):
     FIRST_YEAR, LAST_YEAR = 1970, 9000
 
     def to_internal_value(self, value):
-        if not isinstance(value, str):
-            self.fail("invalid", value=value)
+        if not isinstance(value, str) or not ISO_DATETIME.fullmatch(value.strip()):
+            self.fail("invalid", value=str(value)[:64])
         try:
             parsed = parse_datetime(value.strip())
         except ValueError:
@@ -37,33 +52,41 @@ class AwareDateTimeField(serializers.DateTimeField):
             self.fail("naive", value=value)
         if not self.FIRST_YEAR <= parsed.year <= self.LAST_YEAR:
             self.fail("out_of_range", value=value, first=self.FIRST_YEAR, last=self.LAST_YEAR)
-        return parsed.astimezone(dt_timezone.utc)
+        in_utc = parsed.astimezone(dt_timezone.utc)
+        if not self.FIRST_YEAR <= in_utc.year <= self.LAST_YEAR:
+            self.fail("out_of_range", value=value, first=self.FIRST_YEAR, last=self.LAST_YEAR)
+        return in_utc
 
 
 class StrictSerializer(serializers.Serializer):
     """A serializer that rejects fields it does not know, so a typo is not silently ignored."""
 
+    MAX_REPORTED_UNKNOWN = 10
+
     def to_internal_value(self, data):
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
-                raise serializers.ValidationError({
-                    name: [f"Unknown field. Valid fields: {', '.join(sorted(self.fields))}."] for name in unknown
-                })
+                valid = ", ".join(sorted(self.fields))
+                reported = {name[:64]: ["Unknown field."] for name in unknown[: self.MAX_REPORTED_UNKNOWN]}
+                reported["non_field_errors"] = [
+                    f"{len(unknown)} unknown field(s); the valid fields are: {valid}."
+                ]
+                raise serializers.ValidationError(reported)
         return super().to_internal_value(data)
 
 
 class ReservationCreateSerializer(StrictSerializer):
-    gpu_count = serializers.IntegerField(min_value=0, max_value=64, help_text="GPUs on one node; 0 for CPU only.")
-    gpu_milli_per_gpu = serializers.IntegerField(
+    gpu_count = StrictIntegerField(min_value=0, max_value=64, help_text="GPUs on one node; 0 for CPU only.")
+    gpu_milli_per_gpu = StrictIntegerField(
         min_value=0, max_value=GPU_MILLI_PER_GPU, required=False,
         help_text="Milli of each GPU (1000 is a whole GPU). Default: 1000, or 0 when gpu_count is 0.",
     )
-    cpu_millicores = serializers.IntegerField(
+    cpu_millicores = StrictIntegerField(
         min_value=0, max_value=10_000_000, default=0,
         help_text="Host CPU to hold on the node, in millicores (1000 = one core). Default: 0, none held.",
     )
-    memory_mib = serializers.IntegerField(
+    memory_mib = StrictIntegerField(
         min_value=0, max_value=1 << 40, default=0,
         help_text="Host memory to hold on the node, in MiB. Default: 0, none held.",
     )

@@ -231,6 +231,14 @@ class GpuModelViewSet(viewsets.ReadOnlyModelViewSet):
     lookup_field = "name"
     pagination_class = None
 
+    def get_object(self) -> GpuModel:
+        name = self.kwargs["name"]
+        model = GpuModel.objects.filter(name=name).first()
+        if model is None:
+            valid = ", ".join(GpuModel.objects.order_by("name").values_list("name", flat=True))
+            raise NotFound(f"No GPU model {name[:64]!r}. Names are case-sensitive: {valid}.")
+        return model
+
 
 class OfferListView(APIView):
     """Free capacity by GPU model, region and price for a window (default: the next hour)."""

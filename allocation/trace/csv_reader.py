@@ -23,7 +23,9 @@ MAX_TRACE_SECONDS = 10**9
 """Upper bounds far above any real machine or trace (10,000 cores, 1 EiB, 31 years)."""
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """Node and task names: ASCII letters, digits, dots, dashes and underscores, at most 128 characters."""
-INTEGER_PATTERN = re.compile(r"-?[0-9]+")
+INTEGER_PATTERN = re.compile(r"-?[0-9]{1,19}")
+TASK_QOS = frozenset({"LS", "BE", "Burstable", "Guaranteed"})
+TASK_PHASES = frozenset({"Running", "Failed", "Pending", "Succeeded"})
 
 
 class TraceFormatError(ValueError):
@@ -69,7 +71,7 @@ class _RowReader:
         self.line = 0
 
     def rows(self):
-        reader = csv.reader(io.StringIO(self._read_text(), newline=""))
+        reader = csv.reader(io.StringIO(self._read_text(), newline=""), strict=True)
         try:
             header = next(reader, None)
             self.line = reader.line_num
@@ -108,7 +110,7 @@ class _RowReader:
         if text == "" and optional:
             return None
         if not INTEGER_PATTERN.fullmatch(text):
-            raise TraceFormatError(self.path, self.line, column, f"{text[:40]!r} is not an integer.")
+            raise TraceFormatError(self.path, self.line, column, f"{text[:40]!r} is not an integer of at most 19 digits.")
         value = int(text)
         if value < minimum or (maximum is not None and value > maximum):
             bounds = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
@@ -169,6 +171,13 @@ def read_tasks(path: Path) -> list[TraceTask]:
             raise reader.fail("gpu_spec", f"unknown GPU model {unknown[0]!r}; expected models from {sorted(TRACE_GPU_MODELS)}.")
         creation = reader.integer(row, "creation_time", maximum=MAX_TRACE_SECONDS)
         deletion = reader.integer(row, "deletion_time", maximum=MAX_TRACE_SECONDS)
+        if deletion < creation:
+            raise reader.fail("deletion_time", f"{deletion} is before creation_time {creation}.")
+        qos, phase = row["qos"].strip(), row["pod_phase"].strip()
+        if qos not in TASK_QOS:
+            raise reader.fail("qos", f"{qos[:40]!r} is not a QoS class; expected one of {sorted(TASK_QOS)}.")
+        if phase not in TASK_PHASES:
+            raise reader.fail("pod_phase", f"{phase[:40]!r} is not a phase; expected one of {sorted(TASK_PHASES)}.")
         seen.add(name)
         tasks.append(TraceTask(
             name=name,
@@ -177,8 +186,8 @@ def read_tasks(path: Path) -> list[TraceTask]:
             gpu_count=gpu_count,
             gpu_milli=gpu_milli,
             gpu_models=gpu_models,
-            qos=row["qos"].strip(),
-            phase=row["pod_phase"].strip(),
+            qos=qos,
+            phase=phase,
             creation_seconds=creation,
             deletion_seconds=deletion,
             scheduled_seconds=reader.integer(row, "scheduled_time", maximum=MAX_TRACE_SECONDS, optional=True),

@@ -9,7 +9,8 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.views.decorators.csrf import csrf_exempt
 from django.db import DataError, IntegrityError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
@@ -101,6 +102,11 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
                        detail="The request body is larger than the server accepts. Send a smaller body.")
         return problem_response(body)
 
+    if isinstance(exc, TooManyFieldsSent):
+        body = problem(status=400, code="invalid_request", title="Invalid request",
+                       detail="The request has too many query or form parameters. Send fewer than 1000.")
+        return problem_response(body)
+
     if isinstance(exc, DataError):
         logger.warning("Request %s sent a value the database cannot store: %s", _describe(context), exc)
         body = problem(status=400, code="invalid_request", title="Invalid request",
@@ -152,6 +158,7 @@ def _describe(context: dict) -> str:
     return f"{request.method} {request.path}" if request is not None else "an API call"
 
 
+@csrf_exempt
 def json_not_found(request, exception=None):
     """Django 404 handler: problem details for API paths, the plain page elsewhere."""
     if request.path.startswith("/api/"):

@@ -11,10 +11,10 @@ class StrictPageNumberPagination(PageNumberPagination):
 
     def paginate_queryset(self, queryset, request, view=None):
         raw = request.query_params.get(self.page_query_param, "1")
-        if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) < 1:
             raise InvalidRequest(
-                f"page {raw[:20]!r} is not a page number. Use an integer from 1.",
-                errors=[FieldProblem("page", "Use an integer from 1.", "invalid")],
+                f"page {raw[:20]!r} is not a page number. Use an integer from 1 to 999999999.",
+                errors=[FieldProblem("page", "Use an integer from 1 to 999999999.", "invalid")],
             )
         try:
             return super().paginate_queryset(queryset, request, view)

@@ -145,7 +145,8 @@ def test_import_replicas_multiply_fleet(tmp_path):
     [
         ("n1,\u0666\u0664\u0660\u0660\u0660,262144,2,T4", "cpu_milli", "not an integer"),
         ("n1,99999999999,262144,2,T4", "cpu_milli", "out of range"),
-        ("n1,64000,99999999999999999999,2,T4", "memory_mib", "out of range"),
+        ("n1,64000,99999999999999999999,2,T4", "memory_mib", "at most 19 digits"),
+        ("n1,64000,9999999999999999999,2,T4", "memory_mib", "out of range"),
         ("n\x001,64000,262144,2,T4", "sn", "not a valid name"),
         ("n" * 300 + ",64000,262144,2,T4", "sn", "not a valid name"),
     ],
@@ -205,3 +206,29 @@ def test_replay_unknown_policy_is_clear_error():
 
     with pytest.raises(CommandError, match=r"Unknown placement policy 'nosuch'\. Use one of: best_fit\.$"):
         call_command("replay_trace", "--limit", "5", "--policy", "nosuch")
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "message"),
+    [
+        ("p1,1000,1024,1,500,,LS,Running,10,5,0", "deletion_time", "before creation_time"),
+        ("p1,1000,1024,1,500,,XX,Running,0,10,0", "qos", "not a QoS class"),
+        ("p1,1000,1024,1,500,,LS,Sleeping,0,10,0", "pod_phase", "not a phase"),
+        ("p1," + "9" * 5000 + ",1024,1,500,,LS,Running,0,10,0", "cpu_milli", "at most 19 digits"),
+    ],
+)
+def test_task_fields_checked_before_replay(tmp_path, row, column, message):
+    path = write(tmp_path, "tasks.csv", TASK_HEADER + row + "\n")
+
+    with pytest.raises(TraceFormatError) as raised:
+        read_tasks(path)
+
+    assert raised.value.column == column
+    assert message in str(raised.value)
+
+
+def test_unterminated_quote_is_rejected(tmp_path):
+    path = write(tmp_path, "nodes.csv", NODE_HEADER + 'n1,64000,262144,2,"P100\n')
+
+    with pytest.raises(TraceFormatError):
+        read_nodes(path)

@@ -412,3 +412,65 @@ def test_cpu_heavy_reservation_pays_dominant_share(api, t4_node):
     assert response.status_code == 201
     assert allocation["billed_gpus"] == "1"
     assert allocation["estimated_cost"] == "1.00"
+
+
+@pytest.mark.parametrize("url", ["/api/v1/gpu-models/G3%00/", "/api/v1/offers/?gpu_model=G3%00",
+                                 "/api/v1/reservations/?status=%00"])
+def test_nul_character_in_url_is_400(api, url):
+    data = assert_problem(api.get(url), 400, "invalid_request")
+
+    assert "NUL" in data["detail"]
+
+
+def test_nul_character_in_admin_url_is_400(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("root", "r@example.com", "pw-for-tests"))
+
+    response = client.get("/admin/allocation/reservation/?status__exact=%00")
+
+    assert response.status_code == 400
+
+
+def test_huge_page_number_is_400(api):
+    data = assert_problem(api.get("/api/v1/reservations/", {"page": "9" * 5000}), 400, "invalid_request")
+
+    assert data["errors"][0]["field"] == "page"
+
+
+def test_too_many_parameters_is_400(api):
+    assert_problem(api.get("/api/v1/offers/?" + "&".join(["gpu_model=G3"] * 1001)), 400, "invalid_request")
+
+
+def test_post_without_slash_is_json_404_not_csrf(api):
+    data = assert_problem(api.post("/api/v1/reservations/1/cancel", format="json"), 404, "not_found")
+
+    assert "trailing slash" in data["detail"]
+
+
+def test_many_unknown_fields_give_short_error(api):
+    payload = {f"junk{i}": 1 for i in range(5000)}
+
+    response = api.post("/api/v1/reservations/", payload, format="json")
+
+    assert_problem(response, 400, "invalid_request")
+    assert len(response.content) < 5000
+
+
+@pytest.mark.parametrize("value", ["2027-01-01T00:00:00\u00a0Z", "2027-01-01X00:00:00Z",
+                                   "\uff12\uff10\uff12\uff17-01-01T00:00:00Z", "1970-01-01T00:00:00+01:00"])
+def test_loose_datetimes_are_400(api, value):
+    data = assert_problem(api.get("/api/v1/offers/", {"start_at": value}), 400, "invalid_request")
+
+    assert data["errors"][0]["field"] == "start_at"
+
+
+def test_boolean_count_is_400(api, t4_node):
+    data = assert_problem(api.post("/api/v1/reservations/", body(gpu_count=True), format="json"),
+                          400, "invalid_request")
+
+    assert data["errors"][0]["field"] == "gpu_count"
+
+
+def test_unknown_gpu_model_lists_names(api):
+    data = assert_problem(api.get("/api/v1/gpu-models/g3/"), 404, "not_found")
+
+    assert "G3" in data["detail"]
