@@ -10,7 +10,7 @@ from django.utils import timezone
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, NotFound
 
 from .models import RejectionReason, Reservation, ReservationStatus
-from .services import release_allocation, reservation_transition
+from .services import reservation_transition
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ def reservation_reject(
                              errors=[FieldProblem("reason", "Say why the request is rejected.", "required")])
     with transaction.atomic():
         reservation = _pending(reservation_id)
-        release_allocation(reservation, now)
         reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
                                reason_code=RejectionReason.REJECTED_BY_ADMIN, note=reason[:2000])
     logger.info("Reservation %s rejected by %s", reservation_id, actor.get_username())
@@ -68,7 +67,6 @@ def reservations_expire(*, now: datetime | None = None) -> int:
                 .order_by("id")[:200]
             )
             for reservation in batch:
-                release_allocation(reservation, now)
                 reservation_transition(
                     reservation=reservation, to_status=ReservationStatus.EXPIRED, now=now,
                     reason_code="approval_timeout",

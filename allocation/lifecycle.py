@@ -22,6 +22,8 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 TERMINAL_STATUSES = frozenset(status for status, targets in ALLOWED_TRANSITIONS.items() if not targets)
 HOLDING_STATUSES = frozenset({S.PENDING_APPROVAL, S.SCHEDULED, S.ACTIVE})
 """Statuses whose allocation holds capacity and quota."""
+RELEASING_STATUSES = TERMINAL_STATUSES - {S.COMPLETED}
+"""Final statuses reached before the window ends: moving into one releases capacity, quota and budget."""
 CONFIRMED_STATUSES = frozenset({S.SCHEDULED, S.ACTIVE})
 """Statuses that advance with the clock: scheduled starts, and both complete when the window ends."""
 

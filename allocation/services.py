@@ -16,7 +16,7 @@ from django.utils import timezone
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
 from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Organization, Region
 
-from .lifecycle import CONFIRMED_STATUSES, HOLDING_STATUSES, can_transition
+from .lifecycle import CONFIRMED_STATUSES, HOLDING_STATUSES, RELEASING_STATUSES, can_transition
 from .models import Allocation, GpuShare, IdempotencyKey, Quota, RejectionReason, Reservation, ReservationEvent, ReservationStatus
 from .approval_policy import approval_reason
 from .placement import placement_find_and_commit
@@ -177,7 +177,12 @@ def reservation_transition(
     *, reservation: Reservation, to_status: str, actor: AbstractBaseUser | None = None, now: datetime | None = None,
     reason_code: str = "", note: str = "",
 ) -> None:
-    """Move ``reservation`` to ``to_status`` and record the event; raise ``InvalidTransition`` if not allowed."""
+    """Move ``reservation`` to ``to_status`` and record the event; raise ``InvalidTransition`` if not allowed.
+
+    Leaving a status that holds capacity for a final one other than ``completed`` (cancelled,
+    failed, rejected, expired, preempted) releases the allocation from ``now`` on, so no path can
+    leak capacity or quota.
+    """
     now = now or timezone.now()
     from_status = reservation.status
     if not can_transition(from_status, to_status):
@@ -185,6 +190,8 @@ def reservation_transition(
             f"Reservation {reservation.pk} is {from_status} and cannot become {to_status}.",
             current=from_status, requested=to_status,
         )
+    if from_status in HOLDING_STATUSES and to_status in RELEASING_STATUSES:
+        release_allocation(reservation, now)
     reservation.status = to_status
     update_fields = ["status", "updated_at"]
     if reason_code or note:
@@ -216,8 +223,6 @@ def reservation_cancel(
         except Reservation.DoesNotExist:
             raise NotFound(f"Reservation {reservation_id} does not exist or belongs to another organization.") from None
 
-        if reservation.status in HOLDING_STATUSES:
-            release_allocation(reservation, now)
         reservation_transition(reservation=reservation, to_status=ReservationStatus.CANCELLED, actor=actor, now=now,
                                note=note or "Cancelled.")
     logger.info("Cancelled reservation %s of %s", reservation.pk, reservation.customer_id)

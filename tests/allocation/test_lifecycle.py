@@ -58,3 +58,21 @@ def test_advance_starts_then_completes(customer, t4_node):
     assert list(ReservationEvent.objects.filter(reservation=reservation).values_list("to_status", flat=True)) == [
         "pending", "scheduled", "active", "completed",
     ]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("final_status", ["cancelled", "failed", "preempted"])
+def test_every_early_end_releases_capacity(customer, t4_node, final_status):
+    from allocation.models import Allocation
+
+    reservation = reservation_create(
+        customer=customer, now=NOW,
+        spec=ReservationSpec(gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=1, memory_mib=1,
+                             start_at=NOW, end_at=NOW + hours(4)),
+    )
+
+    reservation_transition(reservation=reservation, to_status=final_status, now=NOW + hours(1))
+
+    allocation = Allocation.objects.get(reservation=reservation)
+    assert allocation.end_at == NOW + hours(1)
+    assert allocation.released_at == NOW + hours(1)
