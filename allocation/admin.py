@@ -5,7 +5,17 @@ from django.utils import timezone
 
 from marketplace.exceptions import MarketplaceError
 
-from .models import Allocation, ApprovalPolicy, GpuShare, IdempotencyKey, Quota, Reservation, ReservationEvent
+from .models import (
+    Allocation,
+    ApprovalPolicy,
+    Cohort,
+    CohortMembership,
+    GpuShare,
+    IdempotencyKey,
+    Quota,
+    Reservation,
+    ReservationEvent,
+)
 from .services import quota_set, reservation_cancel
 
 
@@ -102,8 +112,8 @@ class ReservationAdmin(ReadOnlyAdmin):
 
 @admin.register(Allocation)
 class AllocationAdmin(ReadOnlyAdmin):
-    list_display = ["reservation", "customer", "node", "gpu_model", "gpu_milli_total", "start_at", "end_at",
-                    "price_per_gpu_hour", "currency", "released_at"]
+    list_display = ["reservation", "customer", "node", "gpu_model", "gpu_milli_total", "borrowed_gpu_milli",
+                    "start_at", "end_at", "price_per_gpu_hour", "currency", "released_at"]
     list_filter = ["gpu_model", "node__region", "customer"]
     search_fields = ["=reservation__id", "node__hostname", "customer__slug"]
     list_select_related = ["reservation", "customer", "node", "gpu_model"]
@@ -131,3 +141,16 @@ class IdempotencyKeyAdmin(ReadOnlyAdmin):
     list_display = ["key", "customer", "response_status", "reservation", "created_at"]
     search_fields = ["key", "customer__slug"]
     list_select_related = ["customer", "reservation"]
+
+
+class CohortMembershipInline(admin.TabularInline):
+    model = CohortMembership
+    extra = 0
+    autocomplete_fields = ["organization"]
+
+
+@admin.register(Cohort)
+class CohortAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name"]
+    search_fields = ["slug", "name"]
+    inlines = [CohortMembershipInline]

@@ -54,6 +54,37 @@ class Quota(models.Model):
         return f"{self.organization.slug}: {self.max_gpu_milli} milli of {scope}"
 
 
+class Cohort(models.Model):
+    """Customer organizations that lend each other the unused part of their quotas over all models.
+
+    ``allocation_version`` is bumped by the PostgreSQL quota trigger to serialise members' admissions.
+    """
+
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    allocation_version = models.PositiveBigIntegerField(default=0, editable=False)
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class CohortMembership(models.Model):
+    """A customer's place in a cohort, and how much of the cohort's unused quota it may borrow."""
+
+    cohort = models.ForeignKey(Cohort, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="cohort_membership",
+        limit_choices_to={"kind": Organization.Kind.CUSTOMER},
+    )
+    borrowing_limit_gpu_milli = models.PositiveBigIntegerField(
+        null=True, blank=True,
+        help_text="GPU milli the organization may hold above its own quota; empty means any unused cohort quota.",
+    )
+
+    def __str__(self) -> str:
+        return f"{self.organization.slug} in {self.cohort.slug}"
+
+
 class ReservationStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     PENDING_APPROVAL = "pending_approval", "Pending approval"
@@ -194,6 +225,10 @@ class Allocation(models.Model):
     billed_gpu_milli = models.PositiveIntegerField(
         help_text="GPU milli charged: the GPU share, or the node's GPUs in proportion to the CPU or memory "
                   "taken, whichever is larger.",
+    )
+    borrowed_gpu_milli = models.PositiveIntegerField(
+        default=0, help_text="GPU milli held above the customer's own quota, borrowed from its cohort; "
+                             "preempted first.",
     )
     price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
     currency = models.CharField(max_length=3)

@@ -53,6 +53,7 @@ def placement_rank(
 
 def placement_find_and_commit(
     *, reservation: Reservation, request: PlacementRequest, node_filter: NodeFilter, policy: PlacementPolicy,
+    borrowed_gpu_milli: int = 0,
 ) -> PlacementOutcome:
     """Choose a node and GPUs for ``reservation`` and insert its allocation, or say why none fits.
 
@@ -72,7 +73,7 @@ def placement_find_and_commit(
             attempts += 1
             try:
                 with transaction.atomic():
-                    allocation = _commit(reservation, request, placement, policy)
+                    allocation = _commit(reservation, request, placement, policy, borrowed_gpu_milli)
             except (CapacityConflict, IntegrityError) as error:
                 logger.warning(
                     "Placement of reservation %s on node %s lost a race (attempt %d): %s",
@@ -95,6 +96,7 @@ def placement_find_and_commit(
 
 def _commit(
     reservation: Reservation, request: PlacementRequest, placement: Placement, policy: PlacementPolicy,
+    borrowed_gpu_milli: int,
 ) -> Allocation:
     node = Node.objects.select_for_update().only(
         "id", "hostname", "gpu_model_id", "gpu_count", "cpu_millicores", "memory_mib", "price_per_gpu_hour",
@@ -113,6 +115,7 @@ def _commit(
         cpu_millicores=request.cpu_millicores,
         memory_mib=request.memory_mib,
         gpu_milli_total=request.gpu_milli_total,
+        borrowed_gpu_milli=borrowed_gpu_milli,
         billed_gpu_milli=billed_gpu_milli(request, node_gpu_count=node.gpu_count,
                                           node_cpu_millicores=node.cpu_millicores, node_memory_mib=node.memory_mib),
         price_per_gpu_hour=node.price_per_gpu_hour,

@@ -3,16 +3,24 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from .models import Quota
-from .selectors import customer_usage
+from django.db import connection
+from django.db.models import Sum
+
+from .models import Cohort, CohortMembership, Quota
+from .selectors import cohort_peak_usage, customer_usage
 
 
 @dataclass(frozen=True)
 class QuotaDecision:
-    """The GPU models the quota admits; ``detail`` explains a rejection when none is admitted."""
+    """The GPU models the quota admits; ``detail`` explains a rejection when none is admitted.
+
+    ``borrowed_gpu_milli`` is the part of the request above the organization's own quota over all
+    models, admitted from its cohort's unused quota.
+    """
 
     admitted_model_ids: tuple[int, ...]
     detail: str = ""
+    borrowed_gpu_milli: int = 0
 
 
 def quota_admit(
@@ -34,22 +42,18 @@ def quota_admit(
     limits = dict(quotas)
 
     overall_limit = limits.get(None)
+    borrowed = 0
     if overall_limit is not None and total_usage + gpu_milli > overall_limit:
-        return QuotaDecision(
-            admitted_model_ids=(),
-            detail=(
-                f"The organization holds up to {total_usage} GPU milli at once in this window and its quota "
-                f"over all models is {overall_limit}; {gpu_milli} more do not fit. Cancel a reservation, choose "
-                f"a window with less usage, or ask an admin to raise the quota."
-            ),
-        )
+        borrowed, refusal = _borrow_from_cohort(customer_id, overall_limit, total_usage, gpu_milli, start_at, end_at)
+        if refusal:
+            return QuotaDecision(admitted_model_ids=(), detail=refusal)
 
     admitted = tuple(
         model_id for model_id in model_ids
         if limits.get(model_id) is None or usage.get(model_id, 0) + gpu_milli <= limits[model_id]
     )
     if admitted:
-        return QuotaDecision(admitted_model_ids=admitted)
+        return QuotaDecision(admitted_model_ids=admitted, borrowed_gpu_milli=borrowed)
 
     names = ", ".join(sorted(model_names[model_id] for model_id in model_ids))
     return QuotaDecision(
@@ -59,3 +63,39 @@ def quota_admit(
             f"window. Allow another GPU model, choose another window, or ask an admin to raise the quota."
         ),
     )
+
+
+def _borrow_from_cohort(
+    customer_id: int, own_limit: int, usage: int, gpu_milli: int, start_at: datetime, end_at: datetime,
+) -> tuple[int, str]:
+    """Return ``(borrowed_milli, "")`` when the cohort can lend what exceeds ``own_limit``, else ``(0, reason)``.
+
+    The organization may go above its own quota by at most its borrowing limit, and the cohort's
+    members together may not go above the sum of their own quotas over all models. The cohort row
+    is locked, so members' concurrent admissions are checked one after another.
+    """
+    over_own_quota = (
+        f"The organization holds up to {usage} GPU milli at once in this window and its quota over all "
+        f"models is {own_limit}; {gpu_milli} more do not fit."
+    )
+    fix = "Cancel a reservation, choose a window with less usage, or ask an admin to raise the quota."
+    membership = CohortMembership.objects.filter(organization_id=customer_id).select_related("cohort").first()
+    if membership is None:
+        return 0, f"{over_own_quota} {fix}"
+
+    if connection.features.has_select_for_update:
+        Cohort.objects.select_for_update().only("id").get(pk=membership.cohort_id)
+    borrowed = usage + gpu_milli - own_limit
+    limit = membership.borrowing_limit_gpu_milli
+    if limit is not None and borrowed > limit:
+        return 0, (f"{over_own_quota} Borrowing {borrowed} from cohort {membership.cohort.slug!r} would exceed the "
+                   f"organization's borrowing limit of {limit}. {fix}")
+
+    member_ids = CohortMembership.objects.filter(cohort_id=membership.cohort_id).values("organization_id")
+    cohort_quota = Quota.objects.filter(organization_id__in=member_ids, gpu_model__isnull=True).aggregate(
+        total=Sum("max_gpu_milli"))["total"] or 0
+    cohort_usage = cohort_peak_usage(membership.cohort_id, start_at, end_at)
+    if cohort_usage + gpu_milli > cohort_quota:
+        return 0, (f"{over_own_quota} Cohort {membership.cohort.slug!r} holds up to {cohort_usage} of its "
+                   f"{cohort_quota} GPU milli in this window, so it cannot lend {borrowed}. {fix}")
+    return min(borrowed, gpu_milli), ""

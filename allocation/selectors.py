@@ -16,7 +16,7 @@ from django.db import connection, models
 
 from marketplace.models import GPU_MILLI_PER_GPU, Gpu, GpuModel, Node, Region
 
-from .models import Allocation, GpuShare
+from .models import Allocation, CohortMembership, GpuShare
 from .solvers import NodeState, PlacementRequest
 
 
@@ -55,12 +55,15 @@ def _node_conditions(alias: str, node_filter: NodeFilter, *, with_price: bool = 
     return " AND ".join(conditions), params
 
 
-def _peak_sql(table: str, key: str, values: dict[str, str], where: str = "") -> str:
+def _peak_sql(table: str, key: str, values: dict[str, str], where: str = "", key_expression: str = "") -> str:
     """Return a query of the peak of each value per ``key`` over the window, as columns named after ``values``.
 
-    ``values`` maps output names to the row's amount (a column of ``table``, alias ``r``). The
-    query takes four parameters: window start, window end, window start, window end.
+    ``values`` maps output names to the row's amount (a column of ``table``, alias ``r``). The key
+    is the column ``key`` of ``table``, or ``key_expression`` named ``key`` (a constant gives one
+    peak over all rows). The query takes the window start and end, then the parameters of
+    ``where``, twice.
     """
+    key_source = key_expression or f"r.{key}"
     amounts = ", ".join(f"{amount} AS {name}" for name, amount in values.items())
     negatives = ", ".join(f"-{amount}" for amount in values.values())
     running = ", ".join(
@@ -72,10 +75,10 @@ def _peak_sql(table: str, key: str, values: dict[str, str], where: str = "") -> 
     return f"""
         SELECT {key}, {peaks} FROM (
             SELECT {key}, {running} FROM (
-                SELECT r.{key} AS {key}, r.start_at AS at, 1 AS sign, {amounts}
+                SELECT {key_source} AS {key}, r.start_at AS at, 1 AS sign, {amounts}
                 FROM {table} r WHERE {overlap}
                 UNION ALL
-                SELECT r.{key}, r.end_at, -1, {negatives}
+                SELECT {key_source}, r.end_at, -1, {negatives}
                 FROM {table} r WHERE {overlap}
             ) deltas
         ) sweep GROUP BY {key}"""
@@ -238,6 +241,20 @@ class CustomerUsage:
 
     by_model: dict[int, int]
     total: int
+
+
+def cohort_peak_usage(cohort_id: int, start_at: datetime, end_at: datetime) -> int:
+    """Return the peak GPU milli that all members of the cohort hold together at one instant of the window."""
+    members = "AND r.customer_id IN (SELECT organization_id FROM {} WHERE cohort_id = %s)".format(
+        _table(CohortMembership)
+    )
+    sql = _peak_sql(_table(Allocation), "cohort_key", {"used_milli": "r.gpu_milli_total"}, members,
+                    key_expression="0")
+    window = [_when(start_at), _when(end_at)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*window, cohort_id, *window, cohort_id])
+        row = cursor.fetchone()
+    return int(row[1]) if row else 0
 
 
 def customer_usage(customer_id: int, start_at: datetime, end_at: datetime) -> CustomerUsage:

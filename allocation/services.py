@@ -144,6 +144,7 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
     )
     outcome = placement_find_and_commit(
         reservation=reservation, request=resolved.request, node_filter=node_filter, policy=policy,
+        borrowed_gpu_milli=decision.borrowed_gpu_milli,
     )
     if outcome.allocation is None:
         reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,

@@ -141,6 +141,9 @@ class AllocationSerializer(serializers.Serializer):
         help_text="GPUs charged: the GPU share, or more when the reservation takes a larger share of the "
                   "node's CPU or memory.",
     )
+    borrowed_gpu_milli = serializers.IntegerField(
+        help_text="GPU milli held above the organization's own quota, borrowed from its cohort; preempted first.",
+    )
     estimated_cost = serializers.SerializerMethodField(help_text="Price x billed GPUs x hours, rounded to cents.")
     released_at = serializers.DateTimeField()
 
