@@ -8,6 +8,7 @@ from marketplace.exceptions import MarketplaceError
 from .models import (
     Allocation,
     ApprovalPolicy,
+    Budget,
     Cohort,
     CohortMembership,
     GpuShare,
@@ -154,3 +155,11 @@ class CohortAdmin(admin.ModelAdmin):
     list_display = ["slug", "name"]
     search_fields = ["slug", "name"]
     inlines = [CohortMembershipInline]
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = ["organization", "period", "max_gpu_hours", "max_spend", "currency", "updated_at"]
+    list_filter = ["period"]
+    search_fields = ["organization__slug"]
+    autocomplete_fields = ["organization"]

@@ -104,6 +104,7 @@ class RejectionReason(models.TextChoices):
     PRICE_ABOVE_MAXIMUM = "price_above_maximum", "Capacity exists only above the maximum price"
     NO_MATCHING_NODE = "no_matching_node", "No node in the fleet can ever hold this shape"
     REJECTED_BY_ADMIN = "rejected_by_admin", "An admin rejected the request"
+    BUDGET_EXCEEDED = "budget_exceeded", "The organization's budget for the period cannot pay for it"
 
 
 class Reservation(models.Model):
@@ -175,6 +176,36 @@ class Reservation(models.Model):
     @property
     def gpu_milli_total(self) -> int:
         return self.gpu_count * self.gpu_milli_per_gpu
+
+
+class Budget(models.Model):
+    """A customer's spending limits per calendar period (UTC), in GPU-hours and in money.
+
+    Booked and consumed GPU-hours and spend both count: every allocation's window, cut at its
+    release when it ended early, is charged to the periods it overlaps.
+    """
+
+    class Period(models.TextChoices):
+        DAY = "day", "Day"
+        WEEK = "week", "Week (Monday to Sunday)"
+        MONTH = "month", "Month"
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="budget",
+        limit_choices_to={"kind": Organization.Kind.CUSTOMER},
+    )
+    period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
+    max_gpu_hours = models.DecimalField(
+        max_digits=14, decimal_places=3, null=True, blank=True, help_text="Empty means no GPU-hour limit.",
+    )
+    max_spend = models.DecimalField(
+        max_digits=14, decimal_places=2, null=True, blank=True, help_text="Empty means no spending limit.",
+    )
+    currency = models.CharField(max_length=3, default="USD")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.period}ly budget of {self.organization.slug}"
 
 
 class ApprovalPolicy(models.Model):

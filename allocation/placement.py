@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from marketplace.models import Node
 
 from .models import Allocation, GpuShare, RejectionReason, Reservation
+from .budgets import budget_fits
 from .pricing import billed_gpu_milli
 from .selectors import NodeFilter, candidate_ids, node_states
 from .solvers import Placement, PlacementPolicy, PlacementRequest
@@ -105,6 +106,13 @@ def _commit(
     if connection.features.has_select_for_update:
         placement = _replan_locked_node(reservation, request, placement, policy)
 
+    billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
+                              node_memory_mib=node.memory_mib)
+    if not budget_fits(customer_id=reservation.customer_id, billed_milli=billed,
+                       price_per_gpu_hour=node.price_per_gpu_hour, start_at=reservation.start_at,
+                       end_at=reservation.end_at):
+        raise CapacityConflict(f"node {node.pk} would take the organization past its budget")
+
     allocation = Allocation.objects.create(
         reservation=reservation,
         customer_id=reservation.customer_id,
@@ -116,8 +124,7 @@ def _commit(
         memory_mib=request.memory_mib,
         gpu_milli_total=request.gpu_milli_total,
         borrowed_gpu_milli=borrowed_gpu_milli,
-        billed_gpu_milli=billed_gpu_milli(request, node_gpu_count=node.gpu_count,
-                                          node_cpu_millicores=node.cpu_millicores, node_memory_mib=node.memory_mib),
+        billed_gpu_milli=billed,
         price_per_gpu_hour=node.price_per_gpu_hour,
         currency=node.currency,
     )

@@ -19,6 +19,7 @@ from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Organization, Region
 from .lifecycle import CONFIRMED_STATUSES, HOLDING_STATUSES, RELEASING_STATUSES, can_transition
 from .models import Allocation, GpuShare, IdempotencyKey, Quota, RejectionReason, Reservation, ReservationEvent, ReservationStatus
 from .approval_policy import approval_reason
+from .budgets import budget_admit
 from .placement import placement_find_and_commit
 from .pricing import estimated_cost
 from .quotas import quota_admit
@@ -137,18 +138,38 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
                                reason_code=RejectionReason.QUOTA_EXCEEDED, note=decision.detail)
         return
 
+    budget = budget_admit(customer_id=reservation.customer_id, gpu_milli=resolved.request.gpu_milli_total,
+                          start_at=reservation.start_at, end_at=reservation.end_at)
+    if budget.refusal:
+        reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
+                               reason_code=RejectionReason.BUDGET_EXCEEDED, note=budget.refusal)
+        return
+
+    customer_cap = resolved.spec.max_price_per_gpu_hour
+    price_cap = customer_cap
+    budget_binds = budget.max_affordable_price is not None and (
+        customer_cap is None or budget.max_affordable_price < customer_cap
+    )
+    if budget_binds:
+        price_cap = budget.max_affordable_price
     node_filter = NodeFilter(
         gpu_model_ids=decision.admitted_model_ids,
         region_id=resolved.region.id if resolved.region else None,
-        max_price_per_gpu_hour=resolved.spec.max_price_per_gpu_hour,
+        max_price_per_gpu_hour=price_cap,
     )
     outcome = placement_find_and_commit(
         reservation=reservation, request=resolved.request, node_filter=node_filter, policy=policy,
         borrowed_gpu_milli=decision.borrowed_gpu_milli,
     )
     if outcome.allocation is None:
+        reason, detail = outcome.reason, outcome.detail
+        if budget_binds and reason == RejectionReason.PRICE_ABOVE_MAXIMUM:
+            reason = RejectionReason.BUDGET_EXCEEDED
+            detail = (f"What is left of the organization's budget pays at most {price_cap} per GPU-hour for this "
+                      f"window, and no node that fits is that cheap. Shorten the window, use fewer GPUs, or ask "
+                      f"an admin to raise the budget.")
         reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
-                               reason_code=outcome.reason, note=outcome.detail)
+                               reason_code=reason, note=detail)
         return
 
     allocation = outcome.allocation
