@@ -8,7 +8,7 @@ PORT ?= 8000
 # sets: an empty value wins over .env, and the settings treat it as unset.
 DEMO_ENV := env DATABASE_URL= REDIS_URL=
 
-.PHONY: install demo test bench serve clean
+.PHONY: install demo test bench bench-api serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: install
 
 bench: install
 	$(DEMO_ENV) $(BIN)/python -m bench.replay --output docs/benchmarks.md
+
+# Needs a local PostgreSQL; BENCH_ADMIN_DATABASE_URL names another server with the right to create databases.
+bench-api: install
+	$(BIN)/python -m bench.api --output docs/benchmarks.md
 
 clean:
 	rm -rf var .pytest_cache

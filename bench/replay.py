@@ -18,6 +18,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.report import write_section
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRACE_START = "2026-01-01T00:00:00+00:00"
 SCALING_TASKS = 2000
@@ -74,7 +76,7 @@ def render(results: dict) -> str:
         f"{row['replicas']:.0f} |"
         for row in scaling
     )
-    return f"""# Benchmarks
+    return f"""## Trace replay
 
 Measured by `make bench`, which runs
 
@@ -86,7 +88,7 @@ process on a fresh SQLite database (the demo configuration), with trace time 0 a
 A decision is one call of the reservation service: validation, quota admission, placement and the
 committed transaction with its events.
 
-## Full replay of the default trace
+### Full replay of the default trace
 
 All 8,152 tasks of `openb_pod_list_default.csv` on the 1,213-node fleet, in creation-time order.
 
@@ -104,7 +106,7 @@ The trace's own windows are short (median 9 minutes), so at most about 1 % of th
 any instant. Holding every task to the trace's end, as arrival-only packing studies of this trace
 do, brings demand to about 98 % of the fleet and exercises placement under contention.
 
-## Time per decision as the fleet grows
+### Time per decision as the fleet grows
 
 The first {SCALING_TASKS} tasks, each held to the trace's end, on the fleet replicated 1x, 4x and
 16x (`import_trace --replicas N`). Sub-linear means the ratio to 1x stays well below the growth
@@ -143,7 +145,7 @@ def main() -> None:
 
     report = render(results)
     if args.output:
-        args.output.write_text(report)
+        write_section(args.output, "replay", report)
         print(f"Wrote {args.output}", file=sys.stderr)
     print(json.dumps({
         "full_replay_wall_seconds": results["full"]["wall_seconds"],

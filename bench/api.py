@@ -1,0 +1,252 @@
+"""`make bench-api`: HTTP load against gunicorn on PostgreSQL, then an independent invariant check.
+
+Steps: a fresh PostgreSQL database with the trace fleet and one API user per customer; gunicorn
+with several sync workers; for each mix (the authenticated no-op floor, spread, contended) a
+separate client process (``bench.api_client``) sends requests for a fixed time; finally plain SQL,
+written apart from the product's own queries, checks that no GPU, node or quota was overrun, that
+every 201 or 202 has an allocation and that no 409 has one.
+
+    python -m bench.api --output docs/benchmarks.md
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+
+from bench.report import write_section
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+DATABASE = "marketplace_bench_api"
+PORT = 8211
+WORKERS = 4
+CLIENTS = 16
+SECONDS = 20
+
+CHECKS = {
+    "gpu_over_1000_milli": """
+        SELECT COUNT(*) FROM (
+            SELECT gpu_id, MAX(running) AS peak FROM (
+                SELECT gpu_id, SUM(delta) OVER (PARTITION BY gpu_id ORDER BY at, delta ROWS UNBOUNDED PRECEDING)
+                       AS running
+                FROM (SELECT gpu_id, start_at AS at, gpu_milli AS delta FROM allocation_gpushare WHERE end_at > start_at
+                      UNION ALL
+                      SELECT gpu_id, end_at, -gpu_milli FROM allocation_gpushare WHERE end_at > start_at) events
+            ) sweep GROUP BY gpu_id
+        ) peaks WHERE peak > 1000""",
+    "node_cpu_or_memory_overcommitted": """
+        SELECT COUNT(*) FROM (
+            SELECT node_id, MAX(cpu) AS cpu, MAX(memory) AS memory FROM (
+                SELECT node_id,
+                       SUM(cpu) OVER (PARTITION BY node_id ORDER BY at, sign ROWS UNBOUNDED PRECEDING) AS cpu,
+                       SUM(memory) OVER (PARTITION BY node_id ORDER BY at, sign ROWS UNBOUNDED PRECEDING) AS memory
+                FROM (SELECT node_id, start_at AS at, 1 AS sign, cpu_millicores AS cpu, memory_mib AS memory
+                      FROM allocation_allocation WHERE end_at > start_at
+                      UNION ALL
+                      SELECT node_id, end_at, -1, -cpu_millicores, -memory_mib
+                      FROM allocation_allocation WHERE end_at > start_at) events
+            ) sweep GROUP BY node_id
+        ) peaks JOIN marketplace_node n ON n.id = peaks.node_id
+        WHERE peaks.cpu > n.cpu_millicores OR peaks.memory > n.memory_mib""",
+    "quota_overrun": """
+        SELECT COUNT(*) FROM (
+            SELECT customer_id, MAX(running) AS peak FROM (
+                SELECT customer_id,
+                       SUM(delta) OVER (PARTITION BY customer_id ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS running
+                FROM (SELECT customer_id, start_at AS at, gpu_milli_total AS delta
+                      FROM allocation_allocation WHERE end_at > start_at
+                      UNION ALL
+                      SELECT customer_id, end_at, -gpu_milli_total
+                      FROM allocation_allocation WHERE end_at > start_at) events
+            ) sweep GROUP BY customer_id
+        ) peaks JOIN allocation_quota q ON q.organization_id = peaks.customer_id AND q.gpu_model_id IS NULL
+        WHERE peaks.peak > q.max_gpu_milli""",
+}
+
+
+def manage(env: dict, *args: str) -> str:
+    completed = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, check=True,
+                               capture_output=True, text=True)
+    return completed.stdout
+
+
+def prepare_database(admin_url: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+        connection.execute(f"CREATE DATABASE {DATABASE}")
+    return admin_url.rsplit("/", 1)[0] + f"/{DATABASE}"
+
+
+def create_tokens(env: dict) -> list[str]:
+    script = (
+        "import json\n"
+        "from django.contrib.auth import get_user_model\n"
+        "from rest_framework.authtoken.models import Token\n"
+        "from marketplace.models import Membership, Organization\n"
+        "tokens = []\n"
+        "for org in Organization.objects.filter(kind='customer').order_by('slug'):\n"
+        "    user, _ = get_user_model().objects.get_or_create(username='bench-' + org.slug)\n"
+        "    Membership.objects.get_or_create(user=user, defaults={'organization': org})\n"
+        "    tokens.append(Token.objects.get_or_create(user=user)[0].key)\n"
+        "print(json.dumps(tokens))\n"
+    )
+    return json.loads(manage(env, "shell", "-c", script).strip().splitlines()[-1])
+
+
+def wait_until_ready(url: str, token: str) -> None:
+    request = urllib.request.Request(f"{url}/api/v1/ping/", headers={"Authorization": f"Token {token}"})
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"gunicorn did not answer on {url} within 20 s")
+
+
+def run_mix(url: str, tokens_file: Path, mix: str, workdir: Path) -> dict:
+    output = workdir / f"{mix}.json"
+    subprocess.run([sys.executable, "-m", "bench.api_client", "--url", url, "--tokens", str(tokens_file),
+                    "--mix", mix, "--seconds", str(SECONDS), "--clients", str(CLIENTS), "--output", str(output)],
+                   cwd=REPO_ROOT, check=True)
+    data = json.loads(output.read_text())
+    records = data["records"]
+    latencies = sorted(record["ms"] for record in records)
+    statuses: dict[str, int] = {}
+    for record in records:
+        statuses[str(record["status"])] = statuses.get(str(record["status"]), 0) + 1
+    decisions = sum(statuses.get(code, 0) for code in ("201", "202", "409"))
+    answered = decisions if mix != "floor" else statuses.get("200", 0)
+    summary = {
+        "mix": mix, "requests": len(records), "statuses": statuses,
+        "per_second": round(answered / data["seconds"], 1),
+        "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 1) if latencies else None,
+        "placed_ids": [r["id"] for r in records if r["status"] in (201, 202) and r.get("id")],
+        "rejected_ids": [r["id"] for r in records if r["status"] == 409 and r.get("id")],
+    }
+    print(f"{mix}: {summary['requests']} requests, {summary['per_second']}/s, p50 {summary['p50_ms']} ms, "
+          f"p99 {summary['p99_ms']} ms, statuses {statuses}", file=sys.stderr)
+    return summary
+
+
+def check_invariants(database_url: str, placed: list[int], rejected: list[int]) -> dict[str, int]:
+    """Count violations with plain SQL over the tables, independent of the product's code."""
+    found = {}
+    with psycopg.connect(database_url) as connection:
+        for name, sql in CHECKS.items():
+            found[name] = connection.execute(sql).fetchone()[0]
+        found["placed_without_allocation"] = connection.execute(
+            "SELECT COUNT(*) FROM unnest(%s::bigint[]) AS r(id) WHERE NOT EXISTS "
+            "(SELECT 1 FROM allocation_allocation a WHERE a.reservation_id = r.id)", [placed]).fetchone()[0]
+        found["rejected_with_allocation"] = connection.execute(
+            "SELECT COUNT(*) FROM allocation_allocation a WHERE a.reservation_id = ANY(%s::bigint[])",
+            [rejected]).fetchone()[0]
+    return found
+
+
+def render(results: dict) -> str:
+    rows = "\n".join(
+        f"| {m['mix']} | {m['requests']} | {m['per_second']} | {m['p50_ms']} | {m['p99_ms']} | "
+        f"`{json.dumps(m['statuses'])}` |"
+        for m in results["mixes"]
+    )
+    violations = "\n".join(f"| {name} | {count} |" for name, count in results["violations"].items())
+    return f"""## Reservation API under load
+
+Measured by `make bench-api`, which runs
+
+    python -m bench.api --output docs/benchmarks.md
+
+on {results['measured_at']}, on {results['machine']}: gunicorn with {WORKERS} sync workers and
+PostgreSQL on the same machine, the trace fleet (1,213 nodes), {CLIENTS} concurrent clients with
+keep-alive connections in a second process, {SECONDS} s per mix. *floor* is an authenticated no-op
+POST (`/api/v1/ping/`), the stack's own cost; *spread* asks for trace-like shapes over random
+models and windows in the next week; *contended* sends 80 % of requests after the scarcest model
+(A10, two GPUs in the fleet) in one window. Rates count decisions (201, 202 or 409 answers), or
+200 answers for the floor.
+
+| mix | requests | per second | p50 (ms) | p99 (ms) | statuses |
+|---|---:|---:|---:|---:|---|
+{rows}
+
+Decisions per second over both mixes: {results['decisions_per_second']}; floor ratio
+(decisions per second / floor requests per second): {results['floor_ratio']}; p99 over both
+mixes: {results['p99_ms']} ms. Targets on 2-core machines: at least 300 decisions per second, at
+least half the floor's throughput, p99 under 150 ms, zero violations.
+
+Invariants checked afterwards with plain SQL over the tables:
+
+| check | violations |
+|---|---:|
+{violations}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, help="Markdown file whose API section to write.")
+    parser.add_argument("--admin-database-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL", DEFAULT_ADMIN_URL),
+                        help="PostgreSQL URL with the right to create databases.")
+    args = parser.parse_args()
+
+    database_url = prepare_database(args.admin_database_url)
+    env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL="", DEBUG="false", SECRET_KEY="bench-only-secret",
+               ALLOWED_HOSTS="127.0.0.1", DB_CONN_MAX_AGE="600", APP_LOG_LEVEL="WARNING", LOG_LEVEL="WARNING")
+    manage(env, "migrate", "--noinput", "-v", "0")
+    manage(env, "import_trace")
+    tokens = create_tokens(env)
+    url = f"http://127.0.0.1:{PORT}"
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "marketplace.wsgi", "--workers", str(WORKERS), "--bind",
+         f"127.0.0.1:{PORT}", "--log-level", "warning"],
+        cwd=REPO_ROOT, env=env,
+    )
+    try:
+        wait_until_ready(url, tokens[0])
+        with tempfile.TemporaryDirectory(prefix="marketplace-bench-api-") as tmp:
+            workdir = Path(tmp)
+            tokens_file = workdir / "tokens.json"
+            tokens_file.write_text(json.dumps(tokens))
+            mixes = [run_mix(url, tokens_file, mix, workdir) for mix in ("floor", "spread", "contended")]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    floor, decided = mixes[0], mixes[1:]
+    placed = [i for m in decided for i in m["placed_ids"]]
+    rejected = [i for m in decided for i in m["rejected_ids"]]
+    decisions_per_second = round(sum(m["per_second"] for m in decided) / len(decided), 1)
+    results = {
+        "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+                   f"Python {platform.python_version()}",
+        "mixes": mixes,
+        "decisions_per_second": decisions_per_second,
+        "floor_ratio": round(decisions_per_second / floor["per_second"], 3) if floor["per_second"] else None,
+        "p99_ms": max(m["p99_ms"] or 0 for m in decided),
+        "violations": check_invariants(database_url, placed, rejected),
+    }
+    if args.output:
+        write_section(args.output, "api", render(results))
+    print(json.dumps({
+        "decisions_per_second": results["decisions_per_second"], "p99_ms": results["p99_ms"],
+        "floor_ratio": results["floor_ratio"], "violations": sum(results["violations"].values()),
+    }))
+
+
+if __name__ == "__main__":
+    main()
