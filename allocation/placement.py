@@ -45,11 +45,20 @@ def placement_rank(
     *, request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter,
     policy: PlacementPolicy,
 ) -> list[Placement]:
-    """Shortlist nodes in the database and return the policy's feasible placements, best first."""
+    """Shortlist nodes in the database and return the policy's feasible placements, best first.
+
+    The shortlist first counts usage as the sum of overlapping bookings, which is cheap and never
+    lets in a node that does not fit; only when that finds nothing is the exact per-instant usage
+    computed, so a node that fits between shorter bookings is still found.
+    """
     shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
-    ids = candidate_ids(request, start_at, end_at, node_filter, used_limit=shortlist_size,
-                        free_limit=max(shortlist_size // 4, 2))
-    return policy.rank(request, node_states(ids, start_at, end_at))
+    for exact in (False, True):
+        ids = candidate_ids(request, start_at, end_at, node_filter, used_limit=shortlist_size,
+                            free_limit=max(shortlist_size // 4, 2), exact=exact)
+        ranked = policy.rank(request, node_states(ids, start_at, end_at))
+        if ranked:
+            return ranked
+    return []
 
 
 def placement_find_and_commit(

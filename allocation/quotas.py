@@ -7,7 +7,7 @@ from django.db import connection
 from django.db.models import Sum
 
 from .models import Cohort, CohortMembership, Quota
-from .selectors import cohort_peak_usage, customer_usage
+from .selectors import CustomerUsage, cohort_peak_usage, customer_usage
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,12 @@ def quota_admit(
     if not quotas or gpu_milli == 0:
         return QuotaDecision(admitted_model_ids=model_ids)
 
+    limits = dict(quotas)
+    usage_bound = customer_usage(customer_id, start_at, end_at, exact=False)
+    if _within_limits(limits, usage_bound, model_ids, gpu_milli):
+        return QuotaDecision(admitted_model_ids=model_ids)
     peaks = customer_usage(customer_id, start_at, end_at)
     usage, total_usage = peaks.by_model, peaks.total
-    limits = dict(quotas)
 
     overall_limit = limits.get(None)
     borrowed = 0
@@ -62,6 +65,17 @@ def quota_admit(
             f"The organization's quota for {names} cannot hold {gpu_milli} more GPU milli in this "
             f"window. Allow another GPU model, choose another window, or ask an admin to raise the quota."
         ),
+    )
+
+
+def _within_limits(limits: dict, usage: CustomerUsage, model_ids: tuple[int, ...], gpu_milli: int) -> bool:
+    """Return whether ``gpu_milli`` more fits every limit on every model, judged from ``usage``."""
+    overall = limits.get(None)
+    if overall is not None and usage.total + gpu_milli > overall:
+        return False
+    return all(
+        limits.get(model_id) is None or usage.by_model.get(model_id, 0) + gpu_milli <= limits[model_id]
+        for model_id in model_ids
     )
 
 

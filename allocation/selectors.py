@@ -84,15 +84,34 @@ def _peak_sql(table: str, key: str, values: dict[str, str], where: str = "", key
         ) sweep GROUP BY {key}"""
 
 
-def _gpu_use_cte(where: str = "") -> str:
-    """Return the ``gpu_use`` CTE: the peak milli held on each GPU in the window (four parameters)."""
-    return f"gpu_use AS ({_peak_sql(_table(GpuShare), 'gpu_id', {'used_milli': 'r.gpu_milli'}, where)})"
+def _sum_sql(table: str, key: str, values: dict[str, str], where: str = "") -> str:
+    """Return the same columns as ``_peak_sql``, but the sum over every overlapping row: an upper bound, cheaper.
+
+    It takes the same parameters as ``_peak_sql``; the second pair is consumed by a no-op condition.
+    """
+    sums = ", ".join(f"SUM({amount}) AS {name}" for name, amount in values.items())
+    overlap = f"r.end_at > %s AND r.start_at < %s AND r.end_at > r.start_at {where}"
+    return f"""
+        SELECT r.{key} AS {key}, {sums} FROM {table} r
+        WHERE {overlap} AND NOT (r.end_at <= %s AND r.start_at >= %s {where})
+        GROUP BY r.{key}"""
 
 
-def _node_use_cte(where: str = "") -> str:
-    """Return the ``node_use`` CTE: each node's peak CPU and memory held in the window (four parameters)."""
+def _gpu_use_cte(where: str = "", exact: bool = True) -> str:
+    """Return the ``gpu_use`` CTE: milli held on each GPU in the window (four parameters).
+
+    ``exact`` gives the peak over the window's instants; otherwise the sum of overlapping shares,
+    which is never below the peak and costs a group-by instead of a sort.
+    """
+    build = _peak_sql if exact else _sum_sql
+    return f"gpu_use AS ({build(_table(GpuShare), 'gpu_id', {'used_milli': 'r.gpu_milli'}, where)})"
+
+
+def _node_use_cte(where: str = "", exact: bool = True) -> str:
+    """Return the ``node_use`` CTE: each node's CPU and memory held in the window (four parameters)."""
     values = {"used_cpu": "r.cpu_millicores", "used_memory": "r.memory_mib"}
-    return f"node_use AS ({_peak_sql(_table(Allocation), 'node_id', values, where)})"
+    build = _peak_sql if exact else _sum_sql
+    return f"node_use AS ({build(_table(Allocation), 'node_id', values, where)})"
 
 
 def _window(start_at: datetime, end_at: datetime) -> list[Any]:
@@ -108,7 +127,7 @@ def _healthy_gpus_sql(alias: str) -> str:
 
 def candidate_ids(
     request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter, *,
-    used_limit: int, free_limit: int, with_price: bool = True,
+    used_limit: int, free_limit: int, with_price: bool = True, exact: bool = True,
 ) -> list[int]:
     """Return ids of nodes that can hold ``request`` in the window: partly used ones first, tightest fit first.
 
@@ -116,7 +135,9 @@ def candidate_ids(
     window, so that part costs what the live workload costs, not what the fleet size costs. Empty
     nodes (up to ``free_limit``, smaller first) come from the ``node_free_order`` index, whose scan
     stops after ``free_limit`` matches. Both parts run in one statement, so they see one snapshot
-    and a node that is being filled cannot fall between them.
+    and a node that is being filled cannot fall between them. Without ``exact``, usage is the sum
+    of overlapping rows: every node returned fits, but a node that fits only between two shorter
+    bookings is missed.
 
     NOTE: GPU health is not filtered for empty nodes, to keep that scan on the index; the policy
     skips a node whose healthy GPUs are too few. If unhealthy GPUs became common, the shortlist
@@ -126,7 +147,7 @@ def candidate_ids(
     free_sql, free_params = _node_conditions("e", node_filter, with_price=with_price)
     blocked_above = GPU_MILLI_PER_GPU - request.gpu_milli_per_gpu
     sql = f"""
-        WITH {_gpu_use_cte()}, {_node_use_cte()},
+        WITH {_gpu_use_cte(exact=exact)}, {_node_use_cte(exact=exact)},
         node_gpu_use AS (
             SELECT g.node_id,
                    SUM(CASE WHEN u.used_milli > %s THEN 1 ELSE 0 END) AS blocked_gpus,
@@ -257,11 +278,16 @@ def cohort_peak_usage(cohort_id: int, start_at: datetime, end_at: datetime) -> i
     return int(row[1]) if row else 0
 
 
-def customer_usage(customer_id: int, start_at: datetime, end_at: datetime) -> CustomerUsage:
-    """Return the customer's peak GPU milli held by allocations in the window, per model and in total."""
+def customer_usage(customer_id: int, start_at: datetime, end_at: datetime, *, exact: bool = True) -> CustomerUsage:
+    """Return the customer's GPU milli held by allocations in the window, per model and in total.
+
+    ``exact`` gives the peak over the window's instants; otherwise the sum of overlapping
+    allocations, an upper bound that is cheaper to compute.
+    """
     on_customer = "AND r.customer_id = %s"
-    per_model = _peak_sql(_table(Allocation), "gpu_model_id", {"used_milli": "r.gpu_milli_total"}, on_customer)
-    overall = _peak_sql(_table(Allocation), "customer_id", {"used_milli": "r.gpu_milli_total"}, on_customer)
+    build = _peak_sql if exact else _sum_sql
+    per_model = build(_table(Allocation), "gpu_model_id", {"used_milli": "r.gpu_milli_total"}, on_customer)
+    overall = build(_table(Allocation), "customer_id", {"used_milli": "r.gpu_milli_total"}, on_customer)
     window = [_when(start_at), _when(end_at)]
     params = [*window, customer_id, *window, customer_id]
     with connection.cursor() as cursor:

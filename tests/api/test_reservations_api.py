@@ -474,3 +474,15 @@ def test_unknown_gpu_model_lists_names(api):
     data = assert_problem(api.get("/api/v1/gpu-models/g3/"), 404, "not_found")
 
     assert "G3" in data["detail"]
+
+
+@pytest.mark.parametrize("local_time", [
+    "2030-10-27T02:30:00",  # occurs twice in Central Europe when summer time ends
+    "2030-03-31T02:30:00",  # does not exist in Central Europe when summer time starts
+])
+def test_daylight_saving_naive_times_are_400(api, t4_node, local_time):
+    data = assert_problem(api.post("/api/v1/reservations/", body(start_at=local_time), format="json"),
+                          400, "invalid_request")
+
+    assert data["errors"][0]["field"] == "start_at"
+    assert "UTC offset" in data["errors"][0]["message"]
