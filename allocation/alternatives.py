@@ -77,7 +77,7 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
             continue
         shifted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, node_filter.max_price_per_gpu_hour)
         if placement_rank(request=request, start_at=candidate, end_at=candidate + duration, node_filter=shifted,
-                          policy=policy):
+                          policy=policy, summed_first=False):
             return candidate
     return None
 

@@ -43,16 +43,17 @@ class PlacementOutcome:
 
 def placement_rank(
     *, request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter,
-    policy: PlacementPolicy,
+    policy: PlacementPolicy, summed_first: bool = True,
 ) -> list[Placement]:
     """Shortlist nodes in the database and return the policy's feasible placements, best first.
 
     The shortlist first counts usage as the sum of overlapping bookings, which is cheap and never
     lets in a node that does not fit; only when that finds nothing is the exact per-instant usage
-    computed, so a node that fits between shorter bookings is still found.
+    computed, so a node that fits between shorter bookings is still found. Callers that expect
+    no fit, such as the search for alternatives, skip the first pass with ``summed_first=False``.
     """
     shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
-    for exact in (False, True):
+    for exact in ((False, True) if summed_first else (True,)):
         ids = candidate_ids(request, start_at, end_at, node_filter, used_limit=shortlist_size,
                             free_limit=max(shortlist_size // 4, 2), exact=exact)
         ranked = policy.rank(request, node_states(ids, start_at, end_at))
