@@ -9,6 +9,7 @@ from django.conf import settings
 
 from marketplace.models import GpuModel, Node
 
+from .budgets import budget_admit, combined_price_cap
 from .placement import placement_rank
 from .quotas import quota_admit
 from .selectors import NodeFilter, allocation_end_instants
@@ -53,8 +54,8 @@ def alternatives_find(
     """Find when the request would fit as asked, and which other models or regions fit in its window.
 
     The earliest start keeps the request's models, region, price cap and duration, respects the
-    customer's quotas and the booking horizon, and is one of the next instants at which an
-    allocation ends. NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
+    customer's quotas, budget and the booking horizon, and is one of the next instants at which
+    an allocation ends. Options respect the quotas and the budget's price cap. NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
     ``earliest_start_at`` is ``None`` when the request fits only later than those.
     """
     return Alternatives(
@@ -75,7 +76,12 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
         )
         if not decision.admitted_model_ids:
             continue
-        shifted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, node_filter.max_price_per_gpu_hour)
+        budget = budget_admit(customer_id=customer_id, gpu_milli=request.gpu_milli_total, start_at=candidate,
+                              end_at=candidate + duration)
+        if budget.refusal:
+            continue
+        price_cap, _ = combined_price_cap(node_filter.max_price_per_gpu_hour, budget)
+        shifted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, price_cap)
         if placement_rank(request=request, start_at=candidate, end_at=candidate + duration, node_filter=shifted,
                           policy=policy, summed_first=False):
             return candidate
@@ -89,10 +95,14 @@ def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]
         customer_id=customer_id, model_ids=tuple(catalogue), model_names=catalogue,
         gpu_milli=request.gpu_milli_total, start_at=start_at, end_at=end_at,
     )
+    budget = budget_admit(customer_id=customer_id, gpu_milli=request.gpu_milli_total, start_at=start_at,
+                          end_at=end_at)
+    if budget.refusal:
+        return []
     cheapest: dict[tuple[str, str], Option] = {}
     for model_id in decision.admitted_model_ids:
         ranked = placement_rank(request=request, start_at=start_at, end_at=end_at,
-                                node_filter=NodeFilter((model_id,)), policy=policy)
+                                node_filter=NodeFilter((model_id,), None, budget.max_affordable_price), policy=policy)
         nodes = Node.objects.filter(id__in=[p.node_id for p in ranked]).values_list(
             "region__code", "price_per_gpu_hour", "currency",
         )

@@ -20,6 +20,12 @@ def reservation_approve(*, reservation_id: int, actor: AbstractBaseUser, now: da
     now = now or timezone.now()
     with transaction.atomic():
         reservation = _pending(reservation_id)
+        if reservation.hold_expires_at is not None and reservation.hold_expires_at <= now:
+            raise InvalidTransition(
+                f"Reservation {reservation_id}'s hold expired at {reservation.hold_expires_at.isoformat()} and its "
+                f"capacity is being released; the customer has to submit it again.",
+                current=reservation.status, requested=ReservationStatus.SCHEDULED,
+            )
         if reservation.end_at <= now:
             raise InvalidTransition(
                 f"Reservation {reservation_id}'s window ended at {reservation.end_at.isoformat()}; it can no "
@@ -45,6 +51,8 @@ def reservation_reject(
                              errors=[FieldProblem("reason", "Say why the request is rejected.", "required")])
     with transaction.atomic():
         reservation = _pending(reservation_id)
+        reservation.hold_expires_at = None
+        reservation.save(update_fields=["hold_expires_at"])
         reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
                                reason_code=RejectionReason.REJECTED_BY_ADMIN, note=reason[:2000])
     logger.info("Reservation %s rejected by %s", reservation_id, actor.get_username())
@@ -67,10 +75,13 @@ def reservations_expire(*, now: datetime | None = None) -> int:
                 .order_by("id")[:200]
             )
             for reservation in batch:
+                expired_hold = reservation.hold_expires_at
+                reservation.hold_expires_at = None
+                reservation.save(update_fields=["hold_expires_at"])
                 reservation_transition(
                     reservation=reservation, to_status=ReservationStatus.EXPIRED, now=now,
                     reason_code="approval_timeout",
-                    note=f"No admin decided by {reservation.hold_expires_at.isoformat()}; the held capacity "
+                    note=f"No admin decided by {expired_hold.isoformat()}; the held capacity "
                          f"was released. Submit the request again.",
                 )
         if not batch:

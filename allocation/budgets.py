@@ -118,3 +118,11 @@ def budget_fits(
         if budget.max_spend is not None and spent_money + hours * price_per_gpu_hour > budget.max_spend:
             return False
     return True
+
+
+def combined_price_cap(customer_cap: Decimal | None, decision: BudgetDecision) -> tuple[Decimal | None, bool]:
+    """Return the price cap for placement and whether the budget, not the customer's own cap, sets it."""
+    affordable = decision.max_affordable_price
+    if affordable is not None and (customer_cap is None or affordable < customer_cap):
+        return affordable, True
+    return customer_cap, False

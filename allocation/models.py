@@ -57,6 +57,9 @@ class Quota(models.Model):
 class Cohort(models.Model):
     """Customer organizations that lend each other the unused part of their quotas over all models.
 
+    A member's own quota stays guaranteed: it is admitted up to it even when others borrowed it,
+    and the borrowed allocations are the ones to preempt.
+
     ``allocation_version`` is bumped by the PostgreSQL quota trigger to serialise members' admissions.
     """
 

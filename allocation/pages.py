@@ -66,7 +66,7 @@ def approvals_decide(request: HttpRequest) -> HttpResponse:
     if not request.user.has_perm("allocation.change_reservation"):
         raise PermissionDenied("Deciding on reservations needs the 'change reservation' permission.")
     decision = request.POST.get("decision")
-    ids = [int(value) for value in request.POST.getlist("ids") if value.isdigit()]
+    ids = [int(value) for value in request.POST.getlist("ids") if value.isascii() and value.isdigit() and len(value) < 19]
     reason = request.POST.get("reason", "")
     messages, errors = [], []
 
@@ -103,7 +103,7 @@ def _queue_context(params) -> dict:
         pending = pending.filter(customer__slug=filters["customer"])
     if filters["gpu_model"]:
         pending = pending.filter(allocation__gpu_model__name=filters["gpu_model"])
-    if filters["min_gpus"].isdigit():
+    if filters["min_gpus"].isascii() and filters["min_gpus"].isdigit() and len(filters["min_gpus"]) < 6:
         pending = pending.filter(gpu_count__gte=int(filters["min_gpus"]))
 
     now = timezone.now()

@@ -34,6 +34,10 @@ class CapacityConflict(Exception):
     """The chosen node no longer has the capacity the placement needs."""
 
 
+class BudgetConflict(CapacityConflict):
+    """The chosen node's charge would take the customer past its budget."""
+
+
 @dataclass(frozen=True)
 class PlacementOutcome:
     allocation: Allocation | None
@@ -72,7 +76,7 @@ def placement_find_and_commit(
     up to ``SHORTLIST_ROUNDS`` times before the request is rejected as ``no_capacity``.
     """
     start_at, end_at = reservation.start_at, reservation.end_at
-    attempts = 0
+    attempts = budget_refusals = 0
 
     for _round in range(SHORTLIST_ROUNDS):
         ranked = placement_rank(request=request, start_at=start_at, end_at=end_at, node_filter=node_filter,
@@ -86,6 +90,7 @@ def placement_find_and_commit(
                 with transaction.atomic():
                     allocation = _commit(reservation, request, placement, policy, borrowed_gpu_milli)
             except (CapacityConflict, IntegrityError) as error:
+                budget_refusals += isinstance(error, BudgetConflict)
                 logger.warning(
                     "Placement of reservation %s on node %s lost a race (attempt %d): %s",
                     reservation.pk, placement.node_id, attempts, error,
@@ -93,6 +98,16 @@ def placement_find_and_commit(
                 continue
             return PlacementOutcome(allocation=allocation)
 
+    if attempts and budget_refusals == attempts:
+        return PlacementOutcome(
+            allocation=None,
+            reason=RejectionReason.BUDGET_EXCEEDED,
+            detail=(
+                "On every node that fits, the charge (for the GPUs, or for the larger share of the node's CPU or "
+                "memory) would take the organization past its budget for the period. Shorten the window, ask "
+                "for less CPU or memory, or ask an admin to raise the budget."
+            ),
+        )
     if attempts:
         return PlacementOutcome(
             allocation=None,
@@ -121,7 +136,7 @@ def _commit(
     if not budget_fits(customer_id=reservation.customer_id, billed_milli=billed,
                        price_per_gpu_hour=node.price_per_gpu_hour, start_at=reservation.start_at,
                        end_at=reservation.end_at):
-        raise CapacityConflict(f"node {node.pk} would take the organization past its budget")
+        raise BudgetConflict(f"node {node.pk} would take the organization past its budget")
 
     allocation = Allocation.objects.create(
         reservation=reservation,

@@ -87,6 +87,11 @@ def _borrow_from_cohort(
     The organization may go above its own quota by at most its borrowing limit, and the cohort's
     members together may not go above the sum of their own quotas over all models. The cohort row
     is locked, so members' concurrent admissions are checked one after another.
+
+    NOTE: a member within its own quota is always admitted, as its quota is guaranteed, even when
+    others have borrowed that quota meanwhile; the cohort can then hold more than its summed quota
+    until the borrowed allocations (``borrowed_gpu_milli``) end or are preempted. Preemption of
+    borrowed usage is the scheduler's job and does not exist yet.
     """
     over_own_quota = (
         f"The organization holds up to {usage} GPU milli at once in this window and its quota over all "
@@ -97,7 +102,8 @@ def _borrow_from_cohort(
     if membership is None:
         return 0, f"{over_own_quota} {fix}"
 
-    if connection.features.has_select_for_update:
+    if connection.features.has_select_for_update and connection.in_atomic_block:
+        # Admissions lock the cohort; read-only callers (quotes, alternatives) run outside a transaction.
         Cohort.objects.select_for_update().only("id").get(pk=membership.cohort_id)
     borrowed = usage + gpu_milli - own_limit
     limit = membership.borrowing_limit_gpu_milli

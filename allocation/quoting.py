@@ -10,6 +10,8 @@ from django.utils import timezone
 from marketplace.models import GpuModel, Node, Organization
 
 from .alternatives import Alternatives, alternatives_find
+from .approval_policy import approval_reason
+from .budgets import budget_admit, budget_fits, combined_price_cap
 from .models import RejectionReason, Reservation
 from .placement import placement_diagnose, placement_rank
 from .pricing import billed_gpu_milli, estimated_cost
@@ -39,6 +41,7 @@ class Quote:
     billed_gpu_milli: int = 0
     estimated_cost: Decimal | None = None
     alternatives: Alternatives | None = None
+    needs_approval: bool = False
 
 
 def reservation_quote(
@@ -66,24 +69,43 @@ def reservation_quote(
     if not decision.admitted_model_ids:
         return _no_fit(customer, request, spec, node_filter, policy, now,
                        RejectionReason.QUOTA_EXCEEDED, decision.detail)
+    budget = budget_admit(customer_id=customer.id, gpu_milli=request.gpu_milli_total, start_at=spec.start_at,
+                          end_at=spec.end_at)
+    if budget.refusal:
+        return _no_fit(customer, request, spec, node_filter, policy, now, RejectionReason.BUDGET_EXCEEDED,
+                       budget.refusal)
 
-    admitted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, node_filter.max_price_per_gpu_hour)
+    price_cap, budget_binds = combined_price_cap(spec.max_price_per_gpu_hour, budget)
+    admitted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, price_cap)
     ranked = placement_rank(request=request, start_at=spec.start_at, end_at=spec.end_at, node_filter=admitted,
                             policy=policy)
-    if not ranked:
-        outcome = placement_diagnose(request, spec.start_at, spec.end_at, admitted)
-        return _no_fit(customer, request, spec, node_filter, policy, now, outcome.reason, outcome.detail)
+    for placement in ranked:
+        node = Node.objects.select_related("gpu_model", "region").get(pk=placement.node_id)
+        billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
+                                  node_memory_mib=node.memory_mib)
+        if not budget_fits(customer_id=customer.id, billed_milli=billed, price_per_gpu_hour=node.price_per_gpu_hour,
+                           start_at=spec.start_at, end_at=spec.end_at):
+            continue
+        cost = estimated_cost(price_per_gpu_hour=node.price_per_gpu_hour, billed_milli=billed,
+                              start_at=spec.start_at, end_at=spec.end_at)
+        needs_approval = approval_reason(customer_id=customer.id, gpu_count=request.gpu_count, estimated_cost=cost)
+        return Quote(
+            fits=True, start_at=spec.start_at, end_at=spec.end_at, gpu_model=node.gpu_model.name,
+            region=node.region.code, price_per_gpu_hour=node.price_per_gpu_hour, currency=node.currency,
+            billed_gpu_milli=billed, estimated_cost=cost,
+            detail=f"Needs an admin's approval because {needs_approval}." if needs_approval else "",
+            needs_approval=bool(needs_approval),
+        )
 
-    node = Node.objects.select_related("gpu_model", "region").get(pk=ranked[0].node_id)
-    billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
-                              node_memory_mib=node.memory_mib)
-    return Quote(
-        fits=True, start_at=spec.start_at, end_at=spec.end_at, gpu_model=node.gpu_model.name,
-        region=node.region.code, price_per_gpu_hour=node.price_per_gpu_hour, currency=node.currency,
-        billed_gpu_milli=billed,
-        estimated_cost=estimated_cost(price_per_gpu_hour=node.price_per_gpu_hour, billed_milli=billed,
-                                      start_at=spec.start_at, end_at=spec.end_at),
-    )
+    if ranked:
+        return _no_fit(customer, request, spec, node_filter, policy, now, RejectionReason.BUDGET_EXCEEDED,
+                       "On every node that fits, the charge would take the organization past its budget.")
+    outcome = placement_diagnose(request, spec.start_at, spec.end_at, admitted)
+    reason, detail = outcome.reason, outcome.detail
+    if budget_binds and reason == RejectionReason.PRICE_ABOVE_MAXIMUM:
+        reason = RejectionReason.BUDGET_EXCEEDED
+        detail = f"What is left of the organization's budget pays at most {price_cap} per GPU-hour for this window."
+    return _no_fit(customer, request, spec, node_filter, policy, now, reason, detail)
 
 
 def _no_fit(customer, request, spec, node_filter, policy, now, reason: str, detail: str) -> Quote:

@@ -19,7 +19,7 @@ from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Organization, Region
 from .lifecycle import CONFIRMED_STATUSES, HOLDING_STATUSES, RELEASING_STATUSES, can_transition
 from .models import Allocation, GpuShare, IdempotencyKey, Quota, RejectionReason, Reservation, ReservationEvent, ReservationStatus
 from .approval_policy import approval_reason
-from .budgets import budget_admit
+from .budgets import budget_admit, combined_price_cap
 from .placement import placement_find_and_commit
 from .pricing import estimated_cost
 from .quotas import quota_admit
@@ -145,13 +145,7 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
                                reason_code=RejectionReason.BUDGET_EXCEEDED, note=budget.refusal)
         return
 
-    customer_cap = resolved.spec.max_price_per_gpu_hour
-    price_cap = customer_cap
-    budget_binds = budget.max_affordable_price is not None and (
-        customer_cap is None or budget.max_affordable_price < customer_cap
-    )
-    if budget_binds:
-        price_cap = budget.max_affordable_price
+    price_cap, budget_binds = combined_price_cap(resolved.spec.max_price_per_gpu_hour, budget)
     node_filter = NodeFilter(
         gpu_model_ids=decision.admitted_model_ids,
         region_id=resolved.region.id if resolved.region else None,

@@ -98,3 +98,11 @@ def test_api_create_pending_is_202(api, customer, t4_node):
 
     assert response.status_code == 202
     assert response.json()["status"] == "pending_approval"
+
+
+def test_unicode_digits_are_ignored(staff_client, pending):
+    page = staff_client.get("/ops/approvals/", {"min_gpus": "\u00b2"})
+    decide = staff_client.post("/ops/approvals/decide/", {"decision": "approve", "ids": ["\u00b2"]})
+
+    assert page.status_code == 200
+    assert "Select at least one reservation" in decide.content.decode()

@@ -245,6 +245,9 @@ class QuoteSerializer(serializers.Serializer):
     billed_gpus = serializers.SerializerMethodField()
     estimated_cost = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
     alternatives = AlternativesSerializer(allow_null=True)
+    needs_approval = serializers.BooleanField(
+        help_text="Whether the reservation would wait for an admin's approval (answered with 202).",
+    )
 
     def get_billed_gpus(self, quote) -> str:
         return str(Decimal(quote.billed_gpu_milli) / GPU_MILLI_PER_GPU)

@@ -164,12 +164,15 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         return _get_or_404(self.get_queryset(), _parse_id(self.kwargs["pk"]))
 
 
+JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
 def _valid_create_serializer(request: Request) -> ReservationCreateSerializer:
     """Return the validated reservation body; raise ``InvalidRequest`` if it is not a JSON object."""
     if not isinstance(request.data, dict):
+        json_type = JSON_TYPE_NAMES.get(type(request.data), "value")
         raise InvalidRequest(
-            f"The body is a JSON {type(request.data).__name__}; send a JSON object with the reservation's "
-            "fields, as /api/docs/ shows.",
+            f"The body is a JSON {json_type}; send a JSON object with the reservation's fields, as /api/docs/ shows.",
             errors=[FieldProblem("body", "Send a JSON object.", "not_an_object")],
         )
     serializer = ReservationCreateSerializer(data=request.data)

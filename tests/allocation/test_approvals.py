@@ -85,7 +85,8 @@ def test_approve_schedules_and_records_admin(customer, t4_node, admin_user):
     assert reservation.events.last().actor == admin_user
 
 
-def test_approve_after_start_activates(customer, t4_node, admin_user):
+def test_approve_after_start_activates(customer, t4_node, admin_user, settings):
+    settings.MARKETPLACE = {**settings.MARKETPLACE, "APPROVAL_HOLD_SECONDS": 3 * 3600}
     ApprovalPolicy.objects.create(organization=customer, flagged=True)
     reservation = reserve(customer)
 
@@ -149,3 +150,26 @@ def test_pending_approval_is_not_advanced(customer, t4_node):
 
     reservation.refresh_from_db()
     assert reservation.status == ReservationStatus.PENDING_APPROVAL
+
+
+def test_expired_hold_cannot_be_approved(customer, t4_node, admin_user):
+    ApprovalPolicy.objects.create(organization=customer, flagged=True)
+    reservation = reserve(customer)
+
+    with pytest.raises(InvalidTransition, match="hold expired"):
+        reservation_approve(reservation_id=reservation.pk, actor=admin_user, now=NOW + hours(0.75))
+
+
+def test_reject_and_expiry_clear_hold(customer, t4_node, admin_user):
+    ApprovalPolicy.objects.create(organization=customer, flagged=True)
+    rejected = reserve(customer, start_at=NOW + hours(1), end_at=NOW + hours(2))
+    expired = reserve(customer, start_at=NOW + hours(2), end_at=NOW + hours(3))
+
+    reservation_reject(reservation_id=rejected.pk, actor=admin_user, reason="No", now=NOW)
+    reservations_expire(now=NOW + hours(1))
+
+    rejected.refresh_from_db()
+    expired.refresh_from_db()
+    assert rejected.hold_expires_at is None
+    assert expired.hold_expires_at is None
+    assert expired.status == ReservationStatus.EXPIRED

@@ -87,3 +87,13 @@ def test_database_rejects_cohort_overrun(require_postgres, customer, other_custo
 
     with pytest.raises(IntegrityError, match="members' quotas total 3000"), transaction.atomic():
         raw_allocation(customer, node, gpu_milli_total=1500)
+
+
+def test_lender_keeps_its_own_quota(customer, other_customer, cohort):
+    borrower = reserve(customer, 3)
+
+    lender = reserve(other_customer, 2)
+
+    assert Allocation.objects.get(reservation=borrower).borrowed_gpu_milli == 2000
+    assert lender.status == ReservationStatus.ACTIVE
+    assert Allocation.objects.get(reservation=lender).borrowed_gpu_milli == 0

@@ -89,3 +89,49 @@ def test_invalid_quote_is_400(api, fleet):
 
 def test_quote_needs_authentication(client):
     assert_problem(client.post("/api/v1/quotes/", body(), content_type="application/json"), 401, "not_authenticated")
+
+
+def test_quote_respects_budget(api, customer, fleet):
+    from decimal import Decimal
+
+    from allocation.models import Budget
+
+    Budget.objects.create(organization=customer, max_gpu_hours=Decimal("1"))
+
+    data = api.post("/api/v1/quotes/", body(), format="json").json()
+
+    assert data["fits"] is False
+    assert data["reason_code"] == "budget_exceeded"
+    assert data["alternatives"]["options"] == []
+
+
+def test_quote_says_when_approval_is_needed(api, customer, fleet):
+    from allocation.models import ApprovalPolicy
+
+    ApprovalPolicy.objects.create(organization=customer, flagged=True)
+
+    data = api.post("/api/v1/quotes/", body(), format="json").json()
+
+    assert data["fits"] is True
+    assert data["needs_approval"] is True
+    assert "flagged" in data["detail"]
+
+
+def test_quote_for_cohort_member_over_own_quota(api, customer, other_customer, fleet):
+    from allocation.models import Cohort, CohortMembership
+
+    quota_set(organization=customer, gpu_model=None, max_gpu_milli=500)
+    quota_set(organization=other_customer, gpu_model=None, max_gpu_milli=2000)
+    cohort = Cohort.objects.create(slug="lab", name="Lab")
+    CohortMembership.objects.create(cohort=cohort, organization=customer)
+    CohortMembership.objects.create(cohort=cohort, organization=other_customer)
+
+    quote = api.post("/api/v1/quotes/", body(), format="json")
+    created = api.post("/api/v1/reservations/", body(gpu_models=["T4"]), format="json")
+    rejected = api.post("/api/v1/reservations/", body(gpu_models=["T4"]), format="json")
+
+    assert quote.status_code == 200
+    assert quote.json()["fits"] is True
+    assert created.status_code == 201
+    assert created.json()["allocation"]["borrowed_gpu_milli"] == 500
+    assert rejected.status_code == 409

@@ -486,3 +486,10 @@ def test_daylight_saving_naive_times_are_400(api, t4_node, local_time):
 
     assert data["errors"][0]["field"] == "start_at"
     assert "UTC offset" in data["errors"][0]["message"]
+
+
+def test_null_body_names_json_type(api):
+    data = assert_problem(api.post("/api/v1/quotes/", "null", content_type="application/json"), 400,
+                          "invalid_request")
+
+    assert "JSON null" in data["detail"]
