@@ -72,10 +72,8 @@ def budget_admit(*, customer_id: int, gpu_milli: int, start_at: datetime, end_at
     GPU-hours are checked here; money depends on the node's price, so this returns the highest
     price per GPU-hour that every period can still pay, for placement to use as a price cap.
     ``budget_fits`` checks the chosen node's actual charge again. The caller holds the customer's
-    row lock, so concurrent requests of one customer are checked one after another.
-
-    NOTE: budgets are enforced here, under that lock, and not by a database trigger as capacity
-    and quotas are; a write that bypasses the services could overspend.
+    row lock, so concurrent requests of one customer are checked one after another. On PostgreSQL
+    a trigger (migration 0012) rejects any allocation that would overspend, whatever the caller.
     """
     budget = Budget.objects.filter(organization_id=customer_id).first()
     if budget is None or gpu_milli == 0:

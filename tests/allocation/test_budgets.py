@@ -79,3 +79,36 @@ def test_other_month_has_its_own_budget(customer, t4_node):
     next_month = reserve(customer, start=datetime(2026, 7, 1, tzinfo=timezone.utc))
 
     assert next_month.status == ReservationStatus.SCHEDULED
+
+
+def test_database_rejects_overspending_insert(require_postgres, customer, t4_node):
+    from django.db import IntegrityError, transaction
+
+    from .test_database_guarantees import raw_allocation
+
+    Budget.objects.create(organization=customer, max_gpu_hours=Decimal("3"), max_spend=Decimal("100"))
+    raw_allocation(customer, t4_node, gpu_milli_total=1000, start=NOW, end=NOW + hours(2))
+
+    with pytest.raises(IntegrityError, match="GPU-hours"), transaction.atomic():
+        raw_allocation(customer, t4_node, gpu_milli_total=1000, start=NOW + hours(2), end=NOW + hours(4))
+
+
+def test_database_rejects_spend_over_budget(require_postgres, customer, t4_node):
+    from django.db import IntegrityError, transaction
+
+    from .test_database_guarantees import raw_allocation
+
+    Budget.objects.create(organization=customer, max_spend=Decimal("1.50"))
+
+    with pytest.raises(IntegrityError, match="would spend 2.00"), transaction.atomic():
+        raw_allocation(customer, t4_node, gpu_milli_total=1000, start=NOW, end=NOW + hours(2))
+
+
+def test_database_allows_budget_in_next_month(require_postgres, customer, t4_node):
+    from .test_database_guarantees import raw_allocation
+
+    Budget.objects.create(organization=customer, max_gpu_hours=Decimal("2"))
+    raw_allocation(customer, t4_node, gpu_milli_total=1000, start=NOW, end=NOW + hours(2))
+
+    raw_allocation(customer, t4_node, gpu_milli_total=1000, start=datetime(2026, 7, 1, tzinfo=timezone.utc),
+                   end=datetime(2026, 7, 1, 2, tzinfo=timezone.utc))
