@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.cache import cache
 
 from marketplace.models import GpuModel, Node
 
@@ -55,13 +56,25 @@ def alternatives_find(
 
     The earliest start keeps the request's models, region, price cap and duration, respects the
     customer's quotas, budget and the booking horizon, and is one of the next instants at which
-    an allocation ends. Options respect the quotas and the budget's price cap. NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
+    an allocation ends. Options respect the quotas and the budget's price cap. The search costs
+    dozens of queries, so its result is cached for ``ALTERNATIVES_CACHE_SECONDS`` per customer and
+    request; alternatives are advice, and a few seconds' staleness only makes one less exact. NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
     ``earliest_start_at`` is ``None`` when the request fits only later than those.
     """
-    return Alternatives(
+    key = "alternatives:" + ":".join(str(part) for part in (
+        customer_id, request.gpu_count, request.gpu_milli_per_gpu, request.cpu_millicores, request.memory_mib,
+        start_at.isoformat(), end_at.isoformat(), ",".join(map(str, sorted(node_filter.gpu_model_ids))),
+        node_filter.region_id, node_filter.max_price_per_gpu_hour, policy.name,
+    ))
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    found = Alternatives(
         earliest_start_at=_earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now),
         options=_options_now(customer_id, request, start_at, end_at, policy),
     )
+    cache.set(key, found, settings.MARKETPLACE["ALTERNATIVES_CACHE_SECONDS"])
+    return found
 
 
 def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now) -> datetime | None:

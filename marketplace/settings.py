@@ -166,6 +166,8 @@ MARKETPLACE = {
     "MAX_DURATION_SECONDS": env.int("RESERVATION_MAX_DURATION_SECONDS", default=400 * 86400),
     "MAX_HORIZON_SECONDS": env.int("RESERVATION_MAX_HORIZON_SECONDS", default=730 * 86400),
     "DEFAULT_CURRENCY": "USD",
+    # How long the alternatives of one rejected request shape are reused, per customer and process.
+    "ALTERNATIVES_CACHE_SECONDS": env.int("ALTERNATIVES_CACHE_SECONDS", default=5),
     # How long a reservation pending approval holds its capacity before it expires unapproved.
     "APPROVAL_HOLD_SECONDS": env.int("APPROVAL_HOLD_SECONDS", default=30 * 60),
     # How long a POST's Idempotency-Key is remembered; a retry after that is a new request.

@@ -33,6 +33,14 @@ def gpu_catalogue(request):
         )
 
 
+@pytest.fixture(autouse=True)
+def empty_cache():
+    """Start every test with an empty cache, as cached alternatives are keyed by ids that tests reuse."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def now():
     return NOW

@@ -135,3 +135,20 @@ def test_quote_for_cohort_member_over_own_quota(api, customer, other_customer, f
     assert created.status_code == 201
     assert created.json()["allocation"]["borrowed_gpu_milli"] == 500
     assert rejected.status_code == 409
+
+
+def test_alternatives_are_cached_briefly(api, fleet):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    api.post("/api/v1/reservations/", body(gpu_models=["T4"]), format="json")
+
+    with CaptureQueriesContext(connection) as first:
+        api.post("/api/v1/reservations/", body(gpu_models=["T4"], external_ref="first-try"), format="json")
+    with CaptureQueriesContext(connection) as second:
+        response = api.post("/api/v1/reservations/", body(gpu_models=["T4"], external_ref="second-try"),
+                            format="json")
+
+    assert response.status_code == 409
+    assert response.json()["alternatives"]["earliest_start_at"] is not None
+    assert len(second) < len(first)
