@@ -58,7 +58,7 @@ def alternatives_find(
     customer's quotas, budget and the booking horizon, and is one of the next instants at which
     an allocation ends. Options respect the quotas and the budget's price cap. The search costs
     dozens of queries, so its result is cached for ``ALTERNATIVES_CACHE_SECONDS`` per customer and
-    request; alternatives are advice, and a few seconds' staleness only makes one less exact. NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
+    request. Alternatives are advice, so a few seconds of staleness only makes one less exact. NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
     ``earliest_start_at`` is ``None`` when the request fits only later than those.
     """
     key = "alternatives:" + ":".join(str(part) for part in (

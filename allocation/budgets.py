@@ -13,10 +13,14 @@ SECONDS_PER_HOUR = Decimal(3600)
 
 @dataclass(frozen=True)
 class BudgetDecision:
-    """Whether the request fits the budget, and the highest price per GPU-hour it can still afford."""
+    """Whether the request fits the budget, and the highest price per GPU-hour it can still afford.
+
+    ``budget`` is the customer's budget row (``None`` without one), for ``budget_fits`` to reuse.
+    """
 
     refusal: str = ""
     max_affordable_price: Decimal | None = None
+    budget: Budget | None = None
 
 
 def period_start(moment: datetime, period: str) -> datetime:
@@ -69,15 +73,15 @@ def budget_spent(customer_id: int, start: datetime, end: datetime) -> tuple[Deci
 def budget_admit(*, customer_id: int, gpu_milli: int, start_at: datetime, end_at: datetime) -> BudgetDecision:
     """Check ``gpu_milli`` over the window against the budget of every period it overlaps.
 
-    GPU-hours are checked here; money depends on the node's price, so this returns the highest
-    price per GPU-hour that every period can still pay, for placement to use as a price cap.
+    GPU-hours are checked here. Money depends on the node's price, so this returns the highest
+    price per GPU-hour that every period can still pay, for placement to use as a price cap, and
     ``budget_fits`` checks the chosen node's actual charge again. The caller holds the customer's
     row lock, so concurrent requests of one customer are checked one after another. On PostgreSQL
     a trigger (migration 0012) rejects any allocation that would overspend, whatever the caller.
     """
     budget = Budget.objects.filter(organization_id=customer_id).first()
     if budget is None or gpu_milli == 0:
-        return BudgetDecision()
+        return BudgetDecision(budget=budget)
 
     max_price = None
     for start, end in periods_overlapping(start_at, end_at, budget.period):
@@ -85,7 +89,7 @@ def budget_admit(*, customer_id: int, gpu_milli: int, start_at: datetime, end_at
         spent_hours, spent_money = budget_spent(customer_id, start, end)
         label = f"the {budget.period} starting {start:%Y-%m-%d}"
         if budget.max_gpu_hours is not None and spent_hours + requested > budget.max_gpu_hours:
-            return BudgetDecision(refusal=(
+            return BudgetDecision(budget=budget, refusal=(
                 f"The budget for {label} allows {budget.max_gpu_hours} GPU-hours; {spent_hours:.3f} are booked "
                 f"or used and this request needs {requested:.3f} more. Shorten the window, use fewer GPUs, or "
                 f"ask an admin to raise the budget."
@@ -93,20 +97,22 @@ def budget_admit(*, customer_id: int, gpu_milli: int, start_at: datetime, end_at
         if budget.max_spend is not None and requested > 0:
             affordable = ((budget.max_spend - spent_money) / requested).quantize(Decimal("0.0001"), ROUND_DOWN)
             if affordable <= 0:
-                return BudgetDecision(refusal=(
+                return BudgetDecision(budget=budget, refusal=(
                     f"The budget for {label} allows {budget.max_spend} {budget.currency}; {spent_money:.2f} is "
                     f"booked or spent, so nothing is left. Ask an admin to raise the budget."
                 ))
             max_price = affordable if max_price is None else min(max_price, affordable)
-    return BudgetDecision(max_affordable_price=max_price)
+    return BudgetDecision(max_affordable_price=max_price, budget=budget)
 
 
 def budget_fits(
-    *, customer_id: int, billed_milli: int, price_per_gpu_hour: Decimal, start_at: datetime, end_at: datetime,
+    *, budget: Budget | None, billed_milli: int, price_per_gpu_hour: Decimal, start_at: datetime, end_at: datetime,
 ) -> bool:
-    """Return whether an allocation at this price and billed milli stays within every period's budget."""
-    budget = Budget.objects.filter(organization_id=customer_id).first()
+    """Return whether an allocation at this price and billed milli stays within every period of ``budget``."""
     if budget is None:
+        return True
+    customer_id = budget.organization_id
+    if budget.max_gpu_hours is None and budget.max_spend is None:
         return True
     for start, end in periods_overlapping(start_at, end_at, budget.period):
         hours = _gpu_hours(billed_milli, max(start_at, start), min(end_at, end))

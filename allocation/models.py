@@ -214,7 +214,7 @@ class Budget(models.Model):
 class ApprovalPolicy(models.Model):
     """When a customer's reservations need an admin's approval before they are confirmed.
 
-    A request needs approval when any rule applies: the organization is flagged, it asks for more
+    A request needs approval when any rule applies: the organization is flagged, it requests more
     than ``max_gpus_without_approval`` GPUs, or its estimated cost exceeds ``max_cost_without_approval``.
     """
 

@@ -62,7 +62,7 @@ def approvals_table(request: HttpRequest) -> HttpResponse:
 @require_POST
 @staff_member_required
 def approvals_decide(request: HttpRequest) -> HttpResponse:
-    """Approve or reject the selected reservations; answer with the refreshed table and a message."""
+    """Approve or reject the selected reservations, then render the refreshed table with a message."""
     if not request.user.has_perm("allocation.change_reservation"):
         raise PermissionDenied("Deciding on reservations needs the 'change reservation' permission.")
     decision = request.POST.get("decision")

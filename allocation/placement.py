@@ -2,7 +2,7 @@
 
 The commit of each choice runs in a savepoint. On PostgreSQL it first locks the node row and
 places the request again on the node's fresh state, because another transaction may have committed
-since the shortlist was read; the database triggers check the insert once more. A choice that no longer fits
+since the shortlist was read. The database triggers check the insert once more. A choice that no longer fits
 rolls back its savepoint, which also releases its node lock, so a transaction never holds more than
 one node lock and lock order cannot deadlock.
 """
@@ -16,7 +16,7 @@ from django.db import IntegrityError, connection, transaction
 
 from marketplace.models import Node
 
-from .models import Allocation, GpuShare, RejectionReason, Reservation
+from .models import Allocation, Budget, GpuShare, RejectionReason, Reservation
 from .budgets import budget_fits
 from .pricing import billed_gpu_milli
 from .selectors import NodeFilter, candidate_ids, node_states
@@ -52,7 +52,7 @@ def placement_rank(
     """Shortlist nodes in the database and return the policy's feasible placements, best first.
 
     The shortlist first counts usage as the sum of overlapping bookings, which is cheap and never
-    lets in a node that does not fit; only when that finds nothing is the exact per-instant usage
+    lets in a node that does not fit. Only when that finds nothing is the exact per-instant usage
     computed, so a node that fits between shorter bookings is still found. Callers that expect
     no fit, such as the search for alternatives, skip the first pass with ``summed_first=False``.
     """
@@ -68,9 +68,9 @@ def placement_rank(
 
 def placement_find_and_commit(
     *, reservation: Reservation, request: PlacementRequest, node_filter: NodeFilter, policy: PlacementPolicy,
-    borrowed_gpu_milli: int = 0,
+    borrowed_gpu_milli: int = 0, budget: Budget | None = None,
 ) -> PlacementOutcome:
-    """Choose a node and GPUs for ``reservation`` and insert its allocation, or say why none fits.
+    """Choose a node and GPUs for ``reservation`` and insert its allocation, or return why none fits.
 
     Under contention a shortlist can go stale while it is tried, so a fresh shortlist is read
     up to ``SHORTLIST_ROUNDS`` times before the request is rejected as ``no_capacity``.
@@ -88,7 +88,7 @@ def placement_find_and_commit(
             attempts += 1
             try:
                 with transaction.atomic():
-                    allocation = _commit(reservation, request, placement, policy, borrowed_gpu_milli)
+                    allocation = _commit(reservation, request, placement, policy, borrowed_gpu_milli, budget)
             except (CapacityConflict, IntegrityError) as error:
                 budget_refusals += isinstance(error, BudgetConflict)
                 logger.warning(
@@ -122,7 +122,7 @@ def placement_find_and_commit(
 
 def _commit(
     reservation: Reservation, request: PlacementRequest, placement: Placement, policy: PlacementPolicy,
-    borrowed_gpu_milli: int,
+    borrowed_gpu_milli: int, budget: Budget | None,
 ) -> Allocation:
     node = Node.objects.select_for_update().only(
         "id", "hostname", "gpu_model_id", "gpu_count", "cpu_millicores", "memory_mib", "price_per_gpu_hour",
@@ -133,7 +133,7 @@ def _commit(
 
     billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
                               node_memory_mib=node.memory_mib)
-    if not budget_fits(customer_id=reservation.customer_id, billed_milli=billed,
+    if not budget_fits(budget=budget, billed_milli=billed,
                        price_per_gpu_hour=node.price_per_gpu_hour, start_at=reservation.start_at,
                        end_at=reservation.end_at):
         raise BudgetConflict(f"node {node.pk} would take the organization past its budget")

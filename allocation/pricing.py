@@ -1,4 +1,4 @@
-"""What a reservation pays: billed GPU milli (dominant share) and the estimated cost of a window."""
+"""Reservation pricing: billed GPU milli (dominant share) and the estimated cost of a window."""
 
 import math
 from datetime import datetime, timedelta

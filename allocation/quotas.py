@@ -29,8 +29,8 @@ def quota_admit(
 ) -> QuotaDecision:
     """Return the models in ``model_ids`` on which ``gpu_milli`` more fits the customer's quotas.
 
-    Usage is the customer's peak over the instants of the window, so the limit holds at every
-    instant. The caller holds the customer's row lock, so concurrent requests of one customer are
+    Usage is the customer's peak over the instants of the window, so the limit applies at every
+    instant. The caller has locked the customer's row, so concurrent requests of one customer are
     checked one after another.
     """
     quotas = list(Quota.objects.filter(organization_id=customer_id).values_list("gpu_model_id", "max_gpu_milli"))
@@ -88,13 +88,13 @@ def _borrow_from_cohort(
     members together may not go above the sum of their own quotas over all models. The cohort row
     is locked, so members' concurrent admissions are checked one after another.
 
-    NOTE: a member within its own quota is always admitted, as its quota is guaranteed, even when
-    others have borrowed that quota meanwhile; the cohort can then hold more than its summed quota
-    until the borrowed allocations (``borrowed_gpu_milli``) end or are preempted. Preemption of
-    borrowed usage is the scheduler's job and does not exist yet.
+    NOTE: a member within its own quota is always admitted, because its quota is guaranteed, even
+    when others have borrowed that quota meanwhile. The cohort can then use more than its summed
+    quota until the borrowed allocations (``borrowed_gpu_milli``) end or are preempted, and
+    preemption of borrowed usage does not exist yet.
     """
     over_own_quota = (
-        f"The organization holds up to {usage} GPU milli at once in this window and its quota over all "
+        f"The organization uses up to {usage} GPU milli at once in this window and its quota over all "
         f"models is {own_limit}; {gpu_milli} more do not fit."
     )
     fix = "Cancel a reservation, choose a window with less usage, or ask an admin to raise the quota."
@@ -116,6 +116,6 @@ def _borrow_from_cohort(
         total=Sum("max_gpu_milli"))["total"] or 0
     cohort_usage = cohort_peak_usage(membership.cohort_id, start_at, end_at)
     if cohort_usage + gpu_milli > cohort_quota:
-        return 0, (f"{over_own_quota} Cohort {membership.cohort.slug!r} holds up to {cohort_usage} of its "
+        return 0, (f"{over_own_quota} Cohort {membership.cohort.slug!r} uses up to {cohort_usage} of its "
                    f"{cohort_quota} GPU milli in this window, so it cannot lend {borrowed}. {fix}")
     return min(borrowed, gpu_milli), ""

@@ -23,7 +23,7 @@ from .solvers import PlacementRequest, get_policy
 
 @dataclass(frozen=True)
 class Quote:
-    """The answer to "what would this cost, and when could it start", as of now.
+    """The price and start of a request as placement would see it now, without booking.
 
     When ``fits`` is true, the best placement's model, region and price are given; otherwise
     ``reason_code`` says why and ``alternatives`` says when it would fit and where else it fits now.
@@ -50,7 +50,7 @@ def reservation_quote(
     """Price ``spec`` as ``reservation_create`` would place it now, writing nothing.
 
     Raises ``InvalidRequest`` for input that can never succeed, as ``reservation_create`` does.
-    A quote holds no capacity: a later reservation may find the capacity taken.
+    A quote reserves no capacity, so a later reservation may find the capacity taken.
     """
     now = now or timezone.now()
     policy = get_policy(policy_name or settings.MARKETPLACE["PLACEMENT_POLICY"])
@@ -83,7 +83,7 @@ def reservation_quote(
         node = Node.objects.select_related("gpu_model", "region").get(pk=placement.node_id)
         billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
                                   node_memory_mib=node.memory_mib)
-        if not budget_fits(customer_id=customer.id, billed_milli=billed, price_per_gpu_hour=node.price_per_gpu_hour,
+        if not budget_fits(budget=budget.budget, billed_milli=billed, price_per_gpu_hour=node.price_per_gpu_hour,
                            start_at=spec.start_at, end_at=spec.end_at):
             continue
         cost = estimated_cost(price_per_gpu_hour=node.price_per_gpu_hour, billed_milli=billed,

@@ -100,8 +100,8 @@ def _sum_sql(table: str, key: str, values: dict[str, str], where: str = "") -> s
 def _gpu_use_cte(where: str = "", exact: bool = True) -> str:
     """Return the ``gpu_use`` CTE: milli held on each GPU in the window (four parameters).
 
-    ``exact`` gives the peak over the window's instants; otherwise the sum of overlapping shares,
-    which is never below the peak and costs a group-by instead of a sort.
+    ``exact`` gives the peak over the window's instants. Otherwise it is the sum of overlapping
+    shares, which is never below the peak and costs a group-by instead of a sort.
     """
     build = _peak_sql if exact else _sum_sql
     return f"gpu_use AS ({build(_table(GpuShare), 'gpu_id', {'used_milli': 'r.gpu_milli'}, where)})"

@@ -153,7 +153,7 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
     )
     outcome = placement_find_and_commit(
         reservation=reservation, request=resolved.request, node_filter=node_filter, policy=policy,
-        borrowed_gpu_milli=decision.borrowed_gpu_milli,
+        borrowed_gpu_milli=decision.borrowed_gpu_milli, budget=budget.budget,
     )
     if outcome.allocation is None:
         reason, detail = outcome.reason, outcome.detail

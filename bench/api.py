@@ -1,10 +1,10 @@
 """`make bench-api`: HTTP load against gunicorn on PostgreSQL, then an independent invariant check.
 
-Steps: a fresh PostgreSQL database with the trace fleet and one API user per customer; gunicorn
-with several sync workers; for each mix (the authenticated no-op floor, spread, contended) a
-separate client process (``bench.api_client``) sends requests for a fixed time; finally plain SQL,
-written apart from the product's own queries, checks that no GPU, node or quota was overrun, that
-every 201 or 202 has an allocation and that no 409 has one.
+It creates a fresh PostgreSQL database with the trace fleet and one API user per customer, and
+starts gunicorn with several sync workers. For each mix (the authenticated no-op floor, spread,
+contended) a separate client process (``bench.api_client``) sends requests for a fixed time.
+Finally plain SQL, written apart from the product's own queries, checks that no GPU, node or
+quota was overrun, that every 201 or 202 has an allocation and that no 409 has one.
 
     python -m bench.api --output docs/benchmarks.md
 """
@@ -113,7 +113,7 @@ def wait_until_ready(url: str, token: str) -> None:
                     return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"gunicorn did not answer on {url} within 20 s")
+    raise RuntimeError(f"gunicorn did not respond on {url} within 20 s; check its output above")
 
 
 def run_mix(url: str, tokens_file: Path, mix: str, workdir: Path) -> dict:

@@ -21,7 +21,7 @@ class FieldProblem:
 class MarketplaceError(Exception):
     """Base class of the domain's errors.
 
-    ``code`` is a stable machine-readable identifier; ``detail`` says what failed and how to fix it.
+    ``code`` is a stable machine-readable identifier, and ``detail`` states what failed and how to fix it.
     """
 
     detail: str

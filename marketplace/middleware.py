@@ -11,7 +11,7 @@ logger = logging.getLogger(__name__)
 
 
 class RejectNulCharactersMiddleware:
-    """Answer 400 to a path or query string with a NUL character, which no database text column can store."""
+    """Return 400 for a path or query string with a NUL character, which no database text column can store."""
 
     def __init__(self, get_response):
         self.get_response = get_response

@@ -2,7 +2,7 @@
 
 The key row is inserted in the same transaction as the request's own writes. A concurrent request
 with the same key blocks on the row's unique index until the first one commits, then replays its
-response; if the first one failed, nothing was stored and the retry runs as a new request.
+response. If the first one failed, nothing was stored and the retry runs as a new request.
 """
 
 import hashlib

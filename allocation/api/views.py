@@ -213,7 +213,7 @@ def _get_or_404(queryset, reservation_id: int) -> Reservation:
 
 
 class QuoteView(APIView):
-    """What a reservation would cost and when it could start, without booking anything."""
+    """Quotes: the cost and earliest start of a reservation, without booking anything."""
 
     @extend_schema(request=ReservationCreateSerializer, responses={
         200: QuoteSerializer,

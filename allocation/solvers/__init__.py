@@ -1,6 +1,6 @@
 """Placement solvers: plain Python with no Django imports, so they can be tested and benchmarked alone.
 
-``get_policy(name)`` returns an online placement policy; the reservation service asks it to rank
+``get_policy(name)`` returns an online placement policy, which the reservation service calls to rank
 the candidate nodes for one request.
 """
 

@@ -33,7 +33,11 @@ class TraceFormatError(ValueError):
 
     def __init__(self, path: Path, line: int | None, column: str | None, message: str):
         self.path, self.line, self.column = path, line, column
-        where = path.name + (f", line {line}" if line else "") + (f", column {column!r}" if column else "")
+        where = path.name
+        if line:
+            where += f", line {line}"
+        if column:
+            where += f", column {column!r}"
         super().__init__(f"{where}: {message}")
 
 
