@@ -8,7 +8,7 @@ PORT ?= 8000
 # sets: an empty value wins over .env, and the settings treat it as unset.
 DEMO_ENV := env DATABASE_URL= REDIS_URL=
 
-.PHONY: install demo test bench bench-api serve clean
+.PHONY: install demo test bench bench-api bench-forecast serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,8 @@ demo: install
 	$(DEMO_ENV) $(BIN)/python manage.py migrate --noinput
 	$(DEMO_ENV) $(BIN)/python manage.py import_trace
 	$(DEMO_ENV) $(BIN)/python manage.py replay_trace
+	$(DEMO_ENV) $(BIN)/python manage.py import_demand
+	$(DEMO_ENV) $(BIN)/python manage.py refresh_capacity --propose
 	$(DEMO_ENV) $(BIN)/python manage.py demo_users --base-url http://$(HOST):$(PORT)
 	$(DEMO_ENV) $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
@@ -34,6 +36,10 @@ test: install
 
 bench: install
 	$(DEMO_ENV) $(BIN)/python -m bench.replay --output docs/benchmarks.md
+
+# Backtests the demand forecasts on the shipped series and times a 100-series fleet; writes docs/forecast-helios.svg too.
+bench-forecast: install
+	$(BIN)/python -m bench.forecast --output docs/benchmarks.md
 
 # Needs a local PostgreSQL; BENCH_ADMIN_DATABASE_URL names another server with the right to create databases.
 bench-api: install

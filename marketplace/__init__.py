@@ -1,5 +1,13 @@
 """Core domain of the GPU marketplace: organizations, providers, regions, nodes and GPUs."""
 
-from .celery import app as celery_app
+import os
+
+# One BLAS thread per process, set before numpy loads: forecasting fits many small models, where
+# extra BLAS threads only fight over the cores (on 2 cores a 100-series refresh took 82 s with the
+# default and about 30 s with one thread). An explicit setting in the environment wins.
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+from .celery import app as celery_app  # noqa: E402 - after the thread settings above
 
 __all__ = ["celery_app"]

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "marketplace",
     "allocation",
+    "capacity",
 ]
 
 MIDDLEWARE = [
@@ -151,6 +152,8 @@ CELERY_BEAT_SCHEDULE = {
     "advance-reservations": {"task": "allocation.advance_reservations", "schedule": 60.0},
     "purge-idempotency-keys": {"task": "allocation.purge_idempotency_keys", "schedule": 3600.0},
     "expire-reservations": {"task": "allocation.expire_reservations", "schedule": 60.0},
+    "rollup-demand-metrics": {"task": "capacity.rollup_demand_metrics", "schedule": 3600.0},
+    "refresh-demand-forecasts": {"task": "capacity.refresh_forecasts", "schedule": 24 * 3600.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -172,6 +175,11 @@ MARKETPLACE = {
     "APPROVAL_HOLD_SECONDS": env.int("APPROVAL_HOLD_SECONDS", default=30 * 60),
     # How long a POST's Idempotency-Key is remembered; a retry after that is a new request.
     "IDEMPOTENCY_KEY_RETENTION_SECONDS": env.int("IDEMPOTENCY_KEY_RETENTION_SECONDS", default=24 * 3600),
+    # Capacity planning: hours each periodic rollup recomputes, hours of history a forecast is
+    # fitted on, and hours ahead it looks.
+    "DEMAND_ROLLUP_LOOKBACK_HOURS": env.int("DEMAND_ROLLUP_LOOKBACK_HOURS", default=48),
+    "FORECAST_HISTORY_HOURS": env.int("FORECAST_HISTORY_HOURS", default=8 * 168),
+    "FORECAST_HORIZON_HOURS": env.int("FORECAST_HORIZON_HOURS", default=168),
 }
 
 LOGGING = {
@@ -187,5 +195,6 @@ LOGGING = {
     "loggers": {
         "marketplace": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "allocation": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
+        "capacity": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
     },
 }

@@ -11,6 +11,7 @@ from marketplace.api.views import PingView
 urlpatterns = [
     path("", TemplateView.as_view(template_name="home.html"), name="home"),
     path("admin/", admin.site.urls),
+    path("ops/capacity/", include("capacity.urls")),
     path("ops/", include("allocation.urls")),
     path("api/v1/ping/", PingView.as_view(), name="ping"),
     path("api/v1/", include("allocation.api.urls")),

@@ -1,0 +1,110 @@
+"""Fit and store a forecast for every demand series; the capacity plans read the stored forecasts."""
+
+import logging
+from datetime import datetime, timedelta
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .forecasting import ForecastResult, forecast_many, forecast_series
+from .models import DemandForecast, DemandPoint, DemandSeries
+from .planner import SERVICE_LEVELS
+
+logger = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+CHART_LEVELS = (0.025, 0.1, 0.9, 0.975)
+"""Bounds of the 80 % and 95 % intervals, stored beside the service levels for the charts."""
+STORED_LEVELS = tuple(sorted(set(SERVICE_LEVELS) | set(CHART_LEVELS)))
+
+
+def series_history(series: DemandSeries, *, hours: int, until: datetime | None = None) -> tuple[list[datetime], np.ndarray]:
+    """Return the last ``hours`` hourly demand values of ``series`` (NaN where missing) and their hours.
+
+    The history ends at the last stored hour, or before ``until`` when given; hours without a
+    point inside that span are missing (NaN), not zero.
+    """
+    points = DemandPoint.objects.filter(series=series)
+    if until is not None:
+        points = points.filter(hour__lt=until)
+    last = points.order_by("-hour").values_list("hour", flat=True).first()
+    if last is None:
+        return [], np.array([], dtype=float)
+    first = last - (hours - 1) * HOUR
+    stored = dict(points.filter(hour__gte=first).values_list("hour", "demand"))
+    index = [first + step * HOUR for step in range(hours)]
+    values = np.array([np.nan if stored.get(hour) is None else stored[hour] for hour in index], dtype=float)
+    start = int(np.argmax(~np.isnan(values))) if (~np.isnan(values)).any() else len(values)
+    return index[start:], values[start:]
+
+
+def forecast_refresh(series: DemandSeries, *, horizon_hours: int | None = None,
+                     history_hours: int | None = None) -> DemandForecast:
+    """Fit ``series`` on its recent history and store the forecast; earlier forecasts are kept."""
+    horizon_hours = horizon_hours or settings.MARKETPLACE["FORECAST_HORIZON_HOURS"]
+    hours, values = series_history(series, hours=history_hours or settings.MARKETPLACE["FORECAST_HISTORY_HOURS"])
+    return _store(series, hours, values, forecast_series(values, horizon=horizon_hours), horizon_hours)
+
+
+def forecasts_refresh_all(*, horizon_hours: int | None = None) -> dict[str, str]:
+    """Refresh the forecast of every series, in parallel processes where allowed; returns the model per key.
+
+    If the batch fails, each series is fitted on its own, and one whose fit fails keeps its last
+    forecast; its entry in the result starts with "error".
+    """
+    horizon_hours = horizon_hours or settings.MARKETPLACE["FORECAST_HORIZON_HOURS"]
+    history_hours = settings.MARKETPLACE["FORECAST_HISTORY_HOURS"]
+    series_list = list(DemandSeries.objects.order_by("key"))
+    histories = [series_history(series, hours=history_hours) for series in series_list]
+    logger.info("Forecast refresh started for %d series", len(series_list))
+
+    try:
+        results = forecast_many([values for _, values in histories], horizon=horizon_hours)
+    except Exception:  # A crash in the batch must not cost every series its forecast; retried one by one below.
+        logger.exception("Forecasting the %d series as one batch failed; fitting them one by one", len(series_list))
+        results = [None] * len(series_list)
+
+    outcome = {}
+    for series, (hours, values), result in zip(series_list, histories, results):
+        try:
+            if result is None:
+                result = forecast_series(values, horizon=horizon_hours)
+            with transaction.atomic():
+                outcome[series.key] = _store(series, hours, values, result, horizon_hours).model_name
+        except Exception as error:  # One broken series must not stop the others; it is logged with its trace.
+            logger.exception("Forecast of %s failed; its previous forecast stays in use", series.key)
+            outcome[series.key] = f"error: {error}"
+    logger.info("Forecast refresh finished: %s", outcome)
+    return outcome
+
+
+def _store(series: DemandSeries, hours: list[datetime], values: np.ndarray, result: ForecastResult,
+           horizon_hours: int) -> DemandForecast:
+    if result.status != "ok":
+        logger.info("Forecast of %s: %s (%s)", series.key, result.status, result.message)
+    quantiles = {str(level): np.round(result.quantile(level), 3).tolist() for level in STORED_LEVELS}
+    quantiles["point"] = np.round(result.point, 3).tolist()
+    forecast = DemandForecast.objects.create(
+        series=series, first_hour=hours[-1] + HOUR if hours else _next_hour_without_history(),
+        horizon_hours=horizon_hours, model_name=result.model, status=result.status, message=result.message[:500],
+        backtest_mase={name: round(float(value), 4) for name, value in result.backtest_mase.items()
+                       if np.isfinite(value)},
+        quantiles=quantiles, history_hours=len(values),
+    )
+    logger.info("Forecast of %s stored: model %s, %d hours of history, %d ahead", series.key, result.model,
+                len(values), horizon_hours)
+    return forecast
+
+
+def latest_forecasts() -> dict[int, DemandForecast]:
+    """The newest forecast of each series, by series id."""
+    latest: dict[int, DemandForecast] = {}
+    for forecast in DemandForecast.objects.order_by("series_id", "-created_at", "-id").iterator():
+        latest.setdefault(forecast.series_id, forecast)
+    return latest
+
+
+def _next_hour_without_history() -> datetime:
+    return timezone.now().replace(minute=0, second=0, microsecond=0) + HOUR

@@ -1,0 +1,94 @@
+"""The hourly rollup of reservations into demand, allocation and capacity series."""
+
+from datetime import timedelta
+
+import pytest
+
+from allocation.models import ReservationStatus
+from allocation.services import ReservationSpec, reservation_cancel, reservation_create
+from capacity.metrics import metrics_rollup
+from capacity.models import DemandPoint, DemandSeries
+
+from ..conftest import hours
+from ..factories import NodeFactory, gpu_model
+
+pytestmark = pytest.mark.django_db
+
+
+def reserve(customer, now, start, end, *, gpus=1, milli=1000, models=(), ref=""):
+    return reservation_create(customer=customer, now=now, spec=ReservationSpec(
+        gpu_count=gpus, gpu_milli_per_gpu=milli, cpu_millicores=1000, memory_mib=1024,
+        start_at=now + start, end_at=now + end, gpu_models=tuple(models), external_ref=ref,
+    ))
+
+
+def values(series_key, field, start, count):
+    points = DemandPoint.objects.filter(series__key=series_key, hour__gte=start).order_by("hour")[:count]
+    return [round(getattr(point, field), 4) for point in points]
+
+
+@pytest.fixture
+def fleet(region):
+    return NodeFactory(hostname="t4-a", gpu_count=2, region=region)
+
+
+def test_placed_request_counts_as_demand_and_allocation_in_fractions_of_hours(customer, fleet, now):
+    reserve(customer, now, hours(1), hours(3))
+    reserve(customer, now, hours(1.5), hours(2), milli=460)
+
+    summary = metrics_rollup(start=now, end=now + hours(4))
+
+    key = "market-t4-eu-central"
+    assert summary.hours == 4
+    assert values(key, "demand", now, 4) == [0.0, 1.23, 1.0, 0.0]
+    assert values(key, "allocated", now, 4) == [0.0, 1.23, 1.0, 0.0]
+    assert values(key, "capacity", now, 4) == [2.0, 2.0, 2.0, 2.0]
+
+
+def test_rejected_request_is_unmet_demand_on_the_series_it_allowed(customer, fleet, now):
+    rejected = reserve(customer, now, hours(1), hours(2), gpus=3, models=["T4"])
+    assert rejected.status == ReservationStatus.REJECTED
+
+    metrics_rollup(start=now, end=now + hours(3))
+
+    assert values("market-t4-eu-central", "demand", now, 3) == [0.0, 3.0, 0.0]
+    assert values("market-t4-eu-central", "allocated", now, 3) == [0.0, 0.0, 0.0]
+
+
+def test_request_for_a_model_without_nodes_gets_its_own_series(customer, fleet, now):
+    reserve(customer, now, hours(1), hours(2), models=["A10"])
+
+    metrics_rollup(start=now, end=now + hours(2))
+
+    series = DemandSeries.objects.get(key="market-a10-any")
+    assert series.gpu_model == gpu_model("A10")
+    assert values("market-a10-any", "demand", now, 2) == [0.0, 1.0]
+    assert values("market-a10-any", "capacity", now, 2) == [0.0, 0.0]
+
+
+def test_cancelled_request_counts_only_the_time_it_held(customer, fleet, now):
+    reservation = reserve(customer, now, timedelta(0), hours(4))
+    reservation_cancel(reservation_id=reservation.pk, now=now + hours(1.5))
+
+    metrics_rollup(start=now, end=now + hours(4))
+
+    assert values("market-t4-eu-central", "demand", now, 4) == [1.0, 0.5, 0.0, 0.0]
+
+
+def test_recomputing_a_range_is_idempotent(customer, fleet, now):
+    reserve(customer, now, hours(1), hours(3))
+    metrics_rollup(start=now, end=now + hours(4))
+    first = list(DemandPoint.objects.order_by("series_id", "hour").values_list("series_id", "hour", "demand"))
+
+    metrics_rollup(start=now, end=now + hours(4))
+    metrics_rollup(start=now + hours(1), end=now + hours(2))
+
+    assert list(DemandPoint.objects.order_by("series_id", "hour").values_list("series_id", "hour", "demand")) == first
+
+
+def test_range_is_widened_to_whole_hours_and_must_not_be_empty(customer, fleet, now):
+    summary = metrics_rollup(start=now + timedelta(minutes=10), end=now + timedelta(minutes=70))
+    assert summary.hours == 2
+
+    with pytest.raises(ValueError, match="not after its start"):
+        metrics_rollup(start=now, end=now)

@@ -1,0 +1,102 @@
+"""Plan previews, proposals and decisions, with the what-if settings validated field by field."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from capacity.models import CapacityPlan, DemandSeries
+from capacity.planning import PlanSettings, capacity_plan_decide, capacity_plan_preview, capacity_plan_propose
+from marketplace.exceptions import InvalidRequest, InvalidTransition, NotFound
+
+from .conftest import store_forecast
+
+pytestmark = pytest.mark.django_db
+
+
+def test_preview_covers_the_service_level_with_the_fleets_prices(planned_fleet):
+    preview = capacity_plan_preview(PlanSettings(service_level=0.9, horizon_hours=48))
+
+    [item] = preview.lines
+    assert (item.line.capacity, item.line.required, item.line.action, item.line.delta) == (16, 20, "add", 4)
+    assert item.line.monthly_cost == Decimal("4380.00")  # 4 GPUs x 1.50 x 730 h
+    assert item.line.nodes_hint == "add about 1 node of 8 GPUs"
+    assert item.trend is not None and item.trend.days == 10
+    assert preview.total_monthly_cost == Decimal("4380.00")
+
+
+def test_what_if_changes_the_plan_without_saving(planned_fleet):
+    median = capacity_plan_preview(PlanSettings(service_level=0.5, horizon_hours=48)).lines[0].line
+    growth = capacity_plan_preview(PlanSettings(service_level=0.5, horizon_hours=48,
+                                                growth_pct_per_month=Decimal("200"))).lines[0].line
+
+    assert median.action == "hold"
+    assert growth.peak_at_service_level > median.peak_at_service_level
+    assert CapacityPlan.objects.count() == 0
+
+
+def test_imported_series_uses_its_own_capacity_and_price(planned_fleet, now):
+    series = DemandSeries.objects.create(key="helios-earth", label="Helios Earth", source=DemandSeries.Source.IMPORTED,
+                                         unit="GPUs", price_per_unit_hour=Decimal("2.00"))
+    series.points.create(hour=now - timedelta(hours=1), demand=600, capacity=856)
+    store_forecast(series, now, {0.5: 700.0, 0.9: 900.0, 0.95: 950.0})
+
+    lines = {item.series.key: item.line for item in capacity_plan_preview(PlanSettings()).lines}
+
+    assert (lines["helios-earth"].capacity, lines["helios-earth"].delta) == (856, 44)
+    assert lines["helios-earth"].monthly_cost == Decimal("64240.00")
+
+
+def test_propose_saves_the_lines_and_an_admin_approves(planned_fleet, django_user_model):
+    admin = django_user_model.objects.create_user("planner")
+    plan = capacity_plan_propose(plan_settings=PlanSettings(service_level=0.9, horizon_hours=48), actor=admin)
+
+    assert plan.status == CapacityPlan.Status.PROPOSED
+    assert plan.lines.get().required == 20
+
+    decided = capacity_plan_decide(plan_id=plan.pk, approve=True, actor=admin)
+    assert decided.status == CapacityPlan.Status.APPROVED and decided.decided_by == admin
+
+    with pytest.raises(InvalidTransition, match="already approved"):
+        capacity_plan_decide(plan_id=plan.pk, approve=False, actor=admin, note="changed my mind")
+
+
+def test_rejection_needs_a_reason_and_unknown_plans_are_not_found(planned_fleet):
+    plan = capacity_plan_propose(plan_settings=PlanSettings())
+
+    with pytest.raises(InvalidRequest, match="reason"):
+        capacity_plan_decide(plan_id=plan.pk, approve=False, note="  ")
+    with pytest.raises(NotFound):
+        capacity_plan_decide(plan_id=plan.pk + 100, approve=True)
+
+    rejected = capacity_plan_decide(plan_id=plan.pk, approve=False, note="Budget frozen until Q3")
+    assert rejected.status == CapacityPlan.Status.REJECTED and rejected.decision_note == "Budget frozen until Q3"
+
+
+def test_nothing_to_plan_without_forecasts(db):
+    with pytest.raises(InvalidRequest, match="import_demand"):
+        capacity_plan_propose(plan_settings=PlanSettings())
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"service_level": "0.42"}, "service_level"),
+    ({"service_level": "NaN"}, "service_level"),
+    ({"horizon_hours": "0"}, "horizon_hours"),
+    ({"horizon_hours": "100000"}, "horizon_hours"),
+    ({"horizon_hours": "-5"}, "horizon_hours"),
+    ({"growth_pct_per_month": "Infinity"}, "growth_pct_per_month"),
+    ({"growth_pct_per_month": "1e9"}, "growth_pct_per_month"),
+    ({"growth_pct_per_month": "-100"}, "growth_pct_per_month"),
+    ({"growth_pct_per_month": "ten"}, "growth_pct_per_month"),
+])
+def test_settings_name_the_bad_field_and_the_fix(params, field):
+    with pytest.raises(InvalidRequest) as caught:
+        PlanSettings.parse(params)
+    assert [problem.field for problem in caught.value.errors] == [field]
+
+
+def test_settings_parse_defaults_and_values():
+    assert PlanSettings.parse({}) == PlanSettings(service_level=0.9, horizon_hours=168,
+                                                  growth_pct_per_month=Decimal("0.00"))
+    assert PlanSettings.parse({"service_level": "0.95", "horizon_hours": "24", "growth_pct_per_month": "2.5"}) == \
+        PlanSettings(service_level=0.95, horizon_hours=24, growth_pct_per_month=Decimal("2.50"))
