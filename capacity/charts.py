@@ -31,9 +31,14 @@ def forecast_svg(chart: ForecastChart) -> str:
     """Return an ``<svg>`` element: history in grey, the forecast in blue with 80 % and 95 % bands,
     today's capacity as a green line and the plan's required capacity as an orange dashed line."""
     hours = len(chart.history) + len(chart.point)
-    finite = [value for value in (*chart.history, *chart.upper_95, chart.capacity, chart.required)
+    # The scale follows demand and the plan's requirement. Capacity more than three times above
+    # them would flatten the demand curve to a line at zero, so it then shows as a label instead.
+    finite = [value for value in (*chart.history, *chart.upper_95, chart.required)
               if value is not None and math.isfinite(value)]
-    top = max(finite, default=1.0) * 1.08 or 1.0
+    top = max(finite, default=0.0) * 1.08 or 1.0
+    capacity_above = chart.capacity is not None and chart.capacity > 3 * top
+    if chart.capacity is not None and not capacity_above:
+        top = max(top, chart.capacity * 1.08)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def x(index: float) -> float:
@@ -64,7 +69,10 @@ def forecast_svg(chart: ForecastChart) -> str:
     if len(chart.point):
         parts.append(f'<polyline class="forecast" points="{_points([(x(offset + i), y(v)) for i, v in enumerate(chart.point)])}" '
                      f'fill="none" stroke="#1f5fbf" stroke-width="1.6"/>')
-    for value, colour, dash, name in ((chart.capacity, "#146c2e", "", "capacity"),
+    if capacity_above:
+        parts.append(f'<text class="capacity" x="{WIDTH - RIGHT}" y="{TOP + 8}" font-size="10" fill="#146c2e" '
+                     f'text-anchor="end">capacity {chart.capacity:.0f} {escape(chart.unit)}, above the chart</text>')
+    for value, colour, dash, name in ((None if capacity_above else chart.capacity, "#146c2e", "", "capacity"),
                                       (chart.required, "#c05a00", ' stroke-dasharray="6 4"', "required")):
         if value is not None:
             parts.append(f'<line class="{name}" x1="{LEFT}" y1="{y(value)}" x2="{WIDTH - RIGHT}" y2="{y(value)}" '

@@ -19,7 +19,7 @@ from .models import DemandPoint, DemandSeries
 
 logger = logging.getLogger(__name__)
 
-WEEK = timedelta(days=7)
+DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,9 @@ def demand_import(*, shift_to_now: bool = True, forecast: bool = False, now: dat
                   keys: list[str] | None = None) -> list[ImportSummary]:
     """Replace the points of each shipped series (all, or ``keys``) with the file's hours.
 
-    With ``shift_to_now`` the hours move forward by whole weeks, so that each series ends in the
-    week before ``now`` and keeps its weekday and hour-of-day pattern; the plans then look ahead
-    from today. Missing and outage hours are stored with ``demand`` empty, never as zero.
+    With ``shift_to_now`` the hours move forward by whole days, so that each series ends in the
+    day before ``now`` and keeps its hour-of-day pattern; the plans then look ahead from today.
+    The weekday pattern moves with the shift. Missing and outage hours are stored with ``demand`` empty, never as zero.
     GPU series are priced at the median price per GPU-hour of the marketplace's active nodes,
     the best guess of what added capacity would cost; server series have no price.
     """
@@ -63,7 +63,7 @@ def _import_one(dataset: DemandDataset, *, shift_to_now: bool, now: datetime, pr
     if shift_to_now:
         last = demand.index[-1].to_pydatetime()
         latest_allowed = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-        shift = math.floor((latest_allowed - last) / WEEK) * WEEK
+        shift = math.floor((latest_allowed - last) / DAY) * DAY
 
     with transaction.atomic():
         series, _ = DemandSeries.objects.update_or_create(

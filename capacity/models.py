@@ -148,3 +148,8 @@ class CapacityPlanLine(models.Model):
 
     class Meta:
         ordering = ["plan", "series__key"]
+
+    @property
+    def amount(self) -> int:
+        """Units to add or retire, without the sign."""
+        return abs(self.delta)

@@ -2,6 +2,7 @@
 
 import logging
 
+from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -27,7 +28,8 @@ PLANS_SHOWN = 20
 @require_GET
 @staff_member_required
 def capacity_page(request: HttpRequest) -> HttpResponse:
-    context = {"levels": SERVICE_LEVELS, "plan_settings": PlanSettings(), **_preview_context(PlanSettings()),
+    context = {"levels": SERVICE_LEVELS, "plan_settings": PlanSettings(),
+               "max_horizon": settings.MARKETPLACE["FORECAST_HORIZON_HOURS"], **_preview_context(PlanSettings()),
                **_plans_context()}
     return render(request, "capacity/page.html", context)
 

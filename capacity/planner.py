@@ -19,6 +19,8 @@ HOURS_PER_MONTH = 730
 SERVICE_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 """Forecast quantiles a plan can cover; the forecasts store each of them."""
 MIN_TREND_DAYS = 7
+MAX_RETIRE_SHARE = 0.25
+"""Largest share of a series' capacity one plan retires, so the fleet shrinks in steps an admin can watch."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class PlanLine:
     monthly_cost: Decimal | None
     explanation: str
 
+    @property
+    def amount(self) -> int:
+        """Units to add or retire, without the sign."""
+        return abs(self.delta)
+
 
 def growth_factors(hours: int, growth_pct_per_month: float) -> np.ndarray:
     """Multipliers per hour ahead for compound growth of ``growth_pct_per_month`` percent a month."""
@@ -93,10 +100,13 @@ def plan_line(plan_input: PlanInput, *, service_level: float, growth_pct_per_mon
     required = math.ceil(round(peak_level, 6))
     delta = required - plan_input.capacity
     keep = math.ceil(round(max(peak_level, peak_p95), 6))
+    capped = False
     if delta > 0:
         action = "add"
     elif plan_input.capacity > keep:
-        action, delta = "retire", keep - plan_input.capacity
+        surplus = plan_input.capacity - keep
+        retire = min(surplus, max(math.floor(plan_input.capacity * MAX_RETIRE_SHARE), 1))
+        action, delta, capped = "retire", -retire, retire < surplus
     else:
         action, delta = "hold", 0
 
@@ -110,7 +120,7 @@ def plan_line(plan_input: PlanInput, *, service_level: float, growth_pct_per_mon
         delta=delta, delta_low=math.ceil(round(peak_p50, 6)) - plan_input.capacity,
         delta_high=math.ceil(round(peak_p95, 6)) - plan_input.capacity, action=action,
         nodes_hint=_nodes_hint(delta, plan_input), monthly_cost=monthly_cost,
-        explanation=_explain(plan_input, service_level, horizon_hours, peak_level, required, action, delta),
+        explanation=_explain(plan_input, service_level, horizon_hours, peak_level, keep, action, delta, capped),
     )
 
 
@@ -149,11 +159,12 @@ def _nodes_hint(delta: int, plan_input: PlanInput) -> str:
         return ""
     nodes = math.ceil(abs(delta) / plan_input.node_size)
     verb = "add" if delta > 0 else "retire"
-    return f"{verb} about {nodes} node{'s' if nodes > 1 else ''} of {plan_input.node_size} {plan_input.unit}"
+    unit = plan_input.unit.removesuffix("s") if plan_input.node_size == 1 else plan_input.unit
+    return f"{verb} about {nodes} node{'s' if nodes > 1 else ''} of {plan_input.node_size} {unit}"
 
 
-def _explain(plan_input: PlanInput, service_level: float, horizon_hours: int, peak_level: float, required: int,
-             action: str, delta: int) -> str:
+def _explain(plan_input: PlanInput, service_level: float, horizon_hours: int, peak_level: float, keep: int,
+             action: str, delta: int, capped: bool) -> str:
     model = f" (model {plan_input.model_name}" + (
         f", backtest MASE {plan_input.model_mase:.2f})" if plan_input.model_mase is not None else ")")
     head = (f"P{round(service_level * 100)} of forecast demand peaks at {peak_level:.1f} {plan_input.unit} in the "
@@ -161,5 +172,8 @@ def _explain(plan_input: PlanInput, service_level: float, horizon_hours: int, pe
     if action == "add":
         return f"{head} Add {delta} to cover it."
     if action == "retire":
-        return f"{head} {-delta} more than even the 95th percentile needs; they could be retired."
+        surplus = plan_input.capacity - keep
+        tail = (f" This plan retires {-delta} of them, at most {MAX_RETIRE_SHARE:.0%} of the capacity at once."
+                if capped else " They could be retired.")
+        return (f"{head} {surplus} more than the higher of this peak and the 95th percentile's peak need.{tail}")
     return f"{head} Capacity covers it; no change."

@@ -2,6 +2,7 @@
 
 import logging
 from collections import Counter
+from datetime import datetime, timedelta
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from statistics import median
@@ -13,7 +14,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, NotFound
+from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
 from marketplace.models import Node
 
 from .forecasts import latest_forecasts, series_history
@@ -25,6 +26,15 @@ logger = logging.getLogger(__name__)
 MAX_GROWTH_PCT = Decimal("500")
 MIN_GROWTH_PCT = Decimal("-90")
 TREND_HISTORY_HOURS = 5 * 168
+HOUR = timedelta(hours=1)
+
+
+class DuplicateProposal(MarketplaceError):
+    """A proposed plan with the same settings is still waiting for a decision (HTTP 409)."""
+
+    def __init__(self, detail: str, *, plan_id: int):
+        super().__init__(detail=detail, code="duplicate_proposal", status=409, title="Plan already proposed",
+                         extra={"plan_id": plan_id})
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,8 @@ class PlanSettings:
                                         f"from {MIN_GROWTH_PCT} to {MAX_GROWTH_PCT}, 0 for the forecast as it is."))
 
         if problems:
-            raise InvalidRequest("; ".join(problem.message for problem in problems), errors=problems)
+            raise InvalidRequest(" ".join(f"{problem.field}: {problem.message}" for problem in problems),
+                                 errors=problems)
         return cls(service_level=service_level, horizon_hours=horizon,
                    growth_pct_per_month=growth.quantize(Decimal("0.01")))
 
@@ -92,8 +103,13 @@ class PlanPreview:
     missing_forecasts: list[str]
 
 
-def capacity_plan_preview(plan_settings: PlanSettings) -> PlanPreview:
-    """Compute a plan from the latest stored forecasts without saving anything."""
+def capacity_plan_preview(plan_settings: PlanSettings, *, now: datetime | None = None) -> PlanPreview:
+    """Compute a plan from the latest stored forecasts without saving anything.
+
+    The horizon starts at the current hour: forecast hours that have already passed (a series whose
+    history ends before today) are skipped, and the horizon is cut where the forecast ends.
+    """
+    hour_now = (now or timezone.now()).replace(minute=0, second=0, microsecond=0)
     forecasts = latest_forecasts()
     fleet = _fleet_by_series()
     lines, missing = [], []
@@ -103,10 +119,14 @@ def capacity_plan_preview(plan_settings: PlanSettings) -> PlanPreview:
         if forecast is None:
             missing.append(series.key)
             continue
-        plan_input = _plan_input(series, forecast, fleet, currency)
+        skipped = max(int((hour_now - forecast.first_hour) / HOUR), 0)
+        if skipped >= forecast.horizon_hours:
+            missing.append(series.key)
+            continue
+        plan_input = _plan_input(series, forecast, fleet, currency, skipped)
         line = plan_line(plan_input, service_level=plan_settings.service_level,
                          growth_pct_per_month=float(plan_settings.growth_pct_per_month),
-                         horizon_hours=min(plan_settings.horizon_hours, forecast.horizon_hours))
+                         horizon_hours=min(plan_settings.horizon_hours, forecast.horizon_hours - skipped))
         _, history = series_history(series, hours=TREND_HISTORY_HOURS, until=forecast.first_hour)
         lines.append(PreviewLine(series=series, forecast=forecast, line=line, trend=trend_fit(history),
                                  unit=series.unit, currency=currency))
@@ -117,6 +137,14 @@ def capacity_plan_preview(plan_settings: PlanSettings) -> PlanPreview:
 
 def capacity_plan_propose(*, plan_settings: PlanSettings, actor: AbstractBaseUser | None = None) -> CapacityPlan:
     """Save the preview of ``plan_settings`` as a proposed plan; raise ``InvalidRequest`` if there is nothing to plan."""
+    waiting = CapacityPlan.objects.filter(
+        status=CapacityPlan.Status.PROPOSED, service_level=Decimal(str(plan_settings.service_level)),
+        horizon_hours=plan_settings.horizon_hours, growth_pct_per_month=plan_settings.growth_pct_per_month,
+    ).first()
+    if waiting is not None:
+        raise DuplicateProposal(
+            f"Plan {waiting.pk} with the same settings is already waiting for a decision. Approve or reject it "
+            f"first, or change the service level, horizon or growth.", plan_id=waiting.pk)
     preview = capacity_plan_preview(plan_settings)
     if not preview.lines:
         raise InvalidRequest(
@@ -172,8 +200,8 @@ def capacity_plan_decide(*, plan_id: int, approve: bool, actor: AbstractBaseUser
     return plan
 
 
-def _plan_input(series: DemandSeries, forecast: DemandForecast, fleet: dict, currency: str) -> PlanInput:
-    quantiles = {level: np.asarray(forecast.quantiles[str(level)], dtype=float) for level in SERVICE_LEVELS}
+def _plan_input(series: DemandSeries, forecast: DemandForecast, fleet: dict, currency: str, skipped: int) -> PlanInput:
+    quantiles = {level: np.asarray(forecast.quantiles[str(level)][skipped:], dtype=float) for level in SERVICE_LEVELS}
     mase = forecast.backtest_mase.get(forecast.model_name)
     if series.source == DemandSeries.Source.MARKETPLACE:
         gpus, prices, node_sizes = fleet.get((series.gpu_model_id, series.region_id), (0, [], []))

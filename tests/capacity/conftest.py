@@ -4,6 +4,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from capacity.forecasts import STORED_LEVELS
 from capacity.models import DemandForecast, DemandPoint, DemandSeries
@@ -24,7 +25,7 @@ def store_forecast(series, first_hour, levels, horizon=48, model="ets"):
 
 
 @pytest.fixture
-def planned_fleet(region, now):
+def planned_fleet(region):
     """Sixteen T4 GPUs at 1.50 an hour in eu-central, ten days of history, and a forecast needing 20 at P90."""
     for index in range(2):
         NodeFactory(hostname=f"t4-plan-{index}", gpu_count=8, region=region, gpu_model=gpu_model("T4"),
@@ -32,6 +33,7 @@ def planned_fleet(region, now):
     series = DemandSeries.objects.create(key="market-t4-eu-central", label="T4 in eu-central",
                                          source=DemandSeries.Source.MARKETPLACE, gpu_model=gpu_model("T4"),
                                          region=region)
+    now = timezone.now().replace(minute=0, second=0, microsecond=0)
     start = now - 240 * HOUR
     DemandPoint.objects.bulk_create(
         DemandPoint(series=series, hour=start + step * HOUR, demand=10 + (step % 24) / 4, allocated=10, capacity=16)

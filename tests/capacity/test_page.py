@@ -75,3 +75,16 @@ def test_staff_without_permission_cannot_decide(client, django_user_model, plann
 def test_propose_without_forecasts_says_what_to_do(staff):
     response = staff.post("/ops/capacity/plans/", {})
     assert response.status_code == 400 and "import_demand" in response.content.decode()
+
+
+def test_proposing_the_same_plan_twice_is_a_409(staff, planned_fleet):
+    assert staff.post("/ops/capacity/plans/", {}).status_code == 200
+    again = staff.post("/ops/capacity/plans/", {})
+    assert again.status_code == 409 and "already waiting" in again.content.decode()
+
+
+def test_bad_proposal_names_each_field(staff, planned_fleet):
+    response = staff.post("/ops/capacity/plans/", {"service_level": "0.42", "horizon_hours": "0"})
+    body = response.content.decode()
+    assert response.status_code == 400
+    assert "service_level:" in body and "horizon_hours:" in body

@@ -82,3 +82,17 @@ def test_trend_skips_days_with_missing_hours_and_needs_a_week():
 
     hourly[24 * 4:24 * 8] = np.nan
     assert trend_fit(hourly) is None
+
+
+def test_retires_at_most_a_quarter_of_capacity_at_once():
+    line = plan_line(flat_input(100, {0.5: 2.0, 0.9: 3.0, 0.95: 4.0}), service_level=0.9,
+                     growth_pct_per_month=0, horizon_hours=48)
+
+    assert (line.action, line.delta, line.amount) == ("retire", -25, 25)
+    assert "96 more than" in line.explanation and "retires 25 of them" in line.explanation
+
+
+def test_single_gpu_nodes_read_in_the_singular():
+    line = plan_line(flat_input(1, {0.5: 3.0}, node_size=1), service_level=0.5, growth_pct_per_month=0,
+                     horizon_hours=48)
+    assert line.nodes_hint == "add about 2 nodes of 1 GPU"

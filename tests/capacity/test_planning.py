@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from capacity.models import CapacityPlan, DemandSeries
-from capacity.planning import PlanSettings, capacity_plan_decide, capacity_plan_preview, capacity_plan_propose
+from capacity.planning import DuplicateProposal, PlanSettings, capacity_plan_decide, capacity_plan_preview, capacity_plan_propose
 from marketplace.exceptions import InvalidRequest, InvalidTransition, NotFound
 
 from .conftest import store_forecast
@@ -35,7 +35,8 @@ def test_what_if_changes_the_plan_without_saving(planned_fleet):
     assert CapacityPlan.objects.count() == 0
 
 
-def test_imported_series_uses_its_own_capacity_and_price(planned_fleet, now):
+def test_imported_series_uses_its_own_capacity_and_price(planned_fleet):
+    now = planned_fleet[1].first_hour
     series = DemandSeries.objects.create(key="helios-earth", label="Helios Earth", source=DemandSeries.Source.IMPORTED,
                                          unit="GPUs", price_per_unit_hour=Decimal("2.00"))
     series.points.create(hour=now - timedelta(hours=1), demand=600, capacity=856)
@@ -100,3 +101,30 @@ def test_settings_parse_defaults_and_values():
                                                   growth_pct_per_month=Decimal("0.00"))
     assert PlanSettings.parse({"service_level": "0.95", "horizon_hours": "24", "growth_pct_per_month": "2.5"}) == \
         PlanSettings(service_level=0.95, horizon_hours=24, growth_pct_per_month=Decimal("2.50"))
+
+
+def test_same_settings_are_not_proposed_twice_while_waiting(planned_fleet):
+    first = capacity_plan_propose(plan_settings=PlanSettings())
+
+    with pytest.raises(DuplicateProposal, match=f"Plan {first.pk} with the same settings"):
+        capacity_plan_propose(plan_settings=PlanSettings())
+
+    other = capacity_plan_propose(plan_settings=PlanSettings(service_level=0.95))
+    capacity_plan_decide(plan_id=first.pk, approve=True)
+    again = capacity_plan_propose(plan_settings=PlanSettings())
+    assert len({first.pk, other.pk, again.pk}) == 3
+
+
+def test_forecast_hours_already_past_are_skipped(planned_fleet):
+    series, forecast = planned_fleet
+    forecast.quantiles = {**forecast.quantiles, "0.9": [40.0] * 10 + [19.5] * 38}
+    forecast.save()
+
+    now_line = capacity_plan_preview(PlanSettings(horizon_hours=48), now=forecast.first_hour).lines[0].line
+    later = capacity_plan_preview(PlanSettings(horizon_hours=48), now=forecast.first_hour + timedelta(hours=10))
+
+    assert now_line.required == 40
+    assert later.lines[0].line.required == 20
+
+    expired = capacity_plan_preview(PlanSettings(), now=forecast.first_hour + timedelta(hours=48))
+    assert expired.lines == [] and expired.missing_forecasts == [series.key]
