@@ -44,7 +44,8 @@ def test_what_if_then_propose_and_approve(page, live_server, admin_user, planned
     page.click("text=Propose this plan")
     page.wait_for_selector("text=proposed.")
     plan = CapacityPlan.objects.get()
-    assert float(plan.service_level) == 0.99 and plan.lines.get().delta == 9
+    assert float(plan.service_level) == 0.99
+    assert plan.lines.get().delta == 9
 
     page.click(f"#plan-{plan.pk} button[value=approve]")
     page.wait_for_selector(f"text=Plan {plan.pk} approved.")

@@ -11,7 +11,8 @@ def chart(**overrides):
 
 def test_title_is_escaped_and_gap_splits_the_history():
     svg = forecast_svg(chart())
-    assert "T4 &lt;b&gt;" in svg and "<b>" not in svg
+    assert "T4 &lt;b&gt;" in svg
+    assert "<b>" not in svg
     assert svg.count('class="history"') == 2
     assert '<line class="capacity"' in svg
 

@@ -37,7 +37,8 @@ def test_history_keeps_missing_hours_missing():
     assert hours[-1] == START + (12 * 24 - 1) * HOUR
 
     _, early = series_history(series, hours=10, until=START + 34 * HOUR)
-    assert np.isnan(early[-4:]).all() and not np.isnan(early[:-4]).any()
+    assert np.isnan(early[-4:]).all()
+    assert not np.isnan(early[:-4]).any()
 
 
 def test_forecast_is_stored_with_every_level_in_order():
@@ -47,7 +48,8 @@ def test_forecast_is_stored_with_every_level_in_order():
 
     assert forecast.first_hour == START + 12 * 24 * HOUR
     assert forecast.status in ("ok", "gaps_filled")
-    assert forecast.backtest_mase and forecast.model_name
+    assert forecast.backtest_mase
+    assert forecast.model_name
     levels = [np.array(forecast.quantiles[str(level)]) for level in STORED_LEVELS]
     assert all(len(values) == 24 for values in levels)
     assert all((lower <= upper + 1e-9).all() for lower, upper in zip(levels, levels[1:]))
@@ -80,15 +82,18 @@ def test_import_moves_series_to_now_idempotently():
     last = series.points.order_by("-hour").first().hour
     assert now - timedelta(days=1) - timedelta(hours=1) <= last < now
     assert series.points.filter(demand__isnull=True).count() == summary.missing_hours > 0
-    assert series.unit == "servers" and series.price_per_unit_hour is None
+    assert series.unit == "servers"
+    assert series.price_per_unit_hour is None
 
 
 def test_import_keeps_dates_when_asked():
     [summary] = demand_import(keys=["helios-vcpDC"], shift_to_now=False)
-    assert summary.first_hour.startswith("2020-05-01") and summary.shifted_days == 0
+    assert summary.first_hour.startswith("2020-05-01")
+    assert summary.shifted_days == 0
     outage = DemandSeries.objects.get(key="helios-vcpDC").points.filter(
         hour__gte=datetime(2020, 5, 10, tzinfo=timezone.utc), hour__lt=datetime(2020, 5, 11, tzinfo=timezone.utc))
-    assert outage.count() == 24 and not outage.exclude(demand__isnull=True).exists()
+    assert outage.count() == 24
+    assert not outage.exclude(demand__isnull=True).exists()
 
 
 def test_rollup_task_runs_twice_with_the_same_result(customer, region, now):

@@ -15,7 +15,7 @@ def flat_input(capacity, levels, price=Decimal("2.00"), node_size=8):
                      price_per_unit_hour=price, node_size=node_size, model_name="ets", model_mase=0.7)
 
 
-def test_adds_what_the_service_level_peak_needs_and_costs_it():
+def test_adds_units_for_service_level_peak():
     line = plan_line(flat_input(10, {0.5: 9.0, 0.9: 12.2, 0.95: 13.0}), service_level=0.9,
                      growth_pct_per_month=0, horizon_hours=48)
 
@@ -23,10 +23,11 @@ def test_adds_what_the_service_level_peak_needs_and_costs_it():
     assert (line.delta_low, line.delta_high) == (-1, 3)
     assert line.monthly_cost == Decimal("4380.00")  # 3 GPUs x 2.00 x 730 h
     assert line.nodes_hint == "add about 1 node of 8 GPUs"
-    assert "P90" in line.explanation and "Add 3" in line.explanation
+    assert "P90" in line.explanation
+    assert "Add 3" in line.explanation
 
 
-def test_retires_only_what_even_the_95th_percentile_does_not_need():
+def test_retires_only_above_p95_peak():
     line = plan_line(flat_input(20, {0.5: 8.0, 0.9: 10.0, 0.95: 14.5}), service_level=0.9,
                      growth_pct_per_month=0, horizon_hours=48)
 
@@ -64,7 +65,7 @@ def test_unknown_service_level_and_impossible_growth_are_refused():
         growth_factors(4, -100)
 
 
-def test_trend_finds_weekly_and_monthly_growth_with_an_interval():
+def test_trend_growth_with_interval():
     days = np.arange(28 * 24) / 24
     hourly = 100 * np.exp(0.01 * days) * (1 + 0.1 * np.sin(2 * np.pi * days))
 
@@ -75,7 +76,7 @@ def test_trend_finds_weekly_and_monthly_growth_with_an_interval():
     assert trend.monthly_low_pct <= trend.monthly_pct <= trend.monthly_high_pct
 
 
-def test_trend_skips_days_with_missing_hours_and_needs_a_week():
+def test_trend_skips_incomplete_days():
     hourly = np.full(10 * 24, 50.0)
     hourly[30] = np.nan
     assert trend_fit(hourly).monthly_pct == 0.0
@@ -89,7 +90,8 @@ def test_retires_at_most_a_quarter_of_capacity_at_once():
                      growth_pct_per_month=0, horizon_hours=48)
 
     assert (line.action, line.delta, line.amount) == ("retire", -25, 25)
-    assert "96 more than" in line.explanation and "retires 25 of them" in line.explanation
+    assert "96 more than" in line.explanation
+    assert "retires 25 of them" in line.explanation
 
 
 def test_single_gpu_nodes_read_in_the_singular():

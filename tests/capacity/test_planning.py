@@ -21,7 +21,8 @@ def test_preview_covers_the_service_level_with_the_fleets_prices(planned_fleet):
     assert (item.line.capacity, item.line.required, item.line.action, item.line.delta) == (16, 20, "add", 4)
     assert item.line.monthly_cost == Decimal("4380.00")  # 4 GPUs x 1.50 x 730 h
     assert item.line.nodes_hint == "add about 1 node of 8 GPUs"
-    assert item.trend is not None and item.trend.days == 10
+    assert item.trend is not None
+    assert item.trend.days == 10
     assert preview.total_monthly_cost == Decimal("4380.00")
 
 
@@ -56,7 +57,8 @@ def test_propose_saves_the_lines_and_an_admin_approves(planned_fleet, django_use
     assert plan.lines.get().required == 20
 
     decided = capacity_plan_decide(plan_id=plan.pk, approve=True, actor=admin)
-    assert decided.status == CapacityPlan.Status.APPROVED and decided.decided_by == admin
+    assert decided.status == CapacityPlan.Status.APPROVED
+    assert decided.decided_by == admin
 
     with pytest.raises(InvalidTransition, match="already approved"):
         capacity_plan_decide(plan_id=plan.pk, approve=False, actor=admin, note="changed my mind")
@@ -71,7 +73,8 @@ def test_rejection_needs_a_reason_and_unknown_plans_are_not_found(planned_fleet)
         capacity_plan_decide(plan_id=plan.pk + 100, approve=True)
 
     rejected = capacity_plan_decide(plan_id=plan.pk, approve=False, note="Budget frozen until Q3")
-    assert rejected.status == CapacityPlan.Status.REJECTED and rejected.decision_note == "Budget frozen until Q3"
+    assert rejected.status == CapacityPlan.Status.REJECTED
+    assert rejected.decision_note == "Budget frozen until Q3"
 
 
 def test_nothing_to_plan_without_forecasts(db):
@@ -127,4 +130,5 @@ def test_forecast_hours_already_past_are_skipped(planned_fleet):
     assert later.lines[0].line.required == 20
 
     expired = capacity_plan_preview(PlanSettings(), now=forecast.first_hour + timedelta(hours=48))
-    assert expired.lines == [] and expired.missing_forecasts == [series.key]
+    assert expired.lines == []
+    assert expired.missing_forecasts == [series.key]
