@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 import numpy as np
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from .forecasting import ForecastResult, forecast_many, forecast_series
@@ -77,6 +78,7 @@ def forecasts_refresh_all(*, horizon_hours: int | None = None) -> dict[str, str]
             logger.exception("Forecast of %s failed; its previous forecast stays in use", series.key)
             outcome[series.key] = f"error: {error}"
     logger.info("Forecast refresh finished: %s", outcome)
+    forecasts_purge()
     return outcome
 
 
@@ -99,11 +101,22 @@ def _store(series: DemandSeries, hours: list[datetime], values: np.ndarray, resu
 
 
 def latest_forecasts() -> dict[int, DemandForecast]:
-    """The newest forecast of each series, by series id."""
-    latest: dict[int, DemandForecast] = {}
-    for forecast in DemandForecast.objects.order_by("series_id", "-created_at", "-id").iterator():
-        latest.setdefault(forecast.series_id, forecast)
-    return latest
+    """Return the newest forecast of each series, by series id, in one query whatever the history kept."""
+    newest_ids = DemandForecast.objects.values("series_id").annotate(newest=Max("id")).values("newest")
+    return {forecast.series_id: forecast for forecast in DemandForecast.objects.filter(id__in=newest_ids)}
+
+
+def forecasts_purge(*, keep_days: int | None = None, now: datetime | None = None) -> int:
+    """Delete forecasts older than ``keep_days`` days, except each series' newest; return how many.
+
+    Plan lines that pointed at a deleted forecast keep their figures and lose only the link.
+    """
+    keep_days = keep_days or settings.MARKETPLACE["FORECAST_RETENTION_DAYS"]
+    cutoff = (now or timezone.now()) - timedelta(days=keep_days)
+    newest_ids = DemandForecast.objects.values("series_id").annotate(newest=Max("id")).values("newest")
+    deleted, _ = DemandForecast.objects.filter(created_at__lt=cutoff).exclude(id__in=newest_ids).delete()
+    logger.info("Deleted %d forecasts older than %d days", deleted, keep_days)
+    return deleted
 
 
 def _next_hour_without_history() -> datetime:

@@ -20,6 +20,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import numpy as np
 from django.db import transaction
@@ -34,6 +35,7 @@ from .models import DemandPoint, DemandSeries
 logger = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
+ROLLUP_CHUNK = timedelta(days=30)
 
 SeriesKey = tuple[int | None, int | None]
 """(GPU model id, region id); ``None`` means any."""
@@ -47,10 +49,14 @@ class RollupSummary:
     series: int
     points: int
     reservations: int
+    """Reservations that overlap the range; for a range rolled up in chunks, the largest chunk's count."""
 
 
 def floor_hour(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
+    """Return the start of the UTC hour that contains ``moment``; raise ``ValueError`` for a naive datetime."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{moment.isoformat()} has no UTC offset; pass an aware datetime, for example with tzinfo=UTC.")
+    return moment.astimezone(dt_timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
 def ceil_hour(moment: datetime) -> datetime:
@@ -61,11 +67,12 @@ def ceil_hour(moment: datetime) -> datetime:
 def metrics_rollup(*, start: datetime, end: datetime) -> RollupSummary:
     """Recompute the marketplace series' hourly points for the hours that overlap ``[start, end)``.
 
-    Both ends are widened to whole hours. Raises ``ValueError`` when ``end`` is not after ``start``.
+    Both ends are widened to whole UTC hours. Raises ``ValueError`` when ``end`` is not after
+    ``start`` or either one is naive.
     """
-    start, end = floor_hour(start), ceil_hour(end)
     if end <= start:
         raise ValueError(f"The rollup range ends at {end.isoformat()}, not after its start {start.isoformat()}.")
+    start, end = floor_hour(start), ceil_hour(end)
     hours = int((end - start) / HOUR)
     logger.info("Demand rollup started for %s to %s (%d hours)", start.isoformat(), end.isoformat(), hours)
 
@@ -128,7 +135,22 @@ def metrics_rollup_all(*, now: datetime | None = None) -> RollupSummary | None:
     if first is None:
         logger.info("Demand rollup skipped: there are no reservations yet")
         return None
-    return metrics_rollup(start=min(first, now), end=floor_hour(now) + HOUR)
+    start, end = floor_hour(min(first, now)), floor_hour(now) + HOUR
+    summary = None
+    # Chunks of a month keep each transaction's memory bounded on a long history.
+    while start < end:
+        chunk_end = min(start + ROLLUP_CHUNK, end)
+        summary = _merge(summary, metrics_rollup(start=start, end=chunk_end))
+        start = chunk_end
+    return summary
+
+
+def _merge(total: RollupSummary | None, part: RollupSummary) -> RollupSummary:
+    if total is None:
+        return part
+    return RollupSummary(start=total.start, end=part.end, hours=total.hours + part.hours,
+                         series=max(total.series, part.series), points=total.points + part.points,
+                         reservations=max(total.reservations, part.reservations))
 
 
 def _overlapping_reservations(start: datetime, end: datetime):
@@ -194,8 +216,10 @@ def _series_for(keys: set[SeriesKey]) -> dict[SeriesKey, DemandSeries]:
         model, region = models.get(model_id), regions.get(region_id)
         model_name = model.name if model else "any model"
         region_code = region.code if region else "any region"
-        series, created = DemandSeries.objects.get_or_create(
-            key=f"market-{(model.name if model else 'any').lower()}-{region.code if region else 'any'}",
+        # The key uses ids, not names: two model names may differ only in case, and a renamed
+        # model must keep its history. The label follows the current names.
+        series, created = DemandSeries.objects.update_or_create(
+            key=f"market-model{model_id or '-any'}-region{region_id or '-any'}",
             defaults={
                 "label": f"{model_name} in {region_code}", "source": DemandSeries.Source.MARKETPLACE,
                 "gpu_model": model, "region": region, "unit": "GPUs",

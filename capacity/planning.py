@@ -10,7 +10,7 @@ from statistics import median
 import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -27,6 +27,8 @@ MAX_GROWTH_PCT = Decimal("500")
 MIN_GROWTH_PCT = Decimal("-90")
 TREND_HISTORY_HOURS = 5 * 168
 HOUR = timedelta(hours=1)
+PROPOSAL_LOCK_KEY = 7_410_001
+"""PostgreSQL advisory lock key that serialises capacity plan proposals."""
 
 
 class DuplicateProposal(MarketplaceError):
@@ -47,12 +49,15 @@ class PlanSettings:
 
     @classmethod
     def parse(cls, params) -> "PlanSettings":
-        """Read settings from form or query parameters; raise ``InvalidRequest`` naming each bad field."""
+        """Read settings from form or query parameters; raise ``InvalidRequest`` naming each bad field.
+
+        A missing horizon means all the hours the forecasts cover (``FORECAST_HORIZON_HOURS``).
+        """
         problems = []
         max_horizon = settings.MARKETPLACE["FORECAST_HORIZON_HOURS"]
         levels = ", ".join(str(level) for level in SERVICE_LEVELS)
 
-        raw_level = params.get("service_level", "0.9")
+        raw_level = str(params.get("service_level", "0.9"))
         try:
             service_level = float(raw_level)
         except ValueError:
@@ -60,14 +65,14 @@ class PlanSettings:
         if service_level not in SERVICE_LEVELS:
             problems.append(FieldProblem("service_level", f"{raw_level!r} is not a service level; choose one of {levels}."))
 
-        raw_horizon = params.get("horizon_hours", str(max_horizon))
+        raw_horizon = str(params.get("horizon_hours", max_horizon))
         horizon = int(raw_horizon) if raw_horizon.isascii() and raw_horizon.isdigit() and len(raw_horizon) < 6 else None
         if horizon is None or not 1 <= horizon <= max_horizon:
             problems.append(FieldProblem(
                 "horizon_hours", f"{raw_horizon!r} is not a horizon; give whole hours from 1 to {max_horizon}, "
                                  f"the hours the forecasts cover."))
 
-        raw_growth = params.get("growth_pct_per_month", "0") or "0"
+        raw_growth = str(params.get("growth_pct_per_month", "0") or "0")
         try:
             growth = Decimal(raw_growth)
         except InvalidOperation:
@@ -137,22 +142,23 @@ def capacity_plan_preview(plan_settings: PlanSettings, *, now: datetime | None =
 
 def capacity_plan_propose(*, plan_settings: PlanSettings, actor: AbstractBaseUser | None = None) -> CapacityPlan:
     """Save the preview of ``plan_settings`` as a proposed plan; raise ``InvalidRequest`` if there is nothing to plan."""
-    waiting = CapacityPlan.objects.filter(
-        status=CapacityPlan.Status.PROPOSED, service_level=Decimal(str(plan_settings.service_level)),
-        horizon_hours=plan_settings.horizon_hours, growth_pct_per_month=plan_settings.growth_pct_per_month,
-    ).first()
-    if waiting is not None:
-        raise DuplicateProposal(
-            f"Plan {waiting.pk} with the same settings is already waiting for a decision. Approve or reject it "
-            f"first, or change the service level, horizon or growth.", plan_id=waiting.pk)
-    preview = capacity_plan_preview(plan_settings)
-    if not preview.lines:
-        raise InvalidRequest(
-            "No demand series has a forecast yet, so there is nothing to plan. Import demand history "
-            "(python manage.py import_demand) or roll up the marketplace's metrics, then refresh the forecasts.",
-            code="no_forecasts",
-        )
     with transaction.atomic():
+        _lock_proposals()
+        waiting = CapacityPlan.objects.filter(
+            status=CapacityPlan.Status.PROPOSED, service_level=Decimal(str(plan_settings.service_level)),
+            horizon_hours=plan_settings.horizon_hours, growth_pct_per_month=plan_settings.growth_pct_per_month,
+        ).first()
+        if waiting is not None:
+            raise DuplicateProposal(
+                f"Plan {waiting.pk} with the same settings is already waiting for a decision. Approve or reject it "
+                f"first, or change the service level, horizon or growth.", plan_id=waiting.pk)
+        preview = capacity_plan_preview(plan_settings)
+        if not preview.lines:
+            raise InvalidRequest(
+                "No demand series has a forecast yet, so there is nothing to plan. Import demand history "
+                "(python manage.py import_demand) or roll up the marketplace's metrics, then refresh the forecasts.",
+                code="no_forecasts",
+            )
         plan = CapacityPlan.objects.create(
             created_by=actor, horizon_hours=plan_settings.horizon_hours,
             service_level=Decimal(str(plan_settings.service_level)),
@@ -198,6 +204,17 @@ def capacity_plan_decide(*, plan_id: int, approve: bool, actor: AbstractBaseUser
         plan.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
     logger.info("Capacity plan %s %s by %s", plan.pk, plan.status, actor)
     return plan
+
+
+def _lock_proposals() -> None:
+    """Serialise proposals, so two admins clicking at once cannot both propose the same plan.
+
+    PostgreSQL takes a transaction-scoped advisory lock; SQLite's BEGIN IMMEDIATE already
+    serialises every writer.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PROPOSAL_LOCK_KEY])
 
 
 def _plan_input(series: DemandSeries, forecast: DemandForecast, fleet: dict, currency: str, skipped: int) -> PlanInput:

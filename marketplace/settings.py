@@ -180,6 +180,8 @@ MARKETPLACE = {
     "DEMAND_ROLLUP_LOOKBACK_HOURS": env.int("DEMAND_ROLLUP_LOOKBACK_HOURS", default=48),
     "FORECAST_HISTORY_HOURS": env.int("FORECAST_HISTORY_HOURS", default=8 * 168),
     "FORECAST_HORIZON_HOURS": env.int("FORECAST_HORIZON_HOURS", default=168),
+    # Days a forecast is kept after a newer one replaced it.
+    "FORECAST_RETENTION_DAYS": env.int("FORECAST_RETENTION_DAYS", default=90),
 }
 
 LOGGING = {

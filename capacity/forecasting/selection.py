@@ -69,6 +69,11 @@ def forecast_series(values, horizon: int = 168, season: int = 24, candidates=Non
     if observed.size < needed:
         reason = f"Only {observed.size} hours were observed and models need at least {needed} ({MIN_SEASONS} seasons of {season})."
         return short_history_result(history, horizon, reason, notes)
+    trailing_missing = int(np.argmax(~np.isnan(history.values[::-1]))) if observed.size else 0
+    if trailing_missing > 2 * season:
+        reason = (f"The last {trailing_missing} hours are missing, so no model can be checked against recent "
+                  f"data; the forecast is the mean of what was observed.")
+        return short_history_result(history, horizon, reason, notes)
     busy_hours = int(np.count_nonzero(observed))
     if busy_hours < needed:
         reason = (f"Only {busy_hours} of {observed.size} observed hours have any demand and models need at "
@@ -123,7 +128,7 @@ def forecast_each_model(values, horizon: int = 168, season: int = 24,
 
 def validate_arguments(horizon, season, candidates, max_train_hours) -> list[str]:
     """Raise ``ValueError`` for invalid arguments; return the selectable model names in ``MODEL_NAMES`` order."""
-    if not isinstance(horizon, (int, np.integer)) or horizon < 1:
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
         raise ValueError(f"Forecast horizon {horizon!r} is invalid: pass a whole number of hours, at least 1.")
     if not isinstance(season, (int, np.integer)) or season < 2:
         raise ValueError(f"Season {season!r} is invalid: pass the seasonal period in hours, at least 2 (24 for daily).")

@@ -1,6 +1,7 @@
 """The hourly rollup of reservations into demand, allocation and capacity series."""
 
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 
@@ -8,6 +9,7 @@ from allocation.models import ReservationStatus
 from allocation.services import ReservationSpec, reservation_cancel, reservation_create
 from capacity.metrics import metrics_rollup
 from capacity.models import DemandPoint, DemandSeries
+from marketplace.models import GpuModel
 
 from ..conftest import hours
 from ..factories import NodeFactory, gpu_model
@@ -22,8 +24,8 @@ def reserve(customer, now, start, end, *, gpus=1, milli=1000, models=(), ref="")
     ))
 
 
-def values(series_key, field, start, count):
-    points = DemandPoint.objects.filter(series__key=series_key, hour__gte=start).order_by("hour")[:count]
+def values(series_label, field, start, count):
+    points = DemandPoint.objects.filter(series__label=series_label, hour__gte=start).order_by("hour")[:count]
     return [round(getattr(point, field), 4) for point in points]
 
 
@@ -38,7 +40,7 @@ def test_placed_request_counts_as_demand_and_allocation_in_fractions_of_hours(cu
 
     summary = metrics_rollup(start=now, end=now + hours(4))
 
-    key = "market-t4-eu-central"
+    key = "T4 in eu-central"
     assert summary.hours == 4
     assert values(key, "demand", now, 4) == [0.0, 1.23, 1.0, 0.0]
     assert values(key, "allocated", now, 4) == [0.0, 1.23, 1.0, 0.0]
@@ -51,8 +53,8 @@ def test_rejected_request_is_unmet_demand_on_the_series_it_allowed(customer, fle
 
     metrics_rollup(start=now, end=now + hours(3))
 
-    assert values("market-t4-eu-central", "demand", now, 3) == [0.0, 3.0, 0.0]
-    assert values("market-t4-eu-central", "allocated", now, 3) == [0.0, 0.0, 0.0]
+    assert values("T4 in eu-central", "demand", now, 3) == [0.0, 3.0, 0.0]
+    assert values("T4 in eu-central", "allocated", now, 3) == [0.0, 0.0, 0.0]
 
 
 def test_request_for_a_model_without_nodes_gets_its_own_series(customer, fleet, now):
@@ -60,10 +62,10 @@ def test_request_for_a_model_without_nodes_gets_its_own_series(customer, fleet, 
 
     metrics_rollup(start=now, end=now + hours(2))
 
-    series = DemandSeries.objects.get(key="market-a10-any")
+    series = DemandSeries.objects.get(label="A10 in any region")
     assert series.gpu_model == gpu_model("A10")
-    assert values("market-a10-any", "demand", now, 2) == [0.0, 1.0]
-    assert values("market-a10-any", "capacity", now, 2) == [0.0, 0.0]
+    assert values("A10 in any region", "demand", now, 2) == [0.0, 1.0]
+    assert values("A10 in any region", "capacity", now, 2) == [0.0, 0.0]
 
 
 def test_cancelled_request_counts_only_the_time_it_held(customer, fleet, now):
@@ -72,7 +74,7 @@ def test_cancelled_request_counts_only_the_time_it_held(customer, fleet, now):
 
     metrics_rollup(start=now, end=now + hours(4))
 
-    assert values("market-t4-eu-central", "demand", now, 4) == [1.0, 0.5, 0.0, 0.0]
+    assert values("T4 in eu-central", "demand", now, 4) == [1.0, 0.5, 0.0, 0.0]
 
 
 def test_recomputing_a_range_is_idempotent(customer, fleet, now):
@@ -92,3 +94,31 @@ def test_range_is_widened_to_whole_hours_and_must_not_be_empty(customer, fleet, 
 
     with pytest.raises(ValueError, match="not after its start"):
         metrics_rollup(start=now, end=now)
+
+
+def test_series_keys_survive_case_and_renames(customer, fleet, now):
+    NodeFactory(hostname="lower-t4", gpu_count=1, region=fleet.region,
+                gpu_model=GpuModel.objects.create(name="t4", vendor="NVIDIA"))
+    reserve(customer, now, hours(1), hours(2), models=["T4"])
+    metrics_rollup(start=now, end=now + hours(2))
+
+    model = gpu_model("T4")
+    model.name = "T4 16GB"
+    model.save()
+    metrics_rollup(start=now, end=now + hours(2))
+
+    assert DemandSeries.objects.count() == 2
+    assert values("T4 16GB in eu-central", "demand", now, 2) == [0.0, 1.0]
+    assert values("t4 in eu-central", "capacity", now, 2) == [1.0, 1.0]
+
+
+def test_offsets_and_naive_datetimes(customer, fleet, now):
+    india = dt_timezone(timedelta(hours=5, minutes=30))
+    summary = metrics_rollup(start=now.astimezone(india), end=(now + hours(2)).astimezone(india))
+    assert summary.start == now.isoformat()
+    assert not DemandPoint.objects.exclude(hour__minute=0).exists()
+
+    with pytest.raises(ValueError, match="no UTC offset"):
+        metrics_rollup(start=now.replace(tzinfo=None), end=now.replace(tzinfo=None) + hours(1))
+    with pytest.raises(ValueError, match="not after its start"):
+        metrics_rollup(start=now + timedelta(minutes=40), end=now + timedelta(minutes=10))

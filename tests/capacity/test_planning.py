@@ -5,7 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from capacity.models import CapacityPlan, DemandSeries
+from capacity.forecasts import forecasts_purge, latest_forecasts
+from capacity.models import CapacityPlan, DemandForecast, DemandSeries
 from capacity.planning import DuplicateProposal, PlanSettings, capacity_plan_decide, capacity_plan_preview, capacity_plan_propose
 from marketplace.exceptions import InvalidRequest, InvalidTransition, NotFound
 
@@ -132,3 +133,25 @@ def test_forecast_hours_already_past_are_skipped(planned_fleet):
     expired = capacity_plan_preview(PlanSettings(), now=forecast.first_hour + timedelta(hours=48))
     assert expired.lines == []
     assert expired.missing_forecasts == [series.key]
+
+
+def test_settings_accept_numbers_and_reject_other_types():
+    assert PlanSettings.parse({"horizon_hours": 24, "service_level": 0.95}).horizon_hours == 24
+    for params in ({"service_level": None}, {"service_level": [0.9]}, {"horizon_hours": 24.5}):
+        with pytest.raises(InvalidRequest):
+            PlanSettings.parse(params)
+
+
+def test_default_horizon_follows_the_forecast_setting(settings):
+    settings.MARKETPLACE = {**settings.MARKETPLACE, "FORECAST_HORIZON_HOURS": 48}
+    assert PlanSettings.parse({}).horizon_hours == 48
+
+
+def test_latest_forecast_wins_and_old_ones_are_purged(planned_fleet):
+    series, first = planned_fleet
+    newer = store_forecast(series, first.first_hour, {0.5: 1.0})
+    DemandForecast.objects.filter(pk=first.pk).update(created_at=first.created_at - timedelta(days=100))
+
+    assert latest_forecasts()[series.id] == newer
+    assert forecasts_purge(keep_days=90) == 1
+    assert list(DemandForecast.objects.all()) == [newer]

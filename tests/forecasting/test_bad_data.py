@@ -164,3 +164,20 @@ def test_nearly_empty_history_gets_the_mean_quickly():
     assert result.model == "mean"
     assert "2 of 1200 observed hours" in result.message
     assert_valid_result(result, 168)
+
+
+def test_missing_recent_days_widen_to_the_mean():
+    values = 50 + 10 * np.sin(2 * np.pi * np.arange(1000) / 24)
+    values[-300:] = np.nan
+
+    result = forecast_series(values, horizon=24)
+
+    assert result.status == "short_history"
+    assert "last 300 hours are missing" in result.message
+    assert np.all(result.quantile(0.99) > result.point)
+    assert_valid_result(result, 24)
+
+
+def test_boolean_horizon_is_rejected():
+    with pytest.raises(ValueError, match="horizon"):
+        forecast_series(np.ones(100), horizon=True)
