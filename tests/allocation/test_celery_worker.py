@@ -1,45 +1,19 @@
 """The trace replay as a Celery task, run by a real worker process over Redis."""
 
-import os
-import subprocess
-import sys
-import uuid
-from pathlib import Path
-
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from allocation.models import Reservation
 from allocation.tasks import replay_trace_task
 from allocation.trace import NODES_CSV
 from allocation.trace.importer import trace_import
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ..celery_worker import celery_worker
 
 
 @pytest.fixture
 def celery_worker_process(require_postgres):
-    """Start a worker on a private queue, connected to the test database; stop it afterwards."""
-    if not settings.REDIS_URL:
-        pytest.skip("needs Redis: set REDIS_URL")
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": settings.REDIS_URL,
-    }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "marketplace", "worker", "--pool=solo", "-Q", queue,
-         "--without-heartbeat", "--without-mingle", "--without-gossip", "--loglevel=WARNING"],
-        cwd=REPO_ROOT, env=env,
-    )
-    try:
+    with celery_worker() as queue:
         yield queue
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
 
 
 @pytest.mark.django_db(transaction=True)
