@@ -117,10 +117,10 @@ def build_fleet(series: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:
         window = source[offset:offset + length]
         noise = rng.normal(0.0, 0.05 * np.nanstd(source), size=length)
         fleet.append(np.maximum((window + noise) * rng.uniform(0.5, 2.0), 0.0))
-    description = (f"{FLEET_SIZE} series: series i is a window of 4 to 5 weeks (capped at the source's length) "
-                   f"of shipped series i mod {len(sources)} at a random offset, plus Gaussian noise of 5 % of the "
-                   f"source's standard deviation, times a random factor from 0.5 to 2 (seed {FLEET_SEED}); outage "
-                   f"hours stay missing")
+    description = (f"{FLEET_SIZE} series. Series i is a window of 4 to 5 weeks (capped at the source's length) "
+                   f"of shipped series i mod {len(sources)} at a random offset. Gaussian noise of 5 % of the "
+                   f"source's standard deviation is added, and the sum is multiplied by a random factor from 0.5 "
+                   f"to 2 (seed {FLEET_SEED}). Outage hours stay missing")
     return fleet, description
 
 
@@ -303,8 +303,8 @@ Series (outage and no-data hours are missing, as each data README lists):
 
 Nested rolling origin. The evaluation origins are the last ones of each series, counted back
 from its final hour ({evaluation}). At each evaluation origin `forecast_series` gets only the
-hours before it. Its internal backtest, the selection block ({selection}), selects the model by
-MASE and calibrates the intervals on test windows that end by the evaluation origin. The
+hours before it. Its internal backtest is the selection block ({selection}). It selects the model
+by MASE and calibrates the intervals on test windows that end by the evaluation origin. The
 combination is selected unless its MASE exceeds another model's by more than
 {COMBINATION_MARGIN * 100:.0f} %. The errors and coverage below come from the evaluation windows only.
 

@@ -56,7 +56,7 @@ def forecast_svg(chart: ForecastChart) -> str:
         f'<text x="2" y="{TOP + 8}" font-size="10" fill="#6b7785">{top:.0f}</text>',
         f'<text x="2" y="{TOP + plot_h}" font-size="10" fill="#6b7785">0 {escape(chart.unit)}</text>',
         f'<line x1="{x(offset)}" y1="{TOP}" x2="{x(offset)}" y2="{TOP + plot_h}" stroke="#b8c2cc" stroke-dasharray="2 3"/>',
-        f'<text x="{x(offset) + 3}" y="{HEIGHT - 6}" font-size="10" fill="#6b7785">now</text>',
+        f'<text x="{x(offset) + 3}" y="{HEIGHT - 6}" font-size="10" fill="#6b7785">forecast</text>',
     ]
     for lower, upper, fill in ((chart.lower_95, chart.upper_95, "#dce8fb"), (chart.lower_80, chart.upper_80, "#b3cdf5")):
         if len(upper):

@@ -50,10 +50,10 @@ def forecast_refresh(series: DemandSeries, *, horizon_hours: int | None = None,
 
 
 def forecasts_refresh_all(*, horizon_hours: int | None = None) -> dict[str, str]:
-    """Refresh the forecast of every series, in parallel processes where allowed; returns the model per key.
+    """Refresh the forecast of every series, in parallel processes where allowed, and return the model per key.
 
-    If the batch fails, each series is fitted on its own, and one whose fit fails keeps its last
-    forecast; its entry in the result starts with "error".
+    If the batch fails, each series is fitted on its own. A series whose fit fails keeps its last
+    forecast, and its entry in the result starts with "error".
     """
     horizon_hours = horizon_hours or settings.MARKETPLACE["FORECAST_HORIZON_HOURS"]
     history_hours = settings.MARKETPLACE["FORECAST_HISTORY_HOURS"]

@@ -38,7 +38,7 @@ def demand_import(*, shift_to_now: bool = True, forecast: bool = False, now: dat
     """Replace the points of each shipped series (all, or ``keys``) with the file's hours.
 
     With ``shift_to_now`` the hours move forward by whole days, so that each series ends in the
-    day before ``now`` and keeps its hour-of-day pattern; the plans then look ahead from today.
+    day before ``now`` and keeps its hour-of-day pattern. Plans then look ahead from today.
     The weekday pattern moves with the shift. Missing and outage hours are stored with ``demand`` empty, never as zero.
     GPU series are priced at the median price per GPU-hour of the marketplace's active nodes,
     the best guess of what added capacity would cost; server series have no price.

@@ -1,8 +1,8 @@
 """Roll reservations and allocations up into hourly demand, allocation and capacity per GPU model and region.
 
 Units are GPUs held during the hour: a whole GPU for the full hour counts 1.0, a 460-milli share
-for half an hour counts 0.23. Demand is what customers asked for, placed or not, so rejected and
-waiting requests show as unmet demand; allocation is what the marketplace held for them.
+for half an hour counts 0.23. Demand is what customers requested, placed or not, so rejected and
+waiting requests show as unmet demand. Allocation is what the marketplace reserved for them.
 
 Attribution of a request to a series:
 

@@ -42,7 +42,7 @@ class DemandSeries(models.Model):
 class DemandPoint(models.Model):
     """One hour of one series, in units held during the hour (a GPU held for 30 minutes counts 0.5).
 
-    ``demand`` is what customers asked for, including rejected and waiting requests; ``None``
+    ``demand`` is what customers requested, including rejected and waiting requests. ``None``
     marks an hour without data (an outage in an imported trace), not zero demand.
     """
 
@@ -118,7 +118,7 @@ class CapacityPlan(models.Model):
 
 
 class CapacityPlanLine(models.Model):
-    """What one plan says about one series, with the numbers behind it."""
+    """One plan's decision for one series, with the numbers behind it."""
 
     class Action(models.TextChoices):
         ADD = "add", "Add"

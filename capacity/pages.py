@@ -13,7 +13,6 @@ from django.views.decorators.http import require_GET, require_POST
 from marketplace.exceptions import MarketplaceError
 
 from .charts import ForecastChart, forecast_svg
-from .forecasts import series_history
 from .models import CapacityPlan, DemandForecast
 from .planner import SERVICE_LEVELS
 from .planning import PlanSettings, PreviewLine, capacity_plan_decide, capacity_plan_preview, capacity_plan_propose
@@ -37,7 +36,7 @@ def capacity_page(request: HttpRequest) -> HttpResponse:
 @require_GET
 @staff_member_required
 def capacity_preview(request: HttpRequest) -> HttpResponse:
-    """The plan for the settings in the query string, recomputed from the stored forecasts."""
+    """Render the plan for the query string's settings, recomputed from the stored forecasts."""
     try:
         plan_settings = PlanSettings.parse(request.GET)
     except MarketplaceError as error:
@@ -90,7 +89,7 @@ def capacity_plan_detail(request: HttpRequest, plan_id: int) -> HttpResponse:
 @require_POST
 @staff_member_required
 def capacity_refresh(request: HttpRequest) -> HttpResponse:
-    """Queue the rollup and forecast refresh; without a broker (the demo) it runs before the answer."""
+    """Queue the rollup and forecast refresh. Without a broker (the demo) it runs before the response."""
     _require(request, "capacity.add_demandforecast", "Refreshing forecasts needs the 'add demand forecast' permission.")
     result = refresh_capacity_forecasts_task.delay()
     message = ("Forecasts refreshed." if result.ready() else
@@ -116,16 +115,18 @@ def _plans_context() -> dict:
 
 def _chart(item: PreviewLine, plan_settings: PlanSettings) -> str:
     forecast: DemandForecast = item.forecast
-    horizon = min(plan_settings.horizon_hours, forecast.horizon_hours)
-    _, history = series_history(item.series, hours=CHART_HISTORY_HOURS, until=forecast.first_hour)
+    # The forecast is drawn from the end of the history, through the hours the plan skipped
+    # because they have passed, to the end of the plan's horizon.
+    shown = min(item.skipped_hours + plan_settings.horizon_hours, forecast.horizon_hours)
+    history = item.history[-CHART_HISTORY_HOURS:]
 
     def band(level: str) -> list[float]:
-        return forecast.quantiles[level][:horizon]
+        return forecast.quantiles[level][:shown]
 
     chart = ForecastChart(
         title=f"{item.series.label}: history, forecast ({forecast.model_name}) and capacity",
         history=[None if value != value else float(value) for value in history],
-        point=forecast.quantiles["point"][:horizon], lower_80=band("0.1"), upper_80=band("0.9"),
+        point=forecast.quantiles["point"][:shown], lower_80=band("0.1"), upper_80=band("0.9"),
         lower_95=band("0.025"), upper_95=band("0.975"), capacity=item.line.capacity, required=item.line.required,
         unit=item.unit,
     )

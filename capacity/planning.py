@@ -41,7 +41,7 @@ class DuplicateProposal(MarketplaceError):
 
 @dataclass(frozen=True)
 class PlanSettings:
-    """What a plan covers: the forecast quantile, hours ahead, and extra growth in percent a month."""
+    """Settings of a plan: the forecast quantile to cover, the hours ahead, and extra growth in percent a month."""
 
     service_level: float = 0.9
     horizon_hours: int = 168
@@ -97,6 +97,10 @@ class PreviewLine:
     trend: Trend | None
     unit: str
     currency: str
+    history: np.ndarray
+    """Hourly demand before the forecast's first hour, NaN where missing; the trend and the chart use it."""
+    skipped_hours: int
+    """Forecast hours before the current hour, which the plan leaves out."""
 
 
 @dataclass(frozen=True)
@@ -134,14 +138,18 @@ def capacity_plan_preview(plan_settings: PlanSettings, *, now: datetime | None =
                          horizon_hours=min(plan_settings.horizon_hours, forecast.horizon_hours - skipped))
         _, history = series_history(series, hours=TREND_HISTORY_HOURS, until=forecast.first_hour)
         lines.append(PreviewLine(series=series, forecast=forecast, line=line, trend=trend_fit(history),
-                                 unit=series.unit, currency=currency))
+                                 unit=series.unit, currency=currency, history=history, skipped_hours=skipped))
     total = sum((line.line.monthly_cost for line in lines if line.line.monthly_cost is not None), Decimal("0"))
     return PlanPreview(settings=plan_settings, lines=lines, total_monthly_cost=total, currency=currency,
                        missing_forecasts=missing)
 
 
 def capacity_plan_propose(*, plan_settings: PlanSettings, actor: AbstractBaseUser | None = None) -> CapacityPlan:
-    """Save the preview of ``plan_settings`` as a proposed plan; raise ``InvalidRequest`` if there is nothing to plan."""
+    """Save the preview of ``plan_settings`` as a proposed plan.
+
+    Raises ``DuplicateProposal`` while a plan with the same settings waits for a decision, and
+    ``InvalidRequest`` when no series has a forecast to plan from.
+    """
     with transaction.atomic():
         _lock_proposals()
         waiting = CapacityPlan.objects.filter(

@@ -2,9 +2,9 @@
 
 import os
 
-# One BLAS thread per process, set before numpy loads: forecasting fits many small models, where
-# extra BLAS threads only fight over the cores (on 2 cores a 100-series refresh took 82 s with the
-# default and about 30 s with one thread). An explicit setting in the environment wins.
+# One BLAS thread per process, set before numpy loads. Forecasting fits many small models, so extra
+# BLAS threads only compete for the cores: on 2 cores a 100-series refresh took 82 s with the
+# default and about 30 s with one thread. A value already set in the environment wins.
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 

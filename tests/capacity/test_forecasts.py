@@ -55,7 +55,7 @@ def test_forecast_is_stored_with_every_level_in_order():
     assert all((lower <= upper + 1e-9).all() for lower, upper in zip(levels, levels[1:]))
 
 
-def test_refresh_all_covers_empty_series_and_survives_a_failed_batch(monkeypatch):
+def test_refresh_all_survives_failed_batch(monkeypatch):
     seasonal_series("pool-a", days=6)
     DemandSeries.objects.create(key="empty", label="empty", source=DemandSeries.Source.IMPORTED)
 

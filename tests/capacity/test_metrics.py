@@ -34,7 +34,7 @@ def fleet(region):
     return NodeFactory(hostname="t4-a", gpu_count=2, region=region)
 
 
-def test_placed_request_counts_as_demand_and_allocation_in_fractions_of_hours(customer, fleet, now):
+def test_placed_request_counts_hour_fractions(customer, fleet, now):
     reserve(customer, now, hours(1), hours(3))
     reserve(customer, now, hours(1.5), hours(2), milli=460)
 
@@ -47,7 +47,7 @@ def test_placed_request_counts_as_demand_and_allocation_in_fractions_of_hours(cu
     assert values(key, "capacity", now, 4) == [2.0, 2.0, 2.0, 2.0]
 
 
-def test_rejected_request_is_unmet_demand_on_the_series_it_allowed(customer, fleet, now):
+def test_rejected_request_is_unmet_demand(customer, fleet, now):
     rejected = reserve(customer, now, hours(1), hours(2), gpus=3, models=["T4"])
     assert rejected.status == ReservationStatus.REJECTED
 
@@ -57,7 +57,7 @@ def test_rejected_request_is_unmet_demand_on_the_series_it_allowed(customer, fle
     assert values("T4 in eu-central", "allocated", now, 3) == [0.0, 0.0, 0.0]
 
 
-def test_request_for_a_model_without_nodes_gets_its_own_series(customer, fleet, now):
+def test_model_without_nodes_gets_series(customer, fleet, now):
     reserve(customer, now, hours(1), hours(2), models=["A10"])
 
     metrics_rollup(start=now, end=now + hours(2))
@@ -88,7 +88,7 @@ def test_recomputing_a_range_is_idempotent(customer, fleet, now):
     assert list(DemandPoint.objects.order_by("series_id", "hour").values_list("series_id", "hour", "demand")) == first
 
 
-def test_range_is_widened_to_whole_hours_and_must_not_be_empty(customer, fleet, now):
+def test_range_widens_to_whole_hours(customer, fleet, now):
     summary = metrics_rollup(start=now + timedelta(minutes=10), end=now + timedelta(minutes=70))
     assert summary.hours == 2
 

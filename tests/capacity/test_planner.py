@@ -85,7 +85,7 @@ def test_trend_skips_incomplete_days():
     assert trend_fit(hourly) is None
 
 
-def test_retires_at_most_a_quarter_of_capacity_at_once():
+def test_retire_capped_at_a_quarter():
     line = plan_line(flat_input(100, {0.5: 2.0, 0.9: 3.0, 0.95: 4.0}), service_level=0.9,
                      growth_pct_per_month=0, horizon_hours=48)
 

@@ -15,7 +15,7 @@ from .conftest import store_forecast
 pytestmark = pytest.mark.django_db
 
 
-def test_preview_covers_the_service_level_with_the_fleets_prices(planned_fleet):
+def test_preview_covers_service_level(planned_fleet):
     preview = capacity_plan_preview(PlanSettings(service_level=0.9, horizon_hours=48))
 
     [item] = preview.lines
@@ -65,7 +65,7 @@ def test_propose_saves_the_lines_and_an_admin_approves(planned_fleet, django_use
         capacity_plan_decide(plan_id=plan.pk, approve=False, actor=admin, note="changed my mind")
 
 
-def test_rejection_needs_a_reason_and_unknown_plans_are_not_found(planned_fleet):
+def test_reject_needs_reason_and_plan(planned_fleet):
     plan = capacity_plan_propose(plan_settings=PlanSettings())
 
     with pytest.raises(InvalidRequest, match="reason"):
