@@ -304,7 +304,8 @@ Series (outage and no-data hours are missing, as each data README lists):
 Nested rolling origin. The evaluation origins are the last ones of each series, counted back
 from its final hour ({evaluation}). At each evaluation origin `forecast_series` gets only the
 hours before it. Its internal backtest is the selection block ({selection}). It selects the model
-by MASE and calibrates the intervals on test windows that end by the evaluation origin. The
+by MASE and calibrates the intervals on test windows that end by the evaluation origin, each
+origin's errors coming from the model selected on the other origins (leave one origin out). The
 combination is selected unless its MASE exceeds another model's by more than
 {COMBINATION_MARGIN * 100:.0f} %. The errors and coverage below come from the evaluation windows only.
 
@@ -314,7 +315,7 @@ both sides), and is averaged over origins. A ratio is a model's MASE over season
 the same origins, so below 1 beats seasonal naive. Every candidate is also fitted at each
 evaluation origin for its own column; n/a marks a model that could not be fitted at some origin
 (`ets_weekly` needs two whole weeks). The 168-hour windows of neighbouring origins overlap, so
-their errors are correlated. The backtest origin counts and the combination margin were chosen
+their errors are correlated. The backtest origin counts, the combination margin and the held-out calibration were chosen
 after looking at results on these same series, so the selected-model figures are somewhat
 optimistic. The per-model columns do not depend on those choices.
 

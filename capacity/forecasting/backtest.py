@@ -112,14 +112,19 @@ class BacktestOutcome:
         """Return actual minus forecast for ``name``, shape (origins, window), NaN at missing actuals."""
         return self.actuals - self.forecasts[name]
 
+    def origin_mase(self, name: str) -> np.ndarray:
+        """Return each origin's mean absolute error over its MASE scale, NaN where no actual hour was observed."""
+        absolute = np.abs(self.errors(name))
+        per_origin = np.full(len(self.scales), np.nan)
+        for index, (row, scale) in enumerate(zip(absolute, self.scales)):
+            if np.isfinite(row).any():
+                per_origin[index] = np.nanmean(row) / scale
+        return per_origin
+
     def mase(self, name: str) -> float:
         """Return the mean over origins of each origin's mean absolute error over its MASE scale."""
-        absolute = np.abs(self.errors(name))
-        per_origin = []
-        for row, scale in zip(absolute, self.scales):
-            if np.isfinite(row).any():
-                per_origin.append(np.nanmean(row) / scale)
-        return float(np.mean(per_origin)) if per_origin else float("nan")
+        per_origin = self.origin_mase(name)
+        return float(np.nanmean(per_origin)) if np.isfinite(per_origin).any() else float("nan")
 
 
 def run_backtest(values: np.ndarray, observed: np.ndarray, models: list[CandidateModel], plan: BacktestPlan,

@@ -44,9 +44,10 @@ def forecast_series(values, horizon: int = 168, season: int = 24, candidates=Non
 
     The model with the lowest MASE on a rolling-origin backtest over the end of the history is
     refitted on all of it. The combination wins unless its MASE exceeds another model's by more
-    than ``COMBINATION_MARGIN``. The selected model's intervals are empirical: quantiles of its
-    own backtest errors, scaled per lead-time bucket and widened for the small number of origins
-    (see ``intervals``).
+    than ``COMBINATION_MARGIN``. The intervals are empirical: quantiles of held-out backtest
+    errors (at each origin, those of the model selected on the other origins), scaled per
+    lead-time bucket and widened for the small number of origins (see ``intervals`` and
+    ``held_out_selection_errors``).
 
     Empty, all-zero, short and constant histories get a fallback forecast, and ``status`` names
     which (see ``ForecastResult``). Raises ``ValueError`` only for invalid arguments, never for
@@ -194,6 +195,34 @@ def rank_models(scores: dict[str, float]) -> list[str]:
     return sorted(scores, key=key)
 
 
+def held_out_selection_errors(outcome: BacktestOutcome) -> np.ndarray:
+    """Return, at each backtest origin, the errors of the model selected on the other origins.
+
+    Calibrating on the selected model's own errors would be optimistic: it won because its errors
+    on these origins happened to be small (the winner's curse). Here each origin's errors come from
+    the model that ``rank_models`` ranks first when that origin is left out, so the bands measure
+    the whole procedure of selecting and forecasting on data the selection did not see. With a
+    single origin nothing can be left out and the overall winner's errors are used. Shape
+    (origins, window).
+    """
+    names = list(outcome.forecasts)
+    per_origin = np.stack([outcome.origin_mase(name) for name in names])
+    origins = per_origin.shape[1]
+    if origins < 2:
+        scores = {name: outcome.mase(name) for name in names}
+        return outcome.errors(rank_models(scores)[0])
+
+    rows = []
+    for left_out in range(origins):
+        others = np.delete(per_origin, left_out, axis=1)
+        scores = {
+            name: float(np.nanmean(row)) if np.isfinite(row).any() else float("nan")
+            for name, row in zip(names, others)
+        }
+        rows.append(outcome.errors(rank_models(scores)[0])[left_out])
+    return np.stack(rows)
+
+
 def final_forecast(selected: str, components: list[str], models: dict[str, CandidateModel], values: np.ndarray,
                    horizon: int) -> np.ndarray:
     """Refit ``selected`` (every component for the combination) on the whole history and forecast."""
@@ -206,8 +235,8 @@ def final_forecast(selected: str, components: list[str], models: dict[str, Candi
 
 def model_result(history: PreparedHistory, outcome: BacktestOutcome, scores: dict[str, float], selected: str,
                  point: np.ndarray, horizon: int, notes: list[str]) -> ForecastResult:
-    """Build the result of a fitted model, with intervals from its own backtest errors."""
-    errors = outcome.errors(selected)
+    """Build the result of a fitted model, with intervals from the selection's held-out backtest errors."""
+    errors = held_out_selection_errors(outcome)
     spread = lead_spread(errors, horizon)
     plan = outcome.plan
 

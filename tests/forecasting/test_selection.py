@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from capacity.forecasting import MODEL_NAMES, forecast_many, forecast_series
+from capacity.forecasting.backtest import BacktestOutcome, BacktestPlan
 from capacity.forecasting.models import Theta
 from capacity.forecasting.result import small_sample_factor
+from capacity.forecasting.selection import held_out_selection_errors
 
 from . import assert_valid_result, daily_demand
 
@@ -137,3 +139,34 @@ def test_forecast_many_matches_serial_run():
         assert left.model == right.model
         assert np.array_equal(left.point, right.point)
         assert np.array_equal(left.upper_95, right.upper_95)
+
+
+def _outcome_with_errors(errors_by_model: dict[str, list[float]]) -> BacktestOutcome:
+    """Return a backtest outcome of one-hour windows whose actuals are 0 and whose errors are the given values."""
+    origins = len(next(iter(errors_by_model.values())))
+    plan = BacktestPlan(origins=tuple(range(100, 100 + origins)), window=1)
+    outcome = BacktestOutcome(plan=plan, actuals=np.zeros((origins, 1)), scales=np.ones(origins))
+    for name, errors in errors_by_model.items():
+        outcome.forecasts[name] = -np.array(errors, dtype=float).reshape(origins, 1)
+    return outcome
+
+
+def test_held_out_errors_come_from_the_model_selected_without_that_origin():
+    # theta wins overall only because of its tiny error at origin 0; without origin 0 sarimax wins.
+    outcome = _outcome_with_errors({
+        "seasonal_naive": [5.0, 5.0, 5.0],
+        "sarimax": [2.0, 2.0, 2.0],
+        "theta": [0.0, 2.5, 2.5],
+    })
+
+    errors = held_out_selection_errors(outcome)
+
+    assert errors[:, 0].tolist() == [2.0, 2.5, 2.5]
+
+
+def test_held_out_errors_with_one_origin_use_the_overall_winner():
+    outcome = _outcome_with_errors({"seasonal_naive": [5.0], "theta": [1.0]})
+
+    errors = held_out_selection_errors(outcome)
+
+    assert errors[:, 0].tolist() == [1.0]
