@@ -8,7 +8,7 @@ PORT ?= 8000
 # sets: an empty value wins over .env, and the settings treat it as unset.
 DEMO_ENV := env DATABASE_URL= REDIS_URL=
 
-.PHONY: install demo test bench bench-api bench-forecast serve clean
+.PHONY: install demo test bench bench-api bench-forecast bench-placement serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: install
 # Backtests the demand forecasts on the shipped series and times a 100-series fleet; writes docs/forecast-helios.svg too.
 bench-forecast: install
 	$(BIN)/python -m bench.forecast --output docs/benchmarks.md
+
+# Replays the FGD paper's packing protocol for every online policy; writes docs/placement-unallocated.svg too.
+bench-placement: install
+	$(BIN)/python -m bench.placement --output docs/benchmarks.md
 
 # Needs a local PostgreSQL; BENCH_ADMIN_DATABASE_URL names another server with the right to create databases.
 bench-api: install

@@ -4,7 +4,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.conf import settings
 from django.utils import timezone
 
 from marketplace.models import GpuModel, Node, Organization
@@ -18,7 +17,8 @@ from .pricing import billed_gpu_milli, estimated_cost
 from .quotas import quota_admit
 from .selectors import NodeFilter
 from .services import ReservationSpec, resolve_spec
-from .solvers import PlacementRequest, get_policy
+from .placement_policy import placement_policy
+from .solvers import PlacementRequest
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def reservation_quote(
     A quote reserves no capacity, so a later reservation may find the capacity taken.
     """
     now = now or timezone.now()
-    policy = get_policy(policy_name or settings.MARKETPLACE["PLACEMENT_POLICY"])
+    policy = placement_policy(policy_name)
     resolved = resolve_spec(spec, now)
     request = resolved.request
     model_names = {model.id: model.name for model in resolved.models}
@@ -122,7 +122,7 @@ def reservation_alternatives(
 ) -> Alternatives:
     """Find alternatives for a rejected reservation, from the models, region and price it requested."""
     now = now or timezone.now()
-    policy = get_policy(policy_name or settings.MARKETPLACE["PLACEMENT_POLICY"])
+    policy = placement_policy(policy_name)
     model_ids = tuple(reservation.gpu_models.values_list("id", flat=True))
     if not model_ids:
         model_ids = tuple(GpuModel.objects.values_list("id", flat=True))

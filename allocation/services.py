@@ -24,7 +24,8 @@ from .placement import placement_find_and_commit
 from .pricing import estimated_cost
 from .quotas import quota_admit
 from .selectors import NodeFilter
-from .solvers import PlacementRequest, get_policy
+from .placement_policy import placement_policy
+from .solvers import PlacementRequest
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def reservation_create(
     and ``DuplicateExternalRef`` for a reused ``external_ref``; neither writes anything.
     """
     now = now or timezone.now()
-    policy = get_policy(policy_name or settings.MARKETPLACE["PLACEMENT_POLICY"])
+    policy = placement_policy(policy_name)
     if customer.kind != Organization.Kind.CUSTOMER:
         raise InvalidRequest(
             f"Organization {customer.slug!r} is a {customer.kind}; only customer organizations reserve GPUs.",

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import write_section
+from bench.report import machine_description, write_section
 from capacity.demand_files import DATASETS
 from capacity.forecasting import MODEL_NAMES, forecast_many, forecast_series
 from capacity.forecasting.backtest import mase_scale, origin_count, origin_spacing
@@ -153,18 +152,6 @@ def summarize(rows: list[dict], fleet: dict) -> dict:
     summary["seconds_per_series"] = round(fleet["seconds_per_series"], 3)
     summary["fleet_seconds"] = round(fleet["fleet_seconds"], 1)
     return summary
-
-
-def machine_description() -> str:
-    processor = platform.processor() or "unknown processor"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                processor = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{processor}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
 def scale_points(values: np.ndarray, low: float, high: float, top: float, bottom: float) -> np.ndarray:

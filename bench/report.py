@@ -1,5 +1,7 @@
 """Write one benchmark's section of docs/benchmarks.md, keeping the other benchmarks' sections."""
 
+import os
+import platform
 from pathlib import Path
 
 HEADER = "# Benchmarks\n\nEach section below is written by its own `make` target; the command and machine are in it.\n"
@@ -19,3 +21,16 @@ def write_section(path: Path, name: str, text: str) -> None:
             current = HEADER
         current = current.rstrip("\n") + "\n\n" + block
     path.write_text(current)
+
+
+def machine_description() -> str:
+    """Return the processor, CPU count, Python and kernel of this machine, for a benchmark's header."""
+    processor = platform.processor() or "unknown processor"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{processor}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, {platform.system()} {platform.release()}"

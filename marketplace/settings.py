@@ -159,7 +159,13 @@ CELERY_BEAT_SCHEDULE = {
 # Business settings of the marketplace, in one namespace.
 MARKETPLACE = {
     # Online placement policy, by name from allocation.solvers.POLICIES.
-    "PLACEMENT_POLICY": env.str("PLACEMENT_POLICY", default="best_fit"),
+    "PLACEMENT_POLICY": env.str("PLACEMENT_POLICY", default="fgd_best_fit"),
+    # FGD policies keep room for the typical shapes of the reservations of the last days, once
+    # there are enough of them (at most the newest MAX), and recompute them this often per process.
+    "TARGET_WORKLOAD_DAYS": env.int("TARGET_WORKLOAD_DAYS", default=30),
+    "TARGET_WORKLOAD_MIN_REQUESTS": env.int("TARGET_WORKLOAD_MIN_REQUESTS", default=500),
+    "TARGET_WORKLOAD_MAX_REQUESTS": env.int("TARGET_WORKLOAD_MAX_REQUESTS", default=20000),
+    "TARGET_WORKLOAD_REFRESH_SECONDS": env.int("TARGET_WORKLOAD_REFRESH_SECONDS", default=600),
     # Nodes that the database pre-ranks and hands to the policy for one decision.
     "PLACEMENT_SHORTLIST_SIZE": env.int("PLACEMENT_SHORTLIST_SIZE", default=24),
     # A request may start this many seconds in the past, to absorb client clock skew.

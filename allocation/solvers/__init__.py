@@ -1,24 +1,20 @@
-"""Placement solvers: plain Python with no Django imports, so they can be tested and benchmarked alone.
+"""Placement solvers: plain Python and numpy with no Django imports, so they can be tested and benchmarked alone.
 
-``get_policy(name)`` returns an online placement policy, which the reservation service calls to rank
-the candidate nodes for one request.
+``get_policy(name)`` returns an online placement policy, which the reservation service calls to
+rank the candidate nodes for one request. The FGD policies need the target workload, the typical
+request shapes that placement should keep room for.
 """
 
 from .base import NodeState, Placement, PlacementPolicy, PlacementRequest
-from .best_fit import BestFitPolicy
+from .fragmentation import TargetWorkload, TaskShape
+from .online import ONLINE_POLICIES, OnlinePolicy, needs_workload, policy_by_name
 
-POLICIES: dict[str, PlacementPolicy] = {
-    BestFitPolicy.name: BestFitPolicy(),
-}
+POLICIES = tuple(sorted(ONLINE_POLICIES))
+"""Names of the online policies."""
 
+get_policy = policy_by_name
 
-def get_policy(name: str) -> PlacementPolicy:
-    """Return the registered policy called ``name``; raise ``KeyError`` naming the valid ones."""
-    try:
-        return POLICIES[name]
-    except KeyError:
-        valid = ", ".join(sorted(POLICIES))
-        raise KeyError(f"Unknown placement policy {name!r}. Use one of: {valid}.") from None
-
-
-__all__ = ["NodeState", "Placement", "PlacementPolicy", "PlacementRequest", "POLICIES", "get_policy"]
+__all__ = [
+    "NodeState", "OnlinePolicy", "Placement", "PlacementPolicy", "PlacementRequest", "POLICIES", "TargetWorkload",
+    "TaskShape", "get_policy", "needs_workload",
+]

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 from pathlib import Path
 from typing import Callable
 
+from django.conf import settings
 from django.utils import timezone
 
 from marketplace.exceptions import InvalidRequest
@@ -90,7 +91,8 @@ def trace_replay(
 
     already = set(Reservation.objects.filter(customer__in=customers.values()).exclude(external_ref="")
                   .values_list("customer__slug", "external_ref"))
-    summary = ReplaySummary(trace_start_at=trace_start_at.isoformat(), policy=policy_name or "")
+    summary = ReplaySummary(trace_start_at=trace_start_at.isoformat(),
+                            policy=policy_name or settings.MARKETPLACE["PLACEMENT_POLICY"])
     rejected = Counter()
     logger.info("Replaying %d tasks from %s, trace start %s", len(tasks), tasks_path, trace_start_at.isoformat())
 

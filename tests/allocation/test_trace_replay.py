@@ -19,9 +19,9 @@ pytestmark = pytest.mark.django_db
 PLACED_500 = 500
 REJECTED_500: dict[str, int] = {}
 PEAK_500 = 0.0084
-SMALL_FLEET_PLACED = 245
-SMALL_FLEET_REJECTED = {"no_capacity": 66, "quota_exceeded": 189}
-SMALL_FLEET_PEAK = 0.9746
+SMALL_FLEET_PLACED = 248
+SMALL_FLEET_REJECTED = {"no_capacity": 58, "quota_exceeded": 194}
+SMALL_FLEET_PEAK = 0.9856
 
 
 @pytest.fixture

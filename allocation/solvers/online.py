@@ -1,0 +1,250 @@
+"""Online scoring policies: score every feasible node for one request, higher is better.
+
+Each policy scores on a 0-100 scale, as Kubernetes scheduler plugins do, and chooses the GPUs it
+would take on each node. The reservation service calls ``rank`` on a shortlist of ``NodeState``
+rows; the placement benchmark calls ``evaluate`` on the whole fleet, keeping per-fleet state
+(FGD's fragmentation counts) between decisions through ``prepare`` and ``placed``.
+
+Policies, from their published definitions:
+
+- ``random``: a uniformly random feasible node.
+- ``best_fit``: the least leftover, 0.5 * (CPU free - request) / largest CPU capacity
+  + 0.5 * (GPU free - request) / largest GPU capacity.
+- ``dot_product``: Tetris alignment, the node whose free CPU and GPU vector has the smallest dot
+  product with the request's.
+- ``gpu_packing``: partly used GPUs first (fullest first), then free GPUs on used nodes, then
+  empty nodes.
+- ``fgd``: fragmentation gradient descent, the placement that most reduces (or least grows) the
+  node's fragmentation against the target workload, scored sigmoid(drop / 1000) * 100.
+- ``fgd_best_fit`` (ours): FGD's integer score, with best fit's score breaking its ties.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import GPU_MILLI_PER_GPU, NodeState, Placement, PlacementRequest
+from .fleet import Fleet
+from .fragmentation import FragmentationTracker, TargetWorkload
+
+@dataclass
+class Evaluation:
+    """Scores of the feasible rows (higher is better) and the GPU columns each would take, shape (k, gpu_count)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    columns: np.ndarray
+
+
+def tightest_columns(fleet: Fleet, rows: np.ndarray, request: PlacementRequest) -> np.ndarray:
+    """Return (k, gpu_count): on each row, the fitting GPUs with the least free milli, lower column on ties."""
+    if request.gpu_count == 0:
+        return np.zeros((len(rows), 0), dtype=np.int64)
+    free = fleet.gpu_free[rows]
+    masked = np.where(free >= request.gpu_milli_per_gpu, free, np.iinfo(np.int64).max)
+    return np.argsort(masked, axis=1, kind="stable")[:, : request.gpu_count]
+
+
+class OnlinePolicy:
+    """Base of the scoring policies; subclasses implement ``evaluate``."""
+
+    name = ""
+    normalizes = False
+    """Whether the Kubernetes plugin rescales its integer scores to 0-100 over the feasible nodes."""
+    integer_scores = True
+    """Whether the scheduler framework cuts the score to an integer; the benchmark's protocol mode applies it."""
+
+    def prepare(self, fleet: Fleet) -> Any:
+        """Return the state this policy keeps for ``fleet`` between decisions (None by default)."""
+        return None
+
+    def placed(self, state: Any, row: int) -> None:
+        """Update ``state`` after the fleet's node ``row`` changed."""
+
+    def evaluate(self, fleet: Fleet, state: Any, request: PlacementRequest, rows: np.ndarray) -> Evaluation:
+        raise NotImplementedError
+
+    def rank(self, request: PlacementRequest, nodes: Sequence[NodeState]) -> list[Placement]:
+        """Return a placement on every node that can hold ``request``, best first.
+
+        Ties go to the cheaper node, then the lower node id. ``Placement.score`` is the negated
+        policy score, so lower is better as the service expects.
+        """
+        if not nodes:
+            return []
+        fleet = Fleet.from_states(nodes)
+        rows = fleet.feasible(request)
+        if rows.size == 0:
+            return []
+        evaluation = self.evaluate(fleet, self.prepare(fleet), request, rows)
+        order = np.lexsort((fleet.node_ids[evaluation.rows], fleet.price[evaluation.rows], -evaluation.scores))
+        placements = []
+        for position in order:
+            row = int(evaluation.rows[position])
+            shares = tuple(sorted(
+                (int(fleet.gpu_ids[row, column]), request.gpu_milli_per_gpu) for column in evaluation.columns[position]
+            ))
+            placements.append(Placement(node_id=int(fleet.node_ids[row]), gpu_shares=shares,
+                                        score=-float(evaluation.scores[position])))
+        return placements
+
+
+class RandomPolicy(OnlinePolicy):
+    name = "random"
+    integer_scores = False
+
+    def __init__(self, seed: int | None = None):
+        self.random = np.random.default_rng(seed)
+
+    def evaluate(self, fleet, state, request, rows):
+        return Evaluation(rows, self.random.random(len(rows)) * 100, tightest_columns(fleet, rows, request))
+
+
+def leftover_fraction(fleet: Fleet, request: PlacementRequest, rows: np.ndarray) -> np.ndarray:
+    """Return best fit's leftover, in [0, 1]: CPU and GPU left after placing, over the largest capacities."""
+    largest_cpu = max(int(fleet.cpu_capacity.max()), 1)
+    largest_gpu = fleet.width * GPU_MILLI_PER_GPU
+    cpu_left = (fleet.cpu_free[rows] - request.cpu_millicores) / largest_cpu
+    gpu_left = (fleet.gpu_free[rows].sum(axis=1) - request.gpu_milli_total) / largest_gpu
+    return 0.5 * cpu_left + 0.5 * gpu_left
+
+
+class BestFitPolicy(OnlinePolicy):
+    name = "best_fit"
+    normalizes = True
+
+    def evaluate(self, fleet, state, request, rows):
+        scores = (1.0 - leftover_fraction(fleet, request, rows)) * 100
+        return Evaluation(rows, scores, tightest_columns(fleet, rows, request))
+
+
+class DotProductPolicy(OnlinePolicy):
+    name = "dot_product"
+
+    def evaluate(self, fleet, state, request, rows):
+        columns = tightest_columns(fleet, rows, request)
+        largest_cpu = max(int(fleet.cpu_capacity.max()), 1)
+        largest_gpu = fleet.width * GPU_MILLI_PER_GPU
+        cpu = (fleet.cpu_free[rows] / largest_cpu) * (request.cpu_millicores / largest_cpu)
+        gpu = (fleet.gpu_free[rows].sum(axis=1) / largest_gpu) * (request.gpu_milli_total / largest_gpu)
+        scores = (1.0 - (cpu + gpu) / 2) * 100
+        return Evaluation(rows, scores, columns)
+
+
+class GpuPackingPolicy(OnlinePolicy):
+    name = "gpu_packing"
+
+    def evaluate(self, fleet, state, request, rows):
+        columns = tightest_columns(fleet, rows, request)
+        free = fleet.gpu_free[rows]
+        exists = np.arange(fleet.width)[None, :] < fleet.gpu_count[rows][:, None]
+        whole = ((free == GPU_MILLI_PER_GPU) & exists).sum(axis=1)
+        count = np.maximum(fleet.gpu_count[rows], 1)
+        used_node = (whole < fleet.gpu_count[rows]) | (fleet.cpu_free[rows] < fleet.cpu_capacity[rows])
+
+        third = 100 / 3
+        scores = np.where(used_node, third + third * (1 - whole / count), third * (1 - count / fleet.width))
+        if request.gpu_count == 1 and request.gpu_milli_per_gpu < GPU_MILLI_PER_GPU:
+            chosen_free = np.take_along_axis(free, columns, axis=1)[:, 0]
+            partial = chosen_free < GPU_MILLI_PER_GPU
+            fullness = 1 - chosen_free / GPU_MILLI_PER_GPU
+            scores = np.where(partial, 2 * third + third * fullness, scores)
+        return Evaluation(rows, scores, columns)
+
+
+class FgdPolicy(OnlinePolicy):
+    """Fragmentation gradient descent against a target workload of typical shapes."""
+
+    name = "fgd"
+
+    def __init__(self, workload: TargetWorkload):
+        self.workload = workload
+
+    def prepare(self, fleet):
+        return FragmentationTracker(fleet, self.workload)
+
+    def placed(self, state, row):
+        state.refresh(row)
+
+    def fragment_drop(self, fleet: Fleet, tracker: FragmentationTracker, request: PlacementRequest,
+                      rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return each row's best drop of F_n(M) in milli and the columns that achieve it.
+
+        A share may go on any GPU that fits; GPUs of one node with the same free milli are
+        equivalent, so each (node, free milli) pair is evaluated once and ties go to the lower column.
+        """
+        if request.gpu_count == 1 and request.gpu_milli_per_gpu < GPU_MILLI_PER_GPU:
+            free = fleet.gpu_free[rows]
+            position, column = np.nonzero(free >= request.gpu_milli_per_gpu)
+            before = free[position, column]
+            _, first = np.unique(position * (2 * GPU_MILLI_PER_GPU + 1) + before, return_index=True)
+            position, column, before = position[first], column[first], before[first]
+            after = tracker.fragment_after(rows[position], request.cpu_millicores, before[:, None],
+                                           request.gpu_milli_per_gpu)
+            drop = tracker.node_fragment[rows[position]] - after
+            order = np.lexsort((column, -drop, position))
+            best = order[np.r_[True, position[order][1:] != position[order][:-1]]]
+            return drop[best], column[best][:, None]
+
+        columns = tightest_columns(fleet, rows, request)
+        before = np.take_along_axis(fleet.gpu_free[rows], columns, axis=1)
+        after = tracker.fragment_after(rows, request.cpu_millicores, before, request.gpu_milli_per_gpu)
+        return tracker.node_fragment[rows] - after, columns
+
+    def evaluate(self, fleet, state, request, rows):
+        drop, columns = self.fragment_drop(fleet, state, request, rows)
+        scores = 100 / (1 + np.exp(-drop / GPU_MILLI_PER_GPU))
+        return Evaluation(rows, scores, columns)
+
+
+class FgdBestFitPolicy(FgdPolicy):
+    """Ours: FGD's integer score first, best fit's score breaking its ties.
+
+    FGD's score, sigmoid(drop / 1000) * 100 cut to an integer, treats drops within about 40 milli
+    of each other as equal. Among those near-equal nodes the scheduler framework takes the first
+    one it meets; here the node that best fit prefers wins. On the FGD protocol this
+    leaves fewer GPUs unallocated than FGD (``make bench-placement``). Ranking on the unrounded
+    drop instead does much worse (about 11 % unallocated at 100 % arrived on seed 42): the
+    rounding is what lets a packing tie-breaker act, so it is kept on purpose.
+    """
+
+    name = "fgd_best_fit"
+    integer_scores = False
+
+    def evaluate(self, fleet, state, request, rows):
+        drop, columns = self.fragment_drop(fleet, state, request, rows)
+        fgd_score = np.floor(100 / (1 + np.exp(-drop / GPU_MILLI_PER_GPU)))
+        best_fit_score = (1.0 - leftover_fraction(fleet, request, rows)) * 100
+        return Evaluation(rows, fgd_score * 1000 + best_fit_score, columns)
+
+
+ONLINE_POLICIES = {
+    policy.name: policy
+    for policy in (RandomPolicy, BestFitPolicy, DotProductPolicy, GpuPackingPolicy, FgdPolicy, FgdBestFitPolicy)
+}
+"""Every online policy class by name."""
+
+
+def policy_by_name(name: str, *, workload: TargetWorkload | None = None, seed: int | None = None) -> OnlinePolicy:
+    """Return a new policy called ``name``; FGD policies need ``workload``, and ``random`` takes ``seed``.
+
+    Raises ``KeyError`` naming the valid policies, or ``ValueError`` when an FGD policy gets no workload.
+    """
+    try:
+        policy_class = ONLINE_POLICIES[name]
+    except KeyError:
+        raise KeyError(f"Unknown placement policy {name!r}. Use one of: {', '.join(sorted(ONLINE_POLICIES))}.") from None
+    if issubclass(policy_class, FgdPolicy):
+        if workload is None:
+            raise ValueError(f"Policy {name!r} needs a target workload of typical request shapes.")
+        return policy_class(workload)
+    if policy_class is RandomPolicy:
+        return RandomPolicy(seed)
+    return policy_class()
+
+
+def needs_workload(name: str) -> bool:
+    """Return whether the policy called ``name`` needs a target workload; False for an unknown name."""
+    policy_class = ONLINE_POLICIES.get(name)
+    return policy_class is not None and issubclass(policy_class, FgdPolicy)
