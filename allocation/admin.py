@@ -14,8 +14,11 @@ from .models import (
     GpuShare,
     IdempotencyKey,
     Quota,
+    RebalanceMove,
+    RebalancePlan,
     Reservation,
     ReservationEvent,
+    SolverRun,
 )
 from .services import quota_set, reservation_cancel
 
@@ -163,3 +166,26 @@ class BudgetAdmin(admin.ModelAdmin):
     list_filter = ["period"]
     search_fields = ["organization__slug"]
     autocomplete_fields = ["organization"]
+
+
+class RebalanceMoveInline(ReadOnlyInline):
+    model = RebalanceMove
+    fields = ["reservation", "from_node", "to_node", "gain", "disruption", "score", "explanation", "outcome",
+              "outcome_detail"]
+    readonly_fields = fields
+
+
+@admin.register(RebalancePlan)
+class RebalancePlanAdmin(ReadOnlyAdmin):
+    """Plans are proposed and decided through services, on the rebalancing page or by the planner task."""
+
+    list_display = ["id", "status", "total_score", "max_moves", "created_at", "decided_by", "decided_at"]
+    list_filter = ["status"]
+    inlines = [RebalanceMoveInline]
+
+
+@admin.register(SolverRun)
+class SolverRunAdmin(ReadOnlyAdmin):
+    list_display = ["id", "kind", "policy", "requests", "nodes", "variables", "objective", "status", "wall_ms",
+                    "created_at"]
+    list_filter = ["kind", "status", "policy"]

@@ -142,6 +142,9 @@ class Reservation(models.Model):
     hold_expires_at = models.DateTimeField(
         null=True, blank=True, help_text="While pending approval: when the held capacity is released unapproved.",
     )
+    do_not_migrate = models.BooleanField(
+        default=False, help_text="The customer asks that the reservation never moves to another node.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -350,3 +353,83 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id}: {self.key}"
+
+
+class SolverRun(models.Model):
+    """One run of a placement solver outside the reservation path: what it solved, how well and how fast."""
+
+    class Kind(models.TextChoices):
+        BATCH = "batch", "Batch placement"
+        REBALANCE = "rebalance", "Rebalancing plan"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    policy = models.CharField(max_length=64, help_text="Solver or policy name, for example cp_sat or fgd_best_fit.")
+    requests = models.PositiveIntegerField(help_text="Requests or reservations considered.")
+    nodes = models.PositiveIntegerField(help_text="Nodes considered.")
+    variables = models.PositiveIntegerField(default=0, help_text="Decision variables of the model; 0 for heuristics.")
+    objective = models.FloatField(null=True, blank=True)
+    status = models.CharField(max_length=32, help_text="The solver's own status, or why it fell back.")
+    wall_ms = models.PositiveIntegerField()
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} run {self.pk} ({self.policy}, {self.status})"
+
+
+class RebalancePlan(models.Model):
+    """Migrations proposed to improve the placement, applied only after an admin approves them."""
+
+    class Status(models.TextChoices):
+        PROPOSED = "proposed", "Proposed"
+        APPLIED = "applied", "Applied"
+        REJECTED = "rejected", "Rejected"
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PROPOSED)
+    max_moves = models.PositiveSmallIntegerField()
+    total_score = models.FloatField(help_text="Sum of the moves' gain minus disruption, in points.")
+    solver_run = models.ForeignKey(SolverRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["status"], condition=Q(status="proposed"), name="one_proposed_rebalance"),
+        ]
+
+    def __str__(self) -> str:
+        return f"rebalancing plan {self.pk} ({self.status})"
+
+
+class RebalanceMove(models.Model):
+    """One proposed migration of a reservation, with its score and, once decided, its outcome."""
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPLIED = "applied", "Applied"
+        SKIPPED = "skipped", "Skipped"
+
+    plan = models.ForeignKey(RebalancePlan, on_delete=models.CASCADE, related_name="moves")
+    reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="+")
+    from_node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="+")
+    to_node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="+")
+    gain = models.FloatField()
+    disruption = models.FloatField()
+    score = models.FloatField()
+    explanation = models.TextField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
+    outcome_detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-score", "id"]
+
+    def __str__(self) -> str:
+        return f"move of reservation {self.reservation_id} from {self.from_node_id} to {self.to_node_id}"

@@ -49,6 +49,7 @@ class ReservationSpec:
     region: str | None = None
     max_price_per_gpu_hour: Decimal | None = None
     external_ref: str = ""
+    do_not_migrate: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def reservation_create(
             region=resolved.region, cpu_millicores=spec.cpu_millicores, memory_mib=spec.memory_mib,
             start_at=spec.start_at, end_at=spec.end_at, max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
             currency=settings.MARKETPLACE["DEFAULT_CURRENCY"], status=ReservationStatus.PENDING,
+            do_not_migrate=spec.do_not_migrate,
         )
         if spec.gpu_models:
             reservation.gpu_models.set(resolved.models)

@@ -6,6 +6,7 @@ from datetime import datetime
 from celery import shared_task
 
 from .approvals import reservations_expire
+from .rebalancing import RebalancePlanWaiting, rebalance_propose
 from .services import idempotency_keys_purge, reservations_advance
 from .trace import TASKS_CSV
 from .trace.replay import trace_replay
@@ -43,3 +44,17 @@ def purge_idempotency_keys_task() -> int:
 def expire_reservations_task() -> int:
     """Expire reservations whose approval hold ran out; safe to run twice."""
     return reservations_expire()
+
+
+@shared_task(name="allocation.propose_rebalance", acks_late=True)
+def propose_rebalance_task(max_moves: int | None = None) -> int | None:
+    """Propose a rebalancing plan unless one already waits for a decision; return the new plan's id.
+
+    A redelivery while the first plan waits proposes nothing, so the task is safe to run twice.
+    """
+    try:
+        plan = rebalance_propose(max_moves=max_moves)
+    except RebalancePlanWaiting as waiting:
+        logger.info("Rebalancing proposal skipped: %s", waiting)
+        return None
+    return plan.pk if plan else None

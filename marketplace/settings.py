@@ -154,6 +154,7 @@ CELERY_BEAT_SCHEDULE = {
     "expire-reservations": {"task": "allocation.expire_reservations", "schedule": 60.0},
     "rollup-demand-metrics": {"task": "capacity.rollup_demand_metrics", "schedule": 3600.0},
     "refresh-demand-forecasts": {"task": "capacity.refresh_forecasts", "schedule": 24 * 3600.0},
+    "propose-rebalancing": {"task": "allocation.propose_rebalance", "schedule": 3600.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -166,6 +167,11 @@ MARKETPLACE = {
     "TARGET_WORKLOAD_MIN_REQUESTS": env.int("TARGET_WORKLOAD_MIN_REQUESTS", default=500),
     "TARGET_WORKLOAD_MAX_REQUESTS": env.int("TARGET_WORKLOAD_MAX_REQUESTS", default=20000),
     "TARGET_WORKLOAD_REFRESH_SECONDS": env.int("TARGET_WORKLOAD_REFRESH_SECONDS", default=600),
+    # Rebalancing plans: at most this many moves, of scheduled reservations starting within the
+    # horizon, looking at no more than this many of them (the soonest first).
+    "REBALANCE_MAX_MOVES": env.int("REBALANCE_MAX_MOVES", default=10),
+    "REBALANCE_HORIZON_HOURS": env.int("REBALANCE_HORIZON_HOURS", default=72),
+    "REBALANCE_MAX_RESERVATIONS": env.int("REBALANCE_MAX_RESERVATIONS", default=500),
     # Nodes that the database pre-ranks and hands to the policy for one decision.
     "PLACEMENT_SHORTLIST_SIZE": env.int("PLACEMENT_SHORTLIST_SIZE", default=24),
     # A request may start this many seconds in the past, to absorb client clock skew.

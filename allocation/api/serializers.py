@@ -101,6 +101,10 @@ class ReservationCreateSerializer(StrictSerializer):
         max_digits=10, decimal_places=4, min_value=Decimal("0.0001"), required=False, allow_null=True, default=None,
     )
     external_ref = serializers.CharField(max_length=128, required=False, default="", allow_blank=True)
+    do_not_migrate = serializers.BooleanField(
+        required=False, default=False,
+        help_text="True keeps the reservation on the node it is placed on; rebalancing plans never move it.",
+    )
 
     def to_spec(self) -> ReservationSpec:
         data = self.validated_data
@@ -118,6 +122,7 @@ class ReservationCreateSerializer(StrictSerializer):
             region=data["region"],
             max_price_per_gpu_hour=data["max_price_per_gpu_hour"],
             external_ref=data["external_ref"],
+            do_not_migrate=data["do_not_migrate"],
         )
 
 
@@ -168,8 +173,8 @@ class ReservationSerializer(serializers.ModelSerializer):
         fields = [
             "id", "customer", "external_ref", "status", "reason_code", "reason_detail",
             "gpu_count", "gpu_milli_per_gpu", "gpu_models", "region", "cpu_millicores", "memory_mib",
-            "start_at", "end_at", "max_price_per_gpu_hour", "currency", "hold_expires_at", "allocation",
-            "created_at", "updated_at",
+            "start_at", "end_at", "max_price_per_gpu_hour", "currency", "hold_expires_at", "do_not_migrate",
+            "allocation", "created_at", "updated_at",
         ]
         read_only_fields = fields
 

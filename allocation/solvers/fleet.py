@@ -88,6 +88,10 @@ class Fleet:
             gpu_ids=gpu_ids,
         )
 
+    def copy(self) -> "Fleet":
+        """Return an independent copy, whose arrays can change without touching this fleet."""
+        return Fleet(**{name: value.copy() if isinstance(value, np.ndarray) else value for name, value in vars(self).items()})
+
     @property
     def size(self) -> int:
         return len(self.cpu_free)
@@ -117,4 +121,4 @@ class Fleet:
         """Subtract ``request`` from node ``row``, taking its per-GPU milli from each GPU in ``columns``."""
         self.cpu_free[row] -= request.cpu_millicores
         self.memory_free[row] -= request.memory_mib
-        self.gpu_free[row, columns] -= request.gpu_milli_per_gpu
+        self.gpu_free[row, np.asarray(columns, dtype=np.int64)] -= request.gpu_milli_per_gpu

@@ -48,6 +48,14 @@ def test_create_returns_allocation(api, t4_node):
     assert [gpu["gpu_milli"] for gpu in data["allocation"]["gpus"]] == [460]
 
 
+def test_do_not_migrate_is_stored_and_shown(api, t4_node):
+    response = api.post("/api/v1/reservations/", body(do_not_migrate=True), format="json")
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["do_not_migrate"] is True
+    assert api.post("/api/v1/reservations/", body(), format="json").json()["do_not_migrate"] is False
+
+
 def test_create_without_start_begins_now(api, t4_node):
     response = api.post("/api/v1/reservations/", {"gpu_count": 1, "end_at": soon(1)}, format="json")
 
@@ -95,6 +103,7 @@ def test_naive_datetime_names_field_and_fix(api, t4_node):
         ({"region": "atlantis"}, "region"),
         ({"max_price_per_gpu_hour": "free"}, "max_price_per_gpu_hour"),
         ({"gpu_mili": 500}, "gpu_mili"),
+        ({"do_not_migrate": "maybe"}, "do_not_migrate"),
         ({"start_at": "2001-01-01T00:00:00Z", "end_at": "2001-01-02T00:00:00Z"}, "start_at"),
         ({"start_at": soon(5), "end_at": soon(4)}, "end_at"),
     ],

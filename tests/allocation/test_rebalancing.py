@@ -1,0 +1,218 @@
+"""Rebalancing plans: proposals from live placements, the admin's decision, and moves that apply or are skipped."""
+
+from decimal import Decimal
+
+import pytest
+import time_machine
+
+from allocation.models import (
+    Allocation, GpuShare, RebalanceMove, RebalancePlan, ReservationEvent, ReservationStatus, SolverRun,
+)
+from allocation.rebalancing import RebalancePlanWaiting, rebalance_decide, rebalance_propose
+from allocation.services import reservation_cancel
+from allocation.tasks import propose_rebalance_task
+from marketplace.exceptions import InvalidRequest, NotFound
+from marketplace.models import Gpu
+
+from ..conftest import NOW, hours
+from ..factories import NodeFactory, UserFactory, gpu_model
+from .test_reservation_create import reserve
+
+pytestmark = pytest.mark.django_db
+
+LATER = NOW + hours(2)
+
+
+@pytest.fixture
+def admin_user():
+    return UserFactory(username="ops", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def two_nodes(region):
+    return (NodeFactory(hostname="t4-a", gpu_model=gpu_model("T4"), region=region),
+            NodeFactory(hostname="t4-b", gpu_model=gpu_model("T4"), region=region))
+
+
+def scheduled(customer, **overrides):
+    values = dict(start_at=LATER, end_at=LATER + hours(10))
+    values.update(overrides)
+    reservation = reserve(customer, **values)
+    assert reservation.status == ReservationStatus.SCHEDULED
+    return reservation
+
+
+def degrade_gpus_of(reservation):
+    Gpu.objects.filter(id__in=GpuShare.objects.filter(allocation__reservation=reservation).values("gpu_id")).update(
+        health=Gpu.Health.DEGRADED)
+
+
+def test_reservation_on_degraded_gpu_is_moved_after_approval(customer, two_nodes, admin_user):
+    reservation = scheduled(customer)
+    source = reservation.allocation.node
+    degrade_gpus_of(reservation)
+
+    plan = rebalance_propose(now=NOW)
+
+    move = plan.moves.get()
+    assert (move.reservation_id, move.from_node_id) == (reservation.pk, source.pk)
+    assert "degraded" in move.explanation
+    assert Allocation.objects.get(reservation=reservation).node == source  # Nothing moves before approval.
+
+    rebalance_decide(plan_id=plan.pk, approve=True, actor=admin_user, now=NOW)
+
+    allocation = Allocation.objects.get(reservation=reservation)
+    assert allocation.node_id == move.to_node_id != source.pk
+    assert set(allocation.shares.values_list("gpu__node_id", flat=True)) == {move.to_node_id}
+    assert RebalanceMove.objects.get(pk=move.pk).outcome == RebalanceMove.Outcome.APPLIED
+    assert RebalancePlan.objects.get(pk=plan.pk).status == RebalancePlan.Status.APPLIED
+    assert ReservationEvent.objects.filter(reservation=reservation, note__contains="rebalancing plan").exists()
+
+
+def test_cheaper_node_that_became_free_is_proposed(customer, region):
+    cheap = NodeFactory(hostname="cheap", gpu_count=1, price_per_gpu_hour=Decimal("1.00"), region=region)
+    NodeFactory(hostname="dear", gpu_count=1, price_per_gpu_hour=Decimal("2.00"), region=region)
+    blocker = scheduled(customer)
+    reservation = scheduled(customer)
+    assert reservation.allocation.node.hostname == "dear"
+    reservation_cancel(reservation_id=blocker.pk, now=NOW)
+
+    plan = rebalance_propose(now=NOW)
+
+    move = plan.moves.get()
+    assert (move.reservation_id, move.to_node_id) == (reservation.pk, cheap.pk)
+    assert "saves the customer 10.00" in move.explanation
+
+
+def test_do_not_migrate_reservation_is_left_alone(customer, two_nodes):
+    reservation = scheduled(customer, do_not_migrate=True)
+    degrade_gpus_of(reservation)
+
+    assert rebalance_propose(now=NOW) is None
+    assert SolverRun.objects.get().status == "no_gain"
+
+
+def test_every_proposal_records_a_solver_run(customer, two_nodes):
+    scheduled(customer)
+
+    assert rebalance_propose(now=NOW) is None
+
+    run = SolverRun.objects.get()
+    assert (run.kind, run.requests, run.status) == (SolverRun.Kind.REBALANCE, 1, "no_gain")
+
+
+def test_move_that_no_longer_fits_is_skipped_with_its_reason(customer, other_customer, two_nodes, admin_user):
+    reservation = scheduled(customer)
+    degrade_gpus_of(reservation)
+    plan = rebalance_propose(now=NOW)
+    target_id = plan.moves.get().to_node_id
+    scheduled(other_customer, gpu_count=2)  # Takes the whole target node for the window.
+    assert Allocation.objects.filter(node_id=target_id).count() == 1
+
+    rebalance_decide(plan_id=plan.pk, approve=True, actor=admin_user, now=NOW)
+
+    move = plan.moves.get()
+    assert move.outcome == RebalanceMove.Outcome.SKIPPED
+    assert "can no longer hold" in move.outcome_detail
+    assert Allocation.objects.get(reservation=reservation).node_id != target_id
+    assert RebalancePlan.objects.get(pk=plan.pk).decision_note == "Applied 0 of 1 move."
+
+
+def test_started_reservation_is_not_moved(customer, two_nodes, admin_user):
+    reservation = scheduled(customer)
+    degrade_gpus_of(reservation)
+    plan = rebalance_propose(now=NOW)
+
+    rebalance_decide(plan_id=plan.pk, approve=True, actor=admin_user, now=LATER + hours(1))
+
+    assert plan.moves.get().outcome == RebalanceMove.Outcome.SKIPPED
+
+
+def test_rejection_needs_a_reason_and_a_plan_is_decided_once(customer, two_nodes, admin_user):
+    reservation = scheduled(customer)
+    degrade_gpus_of(reservation)
+    plan = rebalance_propose(now=NOW)
+
+    with pytest.raises(InvalidRequest, match="Give a reason"):
+        rebalance_decide(plan_id=plan.pk, approve=False, actor=admin_user)
+    rebalance_decide(plan_id=plan.pk, approve=False, actor=admin_user, note="Maintenance tonight.")
+    with pytest.raises(InvalidRequest, match="already rejected"):
+        rebalance_decide(plan_id=plan.pk, approve=True, actor=admin_user)
+    with pytest.raises(NotFound):
+        rebalance_decide(plan_id=plan.pk + 1, approve=True, actor=admin_user)
+
+
+def test_one_plan_waits_at_a_time_and_the_task_skips_then(customer, two_nodes):
+    reservation = scheduled(customer)
+    degrade_gpus_of(reservation)
+    plan = rebalance_propose(now=NOW)
+
+    with pytest.raises(RebalancePlanWaiting) as raised:
+        rebalance_propose(now=NOW)
+    assert raised.value.status == 409
+    assert propose_rebalance_task.apply().get() is None
+    assert RebalancePlan.objects.get().pk == plan.pk
+
+
+def test_max_moves_outside_the_range_is_refused():
+    with pytest.raises(InvalidRequest, match="max_moves is 0"):
+        rebalance_propose(max_moves=0)
+
+
+@pytest.fixture
+def at_now():
+    """Run the page's own clock at ``NOW``, where the fixtures' reservations are still scheduled."""
+    with time_machine.travel(NOW, tick=True):
+        yield
+
+
+@pytest.fixture
+def staff(client, admin_user, at_now):
+    client.force_login(admin_user)
+    return client
+
+
+def test_page_needs_staff(client):
+    response = client.get("/ops/rebalancing/")
+
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]
+
+
+def test_page_proposes_and_applies_a_plan(staff, customer, two_nodes):
+    reservation = scheduled(customer)
+    degrade_gpus_of(reservation)
+
+    proposed = staff.post("/ops/rebalancing/propose/")
+    plan = RebalancePlan.objects.get()
+    applied = staff.post(f"/ops/rebalancing/{plan.pk}/decide/", {"decision": "approve"})
+
+    assert proposed.status_code == 200
+    assert f"Plan {plan.pk} proposed with 1 move." in proposed.content.decode()
+    assert applied.status_code == 200
+    assert f"Plan {plan.pk} applied: Applied 1 of 1 move." in applied.content.decode()
+    assert staff.get("/ops/rebalancing/").status_code == 200
+
+
+def test_page_answers_errors_with_4xx_and_the_message(staff, customer, two_nodes):
+    reservation = scheduled(customer)
+    degrade_gpus_of(reservation)
+    staff.post("/ops/rebalancing/propose/")
+    plan = RebalancePlan.objects.get()
+
+    again = staff.post("/ops/rebalancing/propose/")
+    no_reason = staff.post(f"/ops/rebalancing/{plan.pk}/decide/", {"decision": "reject"})
+    no_choice = staff.post(f"/ops/rebalancing/{plan.pk}/decide/", {"decision": "maybe"})
+
+    assert again.status_code == 409
+    assert "still waiting for a decision" in again.content.decode()
+    assert no_reason.status_code == 400
+    assert "Give a reason" in no_reason.content.decode()
+    assert no_choice.status_code == 400
+
+
+def test_decisions_need_the_change_permission(client, customer, two_nodes, django_user_model):
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    client.force_login(viewer)
+
+    assert client.post("/ops/rebalancing/propose/").status_code == 403
