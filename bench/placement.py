@@ -30,12 +30,15 @@ import numpy as np
 from scipy.optimize import linprog
 
 from allocation.solvers.base import PlacementRequest
-from allocation.solvers.batch import BatchRequest, batch_place
+from allocation.solvers.batch import BatchRequest, batch_place, greedy_plan, price_cents
 from allocation.solvers.fleet import Fleet
+from allocation.solvers.genetic import GeneticPlan, genetic_place
 from allocation.solvers.fragmentation import FragmentationTracker, TargetWorkload, TaskShape
 from allocation.solvers.online import OnlinePolicy, policy_by_name
 from allocation.trace import NODES_CSV, TASKS_CSV
 from allocation.trace.csv_reader import read_nodes, read_tasks
+from allocation.trace.overlay import place_nodes
+from bench.reliability import reliability_effect, render_reliability
 from bench.report import machine_description, write_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +47,8 @@ SEEDS = tuple(range(42, 52))
 INFLATION = 1.3
 REPORTED_ARRIVED = (50, 80, 90, 95, 100, 130)
 CHART_ARRIVED = tuple(range(80, 131))
+COMPARE_LOADS = (50, 80, 95)
+"""GPU allocation (% of capacity) of the fleet before the batch in the solver comparison."""
 POLICIES = ("random", "dot_product", "gpu_packing", "best_fit", "fgd", "fgd_best_fit")
 PUBLISHED = {
     "random": {"at_100": 13.70, "at_130": 12.62, "fragment_at_90": 14.49},
@@ -214,6 +219,81 @@ def run_batch(seed: int, window: int, time_limit_seconds: float, policy_name: st
         "ms_per_decision": 1000 * solve_seconds / len(order), "statuses": statuses,
         "arrived": arrived_pct, "unallocated": unallocated_pct, "fragment": fragment_pct,
     }
+
+
+def priced_fleet() -> tuple[Fleet, np.ndarray]:
+    """Return the trace fleet with the marketplace overlay's prices, and each node's provider index."""
+    nodes = read_nodes(NODES_CSV)
+    overlay = place_nodes([node.hostname for node in nodes], [node.gpu_model for node in nodes])
+    providers = sorted({placement.provider for placement in overlay})
+    fleet = Fleet.build(cpu=[node.cpu_millicores for node in nodes], memory=[node.memory_mib for node in nodes],
+                        gpu_count=[node.gpu_count for node in nodes], models=[node.gpu_model for node in nodes],
+                        price=[float(placement.price_per_gpu_hour) for placement in overlay])
+    return fleet, np.array([providers.index(placement.provider) for placement in overlay])
+
+
+def compare_batch_solvers(load_pct: int, seconds: float, seed: int = 42, batch_size: int = 100) -> dict:
+    """Fill the priced fleet to ``load_pct`` % with ``fgd_best_fit``, then place the next batch three ways.
+
+    Returns, for one-by-one ``fgd_best_fit``, CP-SAT and the genetic search (its best plan by
+    CP-SAT's weights, and the spread of its front), what each placed, its price, the fragmentation
+    proxy, the largest share on one provider, the weighted objective and the time taken. The
+    price is also compared with the cheapest possible: each placed request on its cheapest node
+    that could hold it at the start, ignoring the others.
+    """
+    fleet, provider = priced_fleet()
+    tasks = load_tasks()
+    workload = target_workload(tasks)
+    policy = policy_by_name("fgd_best_fit", workload=workload)
+    state = policy.prepare(fleet)
+    capacity = int(fleet.gpu_count.sum()) * 1000
+    order = arrival_order(tasks, seed, capacity)
+    allocated = position = 0
+    while allocated < load_pct / 100 * capacity and position < len(order) - batch_size:
+        request = order[position].request
+        rows = fleet.feasible(request)
+        if rows.size:
+            evaluation = policy.evaluate(fleet, state, request, rows)
+            best = int(np.argmax(evaluation.scores))
+            fleet.take(int(evaluation.rows[best]), evaluation.columns[best], request)
+            policy.placed(state, int(evaluation.rows[best]))
+            allocated += order[position].gpu_total
+        position += 1
+    batch = [BatchRequest(task.request) for task in order[position:position + batch_size]]
+
+    def describe(assignments: dict, wall: float, extra: dict | None = None) -> dict:
+        plan = GeneticPlan(assignments=assignments, objectives=(0, 0, 0, 0))
+        decoder_objectives = _plan_objectives(fleet, batch, assignments, provider)
+        plan.objectives = decoder_objectives
+        cheapest = sum(min(price_cents(fleet, int(row), batch[index])
+                           for row in fleet.feasible(batch[index].request)) for index in assignments)
+        return {"placed": len(assignments), "placed_gpu_milli": sum(batch[i].request.gpu_milli_total for i in assignments),
+                "price_cents_per_hour": decoder_objectives[1], "cheapest_cents_per_hour": cheapest,
+                "opened": decoder_objectives[2], "concentration": round(decoder_objectives[3], 3),
+                "weighted": plan.weighted(), "seconds": round(wall, 2), **(extra or {})}
+
+    started = time.perf_counter()
+    greedy = greedy_plan(fleet, batch, policy)
+    rows = {"fgd_best_fit": describe(greedy, time.perf_counter() - started)}
+    exact = batch_place(fleet, batch, policy, time_limit_seconds=seconds, seed=seed)
+    rows["cp_sat"] = describe(exact.assignments, exact.wall_seconds, {"status": exact.status})
+    genetic = genetic_place(fleet, batch, policy, seed=seed, generations=10_000, time_limit_seconds=seconds,
+                            provider=provider)
+    best = genetic.best_weighted()
+    spread = min(genetic.front, key=lambda plan: (plan.objectives[3], -plan.objectives[0]))
+    rows["genetic"] = describe(best.assignments, genetic.wall_seconds,
+                               {"front": len(genetic.front), "generations": genetic.generations,
+                                "front_min_concentration": round(spread.objectives[3], 3),
+                                "front_min_concentration_placed": len(spread.assignments)})
+    return {"load_pct": load_pct, "batch": len(batch), "rows": rows}
+
+
+def _plan_objectives(fleet: Fleet, batch: list, assignments: dict, provider: np.ndarray) -> tuple:
+    """Return the genetic search's objectives for any plan, so the three solvers are measured alike."""
+    from allocation.solvers.genetic import _Decoder
+
+    decoder = _Decoder(fleet, batch, [[] for _ in batch], provider)
+    return decoder._objectives(assignments)
 
 
 def structural_lower_bound(seed: int) -> float:
@@ -419,6 +499,37 @@ def render(summary: dict, seeds: int, random_ties: bool, seconds: float, bound: 
     return "\n".join(lines)
 
 
+def render_comparison(comparisons: list[dict], seconds: float) -> str:
+    lines = [
+        "### Batch solvers on one batch",
+        "",
+        f"The overlay's prices and providers on the trace fleet, filled to each load with `fgd_best_fit` (seed 42); "
+        f"then the next 100 tasks as one batch, placed three ways: one by one with `fgd_best_fit`, with CP-SAT, and "
+        f"with the genetic search (NSGA-II outline, seed 42), each of the last two given {seconds:.0f} s. *price* is "
+        f"per hour of the placed requests; *cheapest* puts each placed request on the cheapest node that could hold "
+        f"it at the start, ignoring the others, a lower bound; *opened* is the fragmentation proxy (50 per whole GPU "
+        f"and 200 per idle node newly used); *top provider* is the largest share of the placed GPU milli on one "
+        f"provider; *weighted* is CP-SAT's objective. The genetic row is its front's best plan by that objective; "
+        f"the last column is its front's least concentrated plan.",
+        "",
+        "| load | solver | placed | price ($/h) | cheapest ($/h) | opened | top provider | weighted | seconds "
+        "| front: least concentrated |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for item in comparisons:
+        for name, row in item["rows"].items():
+            front = (f"{row['front_min_concentration']:.2f} with {row['front_min_concentration_placed']} placed "
+                     f"({row['front']} plans, {row['generations']} generations)" if "front" in row else "")
+            status = f" ({row['status']})" if "status" in row else ""
+            lines.append(
+                f"| {item['load_pct']} % | {name}{status} | {row['placed']} of {item['batch']} "
+                f"| {row['price_cents_per_hour'] / 100:.2f} | {row['cheapest_cents_per_hour'] / 100:.2f} "
+                f"| {row['opened']:.0f} | {row['concentration']:.2f} | {row['weighted']:.0f} | {row['seconds']:.2f} "
+                f"| {front} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="Markdown file whose placement section is replaced")
@@ -429,6 +540,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-window", type=int, default=100, help="Tasks per CP-SAT window; 0 skips the batch run")
     parser.add_argument("--batch-seconds", type=float, default=2.0, help="CP-SAT time limit per window")
     parser.add_argument("--batch-seeds", type=int, default=2, help="How many seeds the slower batch run uses")
+    parser.add_argument("--compare-seconds", type=float, default=5.0,
+                        help="Time limit of CP-SAT and the genetic search in the batch solver comparison; 0 skips it")
+    parser.add_argument("--skip-reliability", action="store_true", help="Leave out the simulated reliability study")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -443,6 +557,9 @@ def main(argv=None) -> int:
         if arguments.batch_window:
             results += pool.starmap(run_batch, [(seed, arguments.batch_window, arguments.batch_seconds)
                                                 for seed in SEEDS[:arguments.batch_seeds]])
+        comparisons = (pool.starmap(compare_batch_solvers, [(load, arguments.compare_seconds) for load in COMPARE_LOADS])
+                       if arguments.compare_seconds else [])
+        effect = pool.apply(reliability_effect) if not arguments.skip_reliability else None
     summary = summarize(results)
     seconds = time.perf_counter() - started
     logger.info("Finished %d runs in %.0f s", len(jobs), seconds)
@@ -452,11 +569,18 @@ def main(argv=None) -> int:
         batch_seeds = set(SEEDS[:arguments.batch_seeds])
         fgd_on_batch_seeds = mean_of(at_arrived(result, 100, "unallocated") for result in results
                                      if result["policy"] == "fgd" and result["seed"] in batch_seeds)
-        write_section(arguments.output, "placement",
-                      render(summary, arguments.seeds, arguments.random_ties, seconds, bound, fgd_on_batch_seeds))
+        markdown = render(summary, arguments.seeds, arguments.random_ties, seconds, bound, fgd_on_batch_seeds)
+        if comparisons:
+            markdown += "\n\n" + render_comparison(comparisons, arguments.compare_seconds)
+        if effect is not None:
+            markdown += "\n\n" + render_reliability(effect)
+        write_section(arguments.output, "placement", markdown)
     figures = {name: {key: row[key] for key in ("unallocated_pct_at_100", "unallocated_pct_at_130", "ms_per_decision")}
                for name, row in summary.items()}
-    print(json.dumps({**figures, "lower_bound_pct_at_100": round(bound, 2)}))
+    batch_figures = {f"batch_at_{item['load_pct']}": {name: {key: row[key] for key in ("placed", "weighted", "seconds")}
+                                                      for name, row in item["rows"].items()} for item in comparisons}
+    reliability = {"reliability": effect["rows"]} if effect is not None else {}
+    print(json.dumps({**figures, "lower_bound_pct_at_100": round(bound, 2), **batch_figures, **reliability}))
     return 0
 
 

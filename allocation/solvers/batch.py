@@ -46,6 +46,8 @@ class BatchRequest:
     gpu_models: tuple[str, ...] = ()
     """Allowed GPU models; empty allows any."""
     max_price_per_gpu_hour: float | None = None
+    max_failure_probability: float | None = None
+    """The least reliability the customer accepts, as the highest failure probability per period of a node."""
 
 
 @dataclass
@@ -61,6 +63,10 @@ class BatchPlan:
     greedy_objective: int
     wall_seconds: float
     variables: int = 0
+    price_cents: int = 0
+    """Price per hour of the placed requests, in hundredths of the currency."""
+    cheapest_cents: int = 0
+    """The same requests each on the cheapest node allowed to hold it at the start, ignoring the others: a lower bound."""
     notes: list[str] = field(default_factory=list)
 
     def placed_milli(self, requests: Sequence[BatchRequest]) -> int:
@@ -68,19 +74,33 @@ class BatchPlan:
         return sum(requests[index].request.gpu_milli_total for index in self.assignments)
 
 
-def _allowed_rows(fleet: Fleet, item: BatchRequest) -> np.ndarray:
+def allowed_rows(fleet: Fleet, item: BatchRequest) -> np.ndarray:
+    """Return (n,) True where the node's model and price suit ``item``."""
     allowed = fleet.model_mask(item.gpu_models or None)
     if item.max_price_per_gpu_hour is not None:
         allowed &= fleet.price <= item.max_price_per_gpu_hour
+    if item.max_failure_probability is not None and fleet.failure_probability is not None:
+        allowed &= fleet.failure_probability <= item.max_failure_probability
     return allowed
 
 
-def _value(item: BatchRequest) -> int:
+def placed_value(item: BatchRequest) -> int:
     return item.priority * (item.request.gpu_milli_total + VALUE_FLOOR_MILLI)
 
 
-def _price_cents(fleet: Fleet, row: int, item: BatchRequest) -> int:
+def price_cents(fleet: Fleet, row: int, item: BatchRequest) -> int:
+    """Return the price per hour of ``item`` on node ``row``, in hundredths of the currency."""
     return int(round(100 * float(fleet.price[row]) * item.request.gpu_milli_total / 1000))
+
+
+def plan_prices(fleet: Fleet, requests: Sequence[BatchRequest], assignments: dict) -> tuple[int, int]:
+    """Return the price per hour of ``assignments`` and the cheapest possible for the same requests, in cents."""
+    paid = sum(price_cents(fleet, row, requests[index]) for index, (row, _) in assignments.items())
+    cheapest = 0
+    for index in assignments:
+        rows = fleet.feasible(requests[index].request, allowed_rows(fleet, requests[index]))
+        cheapest += min(price_cents(fleet, int(row), requests[index]) for row in rows)
+    return paid, cheapest
 
 
 def greedy_plan(fleet: Fleet, requests: Sequence[BatchRequest], policy: OnlinePolicy) -> dict[int, tuple[int, tuple[int, ...]]]:
@@ -90,7 +110,7 @@ def greedy_plan(fleet: Fleet, requests: Sequence[BatchRequest], policy: OnlinePo
     assignments = {}
     for index in sorted(range(len(requests)), key=lambda position: (-requests[position].priority, position)):
         item = requests[index]
-        rows = scratch.feasible(item.request, _allowed_rows(scratch, item))
+        rows = scratch.feasible(item.request, allowed_rows(scratch, item))
         if rows.size == 0:
             continue
         evaluation = policy.evaluate(scratch, state, item.request, rows)
@@ -110,7 +130,7 @@ def plan_objective(fleet: Fleet, requests: Sequence[BatchRequest], assignments: 
     opened_nodes = {row for row, _ in assignments.values() if idle[row]}
     total = 0
     for index, (row, _) in assignments.items():
-        total += PLACED_WEIGHT * _value(requests[index]) - _price_cents(fleet, row, requests[index])
+        total += PLACED_WEIGHT * placed_value(requests[index]) - price_cents(fleet, row, requests[index])
     return total - OPENED_GPU_COST * len(opened_gpus) - OPENED_NODE_COST * len(opened_nodes)
 
 
@@ -142,7 +162,7 @@ def batch_place(
     objective_terms = []
 
     for index, item in enumerate(requests):
-        rows = fleet.feasible(item.request, _allowed_rows(fleet, item))
+        rows = fleet.feasible(item.request, allowed_rows(fleet, item))
         if rows.size == 0:
             continue
         scores = policy.evaluate(fleet, state, item.request, rows).scores
@@ -152,7 +172,7 @@ def batch_place(
         for row in sorted(candidates):
             chosen = model.new_bool_var(f"x_{index}_{row}")
             choose[index, row] = chosen
-            objective_terms.append((PLACED_WEIGHT * _value(item) - _price_cents(fleet, row, item)) * chosen)
+            objective_terms.append((PLACED_WEIGHT * placed_value(item) - price_cents(fleet, row, item)) * chosen)
             if item.request.gpu_count:
                 columns = np.flatnonzero(fleet.gpu_free[row] >= item.request.gpu_milli_per_gpu)
                 uses = []
@@ -190,9 +210,11 @@ def batch_place(
                 assignments[index] = (row, columns)
         objective = plan_objective(fleet, requests, assignments)
         if objective >= greedy_objective:
+            paid, cheapest = plan_prices(fleet, requests, assignments)
             plan = BatchPlan(assignments=assignments, status=status_name.lower(), solver_status=status_name,
                              objective=objective, greedy_objective=greedy_objective,
-                             wall_seconds=time.perf_counter() - started, variables=variables)
+                             wall_seconds=time.perf_counter() - started, variables=variables,
+                             price_cents=paid, cheapest_cents=cheapest)
             logger.info("CP-SAT %s: places %d of %d requests (greedy %d), objective %d (greedy %d), %.2f s",
                         status_name, len(assignments), len(requests), len(greedy), objective, greedy_objective,
                         plan.wall_seconds)
@@ -202,9 +224,10 @@ def batch_place(
         reason = f"CP-SAT ended {status_name} within {time_limit_seconds} s"
 
     logger.warning("Batch placement falls back to the greedy plan: %s", reason)
+    paid, cheapest = plan_prices(fleet, requests, greedy)
     return BatchPlan(assignments=greedy, status="greedy", solver_status=status_name, objective=greedy_objective,
                      greedy_objective=greedy_objective, wall_seconds=time.perf_counter() - started,
-                     variables=variables, notes=[reason])
+                     variables=variables, notes=[reason], price_cents=paid, cheapest_cents=cheapest)
 
 
 def _add_capacity(model, fleet: Fleet, requests, choose: dict, gpu_use: dict) -> None:

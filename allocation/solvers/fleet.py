@@ -36,6 +36,8 @@ class Fleet:
     node_ids: np.ndarray
     gpu_ids: np.ndarray
     """(n, width) the GPUs' ids, -1 in the columns past ``gpu_count``."""
+    failure_probability: np.ndarray | None = None
+    """(n,) the learned chance that each node fails in the next period; None when unknown."""
 
     @classmethod
     def build(cls, *, cpu: Sequence[int], memory: Sequence[int], gpu_count: Sequence[int], models: Sequence[str],

@@ -105,3 +105,17 @@ def test_invalid_arguments_are_refused(arguments, message):
 
     with pytest.raises(ValueError, match=message):
         batch_place(one_gpu_fleet(), requests, BestFitPolicy(), **options)
+
+
+def test_reliability_floor_and_price_against_the_cheapest():
+    fleet = Fleet.build(cpu=[64000] * 3, memory=[262144] * 3, gpu_count=[1, 1, 1], models=["T4"] * 3,
+                        price=[1.0, 2.0, 3.0])
+    fleet.failure_probability = np.array([0.3, 0.01, 0.01])
+    careful = BatchRequest(PlacementRequest(1, 1000, 1000, 1024), max_failure_probability=0.05)
+    requests = [careful, careful]
+
+    plan = batch_place(fleet, requests, BestFitPolicy())
+
+    assert sorted(row for row, _ in plan.assignments.values()) == [1, 2]
+    assert plan.price_cents == 500
+    assert plan.cheapest_cents == 400  # each alone would get the 2.00 node
