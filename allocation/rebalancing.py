@@ -230,7 +230,7 @@ def rebalance_decide(*, plan_id: int, approve: bool, actor: AbstractBaseUser, no
 
 
 def _apply_move(move: RebalanceMove, plan: RebalancePlan, actor, now: datetime) -> int:
-    """Move one reservation as the plan says; return 1, or 0 with the move marked skipped and why."""
+    """Apply one move of the plan; return 1, or 0 after marking the move skipped with the reason."""
     try:
         with transaction.atomic():
             detail = _move_allocation(move, plan, actor, now)
@@ -249,7 +249,7 @@ def _apply_move(move: RebalanceMove, plan: RebalancePlan, actor, now: datetime) 
 
 
 class _MoveSkipped(Exception):
-    """The move no longer applies; the message says why."""
+    """The move no longer applies; the message gives the reason."""
 
 
 def _move_allocation(move: RebalanceMove, plan: RebalancePlan, actor, now: datetime) -> str:

@@ -167,6 +167,8 @@ MARKETPLACE = {
     "TARGET_WORKLOAD_MIN_REQUESTS": env.int("TARGET_WORKLOAD_MIN_REQUESTS", default=500),
     "TARGET_WORKLOAD_MAX_REQUESTS": env.int("TARGET_WORKLOAD_MAX_REQUESTS", default=20000),
     "TARGET_WORKLOAD_REFRESH_SECONDS": env.int("TARGET_WORKLOAD_REFRESH_SECONDS", default=600),
+    # Time limit of one batch placement (CP-SAT or the genetic search) in a scheduling cycle.
+    "BATCH_TIME_LIMIT_SECONDS": env.float("BATCH_TIME_LIMIT_SECONDS", default=2.0),
     # Rebalancing plans: at most this many moves, of scheduled reservations starting within the
     # horizon, looking at no more than this many of them (the soonest first).
     "REBALANCE_MAX_MOVES": env.int("REBALANCE_MAX_MOVES", default=10),

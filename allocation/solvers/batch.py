@@ -47,12 +47,12 @@ class BatchRequest:
     """Allowed GPU models; empty allows any."""
     max_price_per_gpu_hour: float | None = None
     max_failure_probability: float | None = None
-    """The least reliability the customer accepts, as the highest failure probability per period of a node."""
+    """The customer's reliability floor: the highest failure probability per period it accepts on a node."""
 
 
 @dataclass
 class BatchPlan:
-    """Where each placed request goes: ``assignments`` maps a request's index to (fleet row, GPU columns)."""
+    """A batch placement: ``assignments`` maps each placed request's index to (fleet row, GPU columns)."""
 
     assignments: dict[int, tuple[int, tuple[int, ...]]]
     status: str

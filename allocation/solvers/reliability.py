@@ -32,7 +32,7 @@ L2_ALPHA = 1e-4
 
 @dataclass(frozen=True)
 class NodeFeatures:
-    """What is known about a node at the start of a period."""
+    """A node's features at the start of a period."""
 
     degraded_share: float
     age_years: float

@@ -1,0 +1,37 @@
+"""Batch placement runs for the scheduler: both solvers answer, and every run is recorded."""
+
+import pytest
+
+from allocation.batch_runs import batch_placement_run
+from allocation.models import SolverRun
+from allocation.solvers import PlacementRequest
+from allocation.solvers.batch import BatchRequest
+from allocation.solvers.fleet import Fleet
+
+pytestmark = pytest.mark.django_db
+
+
+def batch():
+    fleet = Fleet.build(cpu=[64000], memory=[262144], gpu_count=[1], models=["T4"], price=[1.0])
+    requests = [BatchRequest(PlacementRequest(1, milli, 1000, 1024)) for milli in (600, 500, 500)]
+    return fleet, requests
+
+
+@pytest.mark.parametrize("solver", ["cp_sat", "genetic"])
+def test_each_solver_places_the_two_halves_and_records_its_run(solver):
+    fleet, requests = batch()
+
+    plan = batch_placement_run(fleet, requests, solver=solver, time_limit_seconds=1)
+
+    assert plan.assignments.keys() == {1, 2}
+    run = SolverRun.objects.get()
+    assert (run.kind, run.policy.split("/")[0], run.requests, run.nodes) == (SolverRun.Kind.BATCH, solver, 3, 1)
+    assert run.detail["placed"] == 2
+    assert run.objective == plan.objective
+
+
+def test_unknown_solver_is_refused():
+    fleet, requests = batch()
+
+    with pytest.raises(ValueError, match="Use one of: cp_sat, genetic"):
+        batch_placement_run(fleet, requests, solver="annealing")
