@@ -9,7 +9,6 @@ caches or data. Figures are wall-clock on a shared machine; compare the ratios w
 import argparse
 import json
 import os
-import platform
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.report import write_section
+from bench.report import machine_description, write_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRACE_START = "2026-01-01T00:00:00+00:00"
@@ -51,19 +50,6 @@ def replay(workdir: Path, name: str, *, replicas: int = 1, limit: int | None = N
     print(f"{name}: {summary['submitted']} decisions in {summary['wall_seconds']} s "
           f"({summary['milliseconds_per_decision']} ms each), placed {summary['placed']}", file=sys.stderr)
     return summary
-
-
-def machine_description() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
-            f"SQLite {sqlite3.sqlite_version}, {platform.system()} {platform.release()}")
 
 
 def render(results: dict) -> str:
@@ -132,7 +118,7 @@ def main() -> None:
         started = time.perf_counter()
         results = {
             "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine_description(),
+            "machine": machine_description(f"SQLite {sqlite3.sqlite_version}"),
             "full": replay(workdir, "full"),
             "hold": replay(workdir, "hold", hold=True),
             "scaling": [],

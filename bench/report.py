@@ -23,8 +23,8 @@ def write_section(path: Path, name: str, text: str) -> None:
     path.write_text(current)
 
 
-def machine_description() -> str:
-    """Return the processor, CPU count, Python and kernel of this machine, for a benchmark's header."""
+def machine_description(*extras: str) -> str:
+    """Return the processor, CPU count, Python, ``extras`` (such as a database version) and kernel, for a header."""
     processor = platform.processor() or "unknown processor"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -33,4 +33,5 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    return f"{processor}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    software = ", ".join([f"Python {platform.python_version()}", *extras, f"{platform.system()} {platform.release()}"])
+    return f"{processor}, {os.cpu_count()} logical CPUs; {software}"
