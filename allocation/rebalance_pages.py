@@ -2,8 +2,10 @@
 
 import logging
 
+from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
@@ -22,6 +24,7 @@ RUNS_SHOWN = 10
 @require_GET
 @staff_member_required
 def rebalancing_page(request: HttpRequest) -> HttpResponse:
+    _require(request, "allocation.view_rebalanceplan", "Seeing rebalancing plans needs the 'view rebalance plan' permission.")
     return render(request, "rebalancing/page.html", _context())
 
 
@@ -35,8 +38,14 @@ def rebalancing_propose(request: HttpRequest) -> HttpResponse:
     except MarketplaceError as error:
         logger.info("Proposing a rebalancing plan failed: %s", error)
         return render(request, "rebalancing/_plans.html", _context(failed=str(error)), status=error.status)
+    except DatabaseError as error:
+        return _database_failed(request, "Proposing a plan", error)
     if plan is None:
-        message = "No move gains enough to be worth its disruption; nothing proposed."
+        run = SolverRun.objects.filter(kind=SolverRun.Kind.REBALANCE).first()
+        hours = settings.MARKETPLACE["REBALANCE_HORIZON_HOURS"]
+        message = (f"No reservation without do-not-migrate is scheduled to start within the next {hours} hours; "
+                   f"nothing to move." if run is not None and run.requests == 0 else
+                   "No move gains enough to be worth its disruption; nothing proposed.")
     else:
         count = plan.moves.count()
         message = f"Plan {plan.pk} proposed with {count} move{'' if count == 1 else 's'}."
@@ -58,7 +67,17 @@ def rebalancing_decide(request: HttpRequest, plan_id: int) -> HttpResponse:
         logger.info("Decision %s on rebalancing plan %s failed: %s", decision, plan_id, error)
         return render(request, "rebalancing/_plans.html", _context(failed=f"Plan {plan_id}: {error}"),
                       status=error.status)
+    except DatabaseError as error:
+        return _database_failed(request, f"Deciding on plan {plan_id}", error)
     return render(request, "rebalancing/_plans.html", _context(done=f"Plan {plan.pk} {plan.status}: {plan.decision_note}"))
+
+
+def _database_failed(request: HttpRequest, action: str, error: DatabaseError) -> HttpResponse:
+    """Answer 503 when the database refuses or drops the transaction; it rolled back, so nothing changed."""
+    logger.warning("%s failed in the database: %s: %s", action, type(error).__name__, error)
+    message = f"{action} failed because the database was busy or unavailable; nothing changed. Try again."
+    return render(request, "rebalancing/_plans.html", {"messages_failed": [message], "plans": [], "runs": []},
+                  status=503)
 
 
 def _require(request: HttpRequest, permission: str, message: str) -> None:

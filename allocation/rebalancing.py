@@ -16,7 +16,7 @@ every move proposed today.
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -27,7 +27,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from marketplace.exceptions import InvalidRequest, MarketplaceError, NotFound
-from marketplace.models import Gpu, Node
+from marketplace.models import Gpu, Node, Organization
 
 from .models import Allocation, GpuShare, RebalanceMove, RebalancePlan, ReservationEvent, ReservationStatus, SolverRun
 from .placement import placement_rank
@@ -41,8 +41,9 @@ from .solvers.rebalance import MoveCandidate, choose_moves
 
 logger = logging.getLogger(__name__)
 
-TARGETS_PER_RESERVATION = 3
+TARGETS_PER_RESERVATION = 5
 """Best-ranked target nodes whose move is scored for each reservation."""
+MAX_NOTE_CHARS = 2000
 
 
 class RebalancePlanWaiting(MarketplaceError):
@@ -92,7 +93,8 @@ def rebalance_propose(*, max_moves: int | None = None, now: datetime | None = No
     with transaction.atomic():
         run = SolverRun.objects.create(
             kind=SolverRun.Kind.REBALANCE, policy=f"greedy_moves/{policy.name}", requests=len(movable),
-            nodes=len(nodes_seen), objective=total, status="moves" if moves else "no_gain",
+            nodes=len(nodes_seen), objective=total,
+            status="moves" if moves else ("no_gain" if movable else "nothing_scheduled"),
             wall_ms=int(1000 * (time.perf_counter() - started)),
             detail={"candidates": len(candidates), "chosen": len(moves), "max_moves": max_moves},
         )
@@ -177,6 +179,8 @@ def _candidates(item: _Movable, policy) -> list[MoveCandidate]:
             gpu_shares=placement.gpu_shares,
             fragment_removed_milli=float(fragments[0] + fragments[2] - fragments[1] - fragments[3]),
             degraded_milli=item.degraded_milli, saving=float(saving), running_hours=0.0,
+            gpu_milli=item.request.gpu_milli_total,
+            target_free_milli=sum(free for _, free in target_now.gpu_free_milli),
         ))
     return candidates
 
@@ -194,8 +198,12 @@ def _with_shares(state: NodeState, request: PlacementRequest, shares: dict[int, 
 
 
 def _fragments(states: list[NodeState]) -> np.ndarray:
-    """Return FGD's fragmentation of each state against the target workload, in milli."""
-    return FragmentationTracker(Fleet.from_states(states), target_workload()).node_fragment
+    """Return FGD's fragmentation of each state against the target workload, in milli.
+
+    The states describe the same nodes before and after a move, so each gets its position as id.
+    """
+    numbered = [replace(state, node_id=position) for position, state in enumerate(states)]
+    return FragmentationTracker(Fleet.from_states(numbered), target_workload()).node_fragment
 
 
 def rebalance_decide(*, plan_id: int, approve: bool, actor: AbstractBaseUser, note: str = "",
@@ -208,6 +216,8 @@ def rebalance_decide(*, plan_id: int, approve: bool, actor: AbstractBaseUser, no
     now = now or timezone.now()
     if not approve and not note.strip():
         raise InvalidRequest("Give a reason to reject the plan, so the next proposal can take it into account.")
+    if "\x00" in note or len(note) > MAX_NOTE_CHARS:
+        raise InvalidRequest(f"The reason must be plain text of at most {MAX_NOTE_CHARS} characters, without NUL bytes.")
     with transaction.atomic():
         try:
             plan = RebalancePlan.objects.select_for_update().get(pk=plan_id)
@@ -252,6 +262,21 @@ class _MoveSkipped(Exception):
     """The move no longer applies; the message gives the reason."""
 
 
+def _check_target_limits(reservation, allocation: Allocation, target: Node) -> None:
+    """Raise ``_MoveSkipped`` unless ``target`` still suits the reservation as the proposal required."""
+    if target.status != Node.Status.ACTIVE:
+        raise _MoveSkipped(f"Node {target.hostname} is no longer active.")
+    if target.gpu_model_id != allocation.gpu_model_id:
+        raise _MoveSkipped(f"Node {target.hostname} no longer has the reservation's GPU model.")
+    if reservation.region_id is not None and target.region_id != reservation.region_id:
+        raise _MoveSkipped(f"Node {target.hostname} is no longer in the region the reservation asked for.")
+    if target.price_per_gpu_hour > allocation.price_per_gpu_hour or (
+            reservation.max_price_per_gpu_hour is not None
+            and target.price_per_gpu_hour > reservation.max_price_per_gpu_hour):
+        raise _MoveSkipped(f"Node {target.hostname} now costs {target.price_per_gpu_hour} per GPU-hour, more than the "
+                           f"reservation pays or accepts.")
+
+
 def _move_allocation(move: RebalanceMove, plan: RebalancePlan, actor, now: datetime) -> str:
     allocation = (Allocation.objects.select_for_update().select_related("reservation")
                   .filter(reservation_id=move.reservation_id).first())
@@ -263,9 +288,11 @@ def _move_allocation(move: RebalanceMove, plan: RebalancePlan, actor, now: datet
     if reservation.do_not_migrate:
         raise _MoveSkipped("The customer has since asked that the reservation never moves.")
 
+    # The customer's row is locked before the node, in the order reservation_create uses, so an
+    # approval and a new reservation of the same customer cannot deadlock.
+    Organization.objects.select_for_update().only("id").get(pk=reservation.customer_id)
     target = Node.objects.select_for_update().get(pk=move.to_node_id)
-    if target.status != Node.Status.ACTIVE:
-        raise _MoveSkipped(f"Node {target.hostname} is no longer active.")
+    _check_target_limits(reservation, allocation, target)
     request = PlacementRequest(gpu_count=reservation.gpu_count, gpu_milli_per_gpu=reservation.gpu_milli_per_gpu,
                                cpu_millicores=reservation.cpu_millicores, memory_mib=reservation.memory_mib)
     placements = placement_policy().rank(request, node_states([target.pk], allocation.start_at, allocation.end_at))

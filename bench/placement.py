@@ -34,7 +34,7 @@ from allocation.solvers.batch import BatchRequest, batch_place, greedy_plan, pri
 from allocation.solvers.fleet import Fleet
 from allocation.solvers.genetic import GeneticPlan, genetic_place
 from allocation.solvers.fragmentation import FragmentationTracker, TargetWorkload, TaskShape
-from allocation.solvers.online import OnlinePolicy, policy_by_name
+from allocation.solvers.online import ONLINE_POLICIES, OnlinePolicy, policy_by_name
 from allocation.trace import NODES_CSV, TASKS_CSV
 from allocation.trace.csv_reader import read_nodes, read_tasks
 from allocation.trace.overlay import place_nodes
@@ -544,17 +544,27 @@ def main(argv=None) -> int:
                         help="Time limit of CP-SAT and the genetic search in the batch solver comparison; 0 skips it")
     parser.add_argument("--skip-reliability", action="store_true", help="Leave out the simulated reliability study")
     arguments = parser.parse_args(argv)
+    policies = arguments.policies.split(",")
+    unknown = [name for name in policies if name not in ONLINE_POLICIES]
+    if unknown:
+        parser.error(f"unknown policies {unknown}; choose from {', '.join(sorted(ONLINE_POLICIES))}")
+    if not 1 <= arguments.seeds <= len(SEEDS) or not 0 <= arguments.batch_seeds <= len(SEEDS):
+        parser.error(f"--seeds must be 1 to {len(SEEDS)} and --batch-seeds 0 to {len(SEEDS)} (the seeds are 42-51)")
+    if arguments.processes < 1 or arguments.batch_window < 0:
+        parser.error("--processes must be 1 or more and --batch-window 0 or more")
+    if arguments.batch_seconds <= 0 or arguments.compare_seconds < 0:
+        parser.error("--batch-seconds must be positive and --compare-seconds 0 or more")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     started = time.perf_counter()
     jobs = [(name, seed, arguments.random_ties)
-            for name in arguments.policies.split(",") for seed in SEEDS[:arguments.seeds]]
+            for name in policies for seed in SEEDS[:arguments.seeds]]
 
     seeds = SEEDS[:arguments.seeds]
     with multiprocessing.get_context("spawn").Pool(arguments.processes) as pool:
         results = pool.starmap(run, jobs)
         bound = statistics.fmean(pool.map(structural_lower_bound, seeds))
-        if arguments.batch_window:
+        if arguments.batch_window and arguments.batch_seeds:
             results += pool.starmap(run_batch, [(seed, arguments.batch_window, arguments.batch_seconds)
                                                 for seed in SEEDS[:arguments.batch_seeds]])
         comparisons = (pool.starmap(compare_batch_solvers, [(load, arguments.compare_seconds) for load in COMPARE_LOADS])

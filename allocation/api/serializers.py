@@ -76,6 +76,17 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class JsonBooleanField(serializers.BooleanField):
+    """A JSON ``true`` or ``false`` only; DRF's own field also takes "yes", "on", 1 and similar."""
+
+    default_error_messages = {"invalid": "Must be true or false (a JSON boolean)."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            return data
+        self.fail("invalid")
+
+
 class ReservationCreateSerializer(StrictSerializer):
     gpu_count = StrictIntegerField(min_value=0, max_value=64, help_text="GPUs on one node; 0 for CPU only.")
     gpu_milli_per_gpu = StrictIntegerField(
@@ -101,7 +112,7 @@ class ReservationCreateSerializer(StrictSerializer):
         max_digits=10, decimal_places=4, min_value=Decimal("0.0001"), required=False, allow_null=True, default=None,
     )
     external_ref = serializers.CharField(max_length=128, required=False, default="", allow_blank=True)
-    do_not_migrate = serializers.BooleanField(
+    do_not_migrate = JsonBooleanField(
         required=False, default=False,
         help_text="True keeps the reservation on the node it is placed on; rebalancing plans never move it.",
     )

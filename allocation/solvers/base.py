@@ -19,6 +19,12 @@ class PlacementRequest:
     cpu_millicores: int
     memory_mib: int
 
+    def __post_init__(self) -> None:
+        if self.gpu_count < 0 or self.cpu_millicores < 0 or self.memory_mib < 0:
+            raise ValueError(f"{self} has a negative amount; GPU count, CPU and memory are 0 or more.")
+        if self.gpu_count > 0 and not 1 <= self.gpu_milli_per_gpu <= GPU_MILLI_PER_GPU:
+            raise ValueError(f"{self} asks for GPUs with {self.gpu_milli_per_gpu} milli each; use 1 to 1000.")
+
     @property
     def gpu_milli_total(self) -> int:
         return self.gpu_count * self.gpu_milli_per_gpu

@@ -45,13 +45,20 @@ class Fleet:
         """Return an idle fleet: every node's CPU, memory and GPUs free."""
         count = np.asarray(gpu_count, dtype=np.int64)
         size = len(count)
+        lengths = {"cpu": len(cpu), "memory": len(memory), "gpu_count": size, "models": len(models)}
+        if price is not None:
+            lengths["price"] = len(price)
+        if node_ids is not None:
+            lengths["node_ids"] = len(node_ids)
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"Fleet lists differ in length ({lengths}); pass one entry per node in each.")
         width = max(int(count.max()) if size else 1, 1)
         columns = np.arange(width)
         exists = columns[None, :] < count[:, None]
         names = tuple(sorted(set(models)))
         index = {name: position for position, name in enumerate(names)}
         ids = np.asarray(node_ids if node_ids is not None else np.arange(size), dtype=np.int64)
-        return cls(
+        fleet = cls(
             cpu_capacity=np.asarray(cpu, dtype=np.int64).copy(),
             cpu_free=np.asarray(cpu, dtype=np.int64).copy(),
             memory_free=np.asarray(memory, dtype=np.int64).copy(),
@@ -63,6 +70,8 @@ class Fleet:
             node_ids=ids,
             gpu_ids=np.where(exists, ids[:, None] * width + columns[None, :], -1),
         )
+        fleet.check()
+        return fleet
 
     @classmethod
     def from_states(cls, nodes: Sequence[NodeState]) -> "Fleet":
@@ -77,7 +86,7 @@ class Fleet:
                 gpu_ids[row, column] = gpu_id
         names = tuple(sorted({node.gpu_model for node in nodes}))
         index = {name: position for position, name in enumerate(names)}
-        return cls(
+        fleet = cls(
             cpu_capacity=np.array([node.cpu_capacity_millicores for node in nodes], dtype=np.int64),
             cpu_free=np.array([node.cpu_free_millicores for node in nodes], dtype=np.int64),
             memory_free=np.array([node.memory_free_mib for node in nodes], dtype=np.int64),
@@ -89,6 +98,17 @@ class Fleet:
             node_ids=np.array([node.node_id for node in nodes], dtype=np.int64),
             gpu_ids=gpu_ids,
         )
+        fleet.check()
+        return fleet
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for duplicate node ids, negative capacity, or a price that is negative or not finite."""
+        if len(np.unique(self.node_ids)) != self.size:
+            raise ValueError("Fleet node ids repeat; give each node its own id.")
+        if (self.cpu_free < 0).any() or (self.memory_free < 0).any() or (self.gpu_count < 0).any():
+            raise ValueError("A fleet node has negative CPU, memory or GPU count; capacities are 0 or more.")
+        if not np.isfinite(self.price).all() or (self.price < 0).any():
+            raise ValueError("A fleet node's price is negative or not a finite number; prices are 0 or more.")
 
     def copy(self) -> "Fleet":
         """Return an independent copy, whose arrays can change without touching this fleet."""

@@ -43,6 +43,13 @@ class TargetWorkload:
     shapes: tuple[TaskShape, ...]
     weights: tuple[float, ...]
 
+    def __post_init__(self) -> None:
+        if len(self.shapes) != len(self.weights) or not self.shapes:
+            raise ValueError(f"The target workload has {len(self.shapes)} shapes and {len(self.weights)} weights; "
+                             f"pass one weight per shape, and at least one shape.")
+        if not all(weight >= 0 and weight == weight for weight in self.weights) or sum(self.weights) <= 0:
+            raise ValueError("Target workload weights must be 0 or more, not NaN, with a positive sum.")
+
     @classmethod
     def typical(cls, tasks: Iterable[TaskShape], coverage: float = TYPICAL_COVERAGE) -> "TargetWorkload":
         """Return the most frequent shapes of ``tasks`` that together cover ``coverage`` of them, renormalised.

@@ -177,6 +177,11 @@ def genetic_place(
     """
     if population < 4 or generations < 0:
         raise ValueError(f"population is {population} and generations {generations}; use at least 4 and 0.")
+    if provider is not None and len(provider) != fleet.size:
+        raise ValueError(f"provider has {len(provider)} entries for {fleet.size} nodes; pass one per fleet row.")
+    for index, item in enumerate(requests):
+        if item.priority < 1:
+            raise ValueError(f"Request {index} has priority {item.priority}; priorities are positive integers.")
     started = time.perf_counter()
     random = np.random.default_rng(seed)
     provider = np.arange(fleet.size) if provider is None else np.asarray(provider)

@@ -10,8 +10,9 @@ A candidate move takes one reservation from its node to another. Its gain, in po
 
 Its disruption adds ``MOVE_POINTS`` for any move and ``RUNNING_POINTS_PER_HOUR`` per hour of work
 that a restart would lose. A reservation whose customer set do-not-migrate is never moved.
-``choose_moves`` takes the best moves by gain minus disruption, at most one per reservation and
-per node, so the gains of the chosen moves do not depend on each other.
+``choose_moves`` takes the best moves by gain minus disruption, each reservation at most once and
+no node both a source and a target. Each move's gain is computed as if it were the only one, so
+the gains of several moves on one node are an estimate.
 """
 
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ class MoveCandidate:
     saving: float
     running_hours: float
     do_not_migrate: bool = False
+    gpu_milli: int = 0
+    """GPU milli the reservation holds, which the target must have free."""
+    target_free_milli: int | None = None
+    """The target's free GPU milli over the reservation's window when proposed; None allows one move to it."""
 
     @property
     def gain(self) -> float:
@@ -69,20 +74,34 @@ class MoveCandidate:
 def choose_moves(candidates: list[MoveCandidate], limit: int) -> list[MoveCandidate]:
     """Return at most ``limit`` moves with a positive score, best first.
 
-    Each reservation, and each node as a source or a target, appears in at most one chosen move.
+    A reservation moves at most once, and no node is both a source and a target, so moves do not
+    chain. A target takes moves while their GPU milli fits its free milli (one move when that is
+    unknown); since windows differ this is an estimate, and applying a plan checks each move again.
     Ties go to the lower reservation id. Raises ``ValueError`` for a negative ``limit``.
     """
     if limit < 0:
         raise ValueError(f"limit is {limit}; pass 0 or more moves.")
-    chosen, used_reservations, used_nodes = [], set(), set()
-    for move in sorted(candidates, key=lambda move: (-move.score, move.reservation_id, move.to_node_id)):
+    chosen, moved, sources = [], set(), set()
+    taken: dict[int, int] = {}
+    for move in sorted(candidates, key=lambda move: (-_finite(move.score), move.reservation_id, move.to_node_id)):
         if len(chosen) == limit:
             break
-        if move.do_not_migrate or move.score <= 0:
+        if move.do_not_migrate or not _finite(move.score) > 0 or move.reservation_id in moved:
             continue
-        if move.reservation_id in used_reservations or {move.from_node_id, move.to_node_id} & used_nodes:
+        if move.from_node_id in taken or move.to_node_id in sources:
+            continue
+        room = move.target_free_milli if move.target_free_milli is not None else move.gpu_milli
+        if move.to_node_id in taken and move.target_free_milli is None:
+            continue
+        if taken.get(move.to_node_id, 0) + move.gpu_milli > room:
             continue
         chosen.append(move)
-        used_reservations.add(move.reservation_id)
-        used_nodes.update((move.from_node_id, move.to_node_id))
+        moved.add(move.reservation_id)
+        sources.add(move.from_node_id)
+        taken[move.to_node_id] = taken.get(move.to_node_id, 0) + move.gpu_milli
     return chosen
+
+
+def _finite(value: float) -> float:
+    """Return ``value``, or minus infinity for NaN, so a broken score never ranks first."""
+    return value if value == value else float("-inf")

@@ -56,6 +56,9 @@ class ReliabilityModel:
         """Fit on one row per node and period; raise ``ValueError`` when the two lengths differ or are 0."""
         if len(features) != len(failed) or not features:
             raise ValueError(f"Got {len(features)} feature rows and {len(failed)} outcomes; pass one outcome per row.")
+        for name in ("degraded_share", "age_years"):
+            if not np.isfinite([getattr(row, name) for row in features]).all():
+                raise ValueError(f"Some {name} values are missing or not finite; fill or drop those rows first.")
         outcome = np.asarray(failed, dtype=float)
         prior = float(outcome.mean())
         if outcome.sum() < MIN_FAILURES or outcome.sum() == len(outcome):
@@ -87,8 +90,13 @@ class ReliabilityModel:
                    message=message)
 
     def coefficient(self, name: str) -> float:
-        """Return the fitted coefficient of "degraded_share", "age_years" or "provider:<name>"; 0 if left out."""
+        """Return the fitted coefficient of "degraded_share", "age_years" or "provider:<name>".
+
+        0 for a feature left out of the fit and for the first provider, which is the baseline.
+        """
         names = ["intercept", "degraded_share", "age_years", *(f"provider:{p}" for p in self.providers[1:])]
+        if name not in names:
+            return 0.0
         position = names.index(name)
         return float(self.coefficients[self.columns.index(position)]) if position in self.columns else 0.0
 
@@ -104,7 +112,9 @@ class ReliabilityModel:
         if self.status != "fitted":
             return np.full(len(features), self.prior)
         logits = self._full_design(features)[:, self.columns] @ self.coefficients
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+        probability = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+        # A node with a missing feature gets the overall rate rather than NaN.
+        return np.where(np.isfinite(probability), probability, self.prior)
 
 
 class ReliabilityPenalty(OnlinePolicy):
@@ -132,5 +142,6 @@ class ReliabilityPenalty(OnlinePolicy):
     def evaluate(self, fleet: Fleet, state: Any, request: PlacementRequest, rows: np.ndarray) -> Evaluation:
         evaluation = self.policy.evaluate(fleet, state, request, rows)
         risk = np.array([self.failure_probability.get(int(node_id), 0.0) for node_id in fleet.node_ids[rows]])
+        risk = np.where(np.isfinite(risk), risk, 1.0)  # an unknown risk counts as certain failure
         penalty = self.weight * 100 * risk * self.unit
         return Evaluation(evaluation.rows, evaluation.scores - penalty, evaluation.columns)

@@ -9,14 +9,16 @@ from allocation.models import (
     Allocation, GpuShare, RebalanceMove, RebalancePlan, ReservationEvent, ReservationStatus, SolverRun,
 )
 from allocation.rebalancing import RebalancePlanWaiting, rebalance_decide, rebalance_propose
-from allocation.services import reservation_cancel
+from allocation.services import quota_set, reservation_cancel, reservation_create
 from allocation.tasks import propose_rebalance_task
 from marketplace.exceptions import InvalidRequest, NotFound
-from marketplace.models import Gpu
+from marketplace.models import Gpu, Node
+
+from .test_database_guarantees import full_spec, run_concurrently
 
 from ..conftest import NOW, hours
 from ..factories import NodeFactory, UserFactory, gpu_model
-from .test_reservation_create import reserve
+from .test_reservation_create import reserve, spec
 
 pytestmark = pytest.mark.django_db
 
@@ -89,7 +91,7 @@ def test_do_not_migrate_reservation_is_left_alone(customer, two_nodes):
     degrade_gpus_of(reservation)
 
     assert rebalance_propose(now=NOW) is None
-    assert SolverRun.objects.get().status == "no_gain"
+    assert SolverRun.objects.get().status == "nothing_scheduled"
 
 
 def test_every_proposal_records_a_solver_run(customer, two_nodes):
@@ -216,3 +218,87 @@ def test_decisions_need_the_change_permission(client, customer, two_nodes, djang
     client.force_login(viewer)
 
     assert client.post("/ops/rebalancing/propose/").status_code == 403
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"price_per_gpu_hour": Decimal("5.00")}, "now costs 5.0000 per GPU-hour"),
+    ({"status": Node.Status.DRAINING}, "no longer active"),
+])
+def test_target_that_changed_after_the_proposal_is_skipped(customer, two_nodes, admin_user, change, reason):
+    reservation = scheduled(customer)
+    degrade_gpus_of(reservation)
+    plan = rebalance_propose(now=NOW)
+    Node.objects.filter(pk=plan.moves.get().to_node_id).update(**change)
+
+    rebalance_decide(plan_id=plan.pk, approve=True, actor=admin_user, now=NOW)
+
+    move = plan.moves.get()
+    assert move.outcome == RebalanceMove.Outcome.SKIPPED
+    assert reason in move.outcome_detail
+
+
+def test_target_in_another_region_than_asked_is_skipped(customer, two_nodes, admin_user, region):
+    reservation = scheduled(customer, region=region.code)
+    degrade_gpus_of(reservation)
+    plan = rebalance_propose(now=NOW)
+    other = type(region).objects.create(code="elsewhere", name="Elsewhere")
+    Node.objects.filter(pk=plan.moves.get().to_node_id).update(region=other)
+
+    rebalance_decide(plan_id=plan.pk, approve=True, actor=admin_user, now=NOW)
+
+    assert "no longer in the region" in plan.moves.get().outcome_detail
+
+
+def test_reason_with_a_nul_byte_is_refused(customer, two_nodes, admin_user):
+    reservation = scheduled(customer)
+    degrade_gpus_of(reservation)
+    plan = rebalance_propose(now=NOW)
+
+    with pytest.raises(InvalidRequest, match="without NUL bytes"):
+        rebalance_decide(plan_id=plan.pk, approve=False, actor=admin_user, note="bad\x00byte")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_approval_and_a_new_reservation_of_the_customer_do_not_deadlock(require_postgres, region, admin_user):
+    """Both lock the customer's row before any node, so the two transactions queue instead of deadlocking."""
+    from ..factories import CustomerFactory
+
+    customer = CustomerFactory(slug="racing-customer")
+    quota_set(organization=customer, gpu_model=None, max_gpu_milli=16000)
+    NodeFactory(hostname="source", gpu_count=2, region=region)
+    reservation = scheduled(customer)
+    degrade_gpus_of(reservation)
+    NodeFactory(hostname="target", gpu_count=8, region=region)
+    plan = rebalance_propose(now=NOW)
+
+    results = run_concurrently([
+        lambda: rebalance_decide(plan_id=plan.pk, approve=True, actor=admin_user, now=NOW),
+        lambda: reservation_create(customer=customer, spec=full_spec(start_at=LATER, end_at=LATER + hours(10),
+                                                                     gpu_count=4), now=NOW),
+    ])
+
+    assert not [result for result in results if isinstance(result, Exception)]
+    assert RebalancePlan.objects.get(pk=plan.pk).status == RebalancePlan.Status.APPLIED
+
+
+def test_page_needs_the_view_permission(client, django_user_model, at_now):
+    viewer = django_user_model.objects.create_user("plain-staff", password="pw", is_staff=True)
+    client.force_login(viewer)
+
+    assert client.get("/ops/rebalancing/").status_code == 403
+
+
+def test_page_answers_503_when_the_database_fails(staff, customer, two_nodes, monkeypatch):
+    from django.db import OperationalError
+
+    from allocation import rebalance_pages
+
+    def fail(**kwargs):
+        raise OperationalError("deadlock detected")
+
+    monkeypatch.setattr(rebalance_pages, "rebalance_decide", fail)
+
+    response = staff.post("/ops/rebalancing/1/decide/", {"decision": "approve"})
+
+    assert response.status_code == 503
+    assert "nothing changed. Try again." in response.content.decode()

@@ -104,6 +104,8 @@ def test_naive_datetime_names_field_and_fix(api, t4_node):
         ({"max_price_per_gpu_hour": "free"}, "max_price_per_gpu_hour"),
         ({"gpu_mili": 500}, "gpu_mili"),
         ({"do_not_migrate": "maybe"}, "do_not_migrate"),
+        ({"do_not_migrate": "yes"}, "do_not_migrate"),
+        ({"do_not_migrate": 1}, "do_not_migrate"),
         ({"start_at": "2001-01-01T00:00:00Z", "end_at": "2001-01-02T00:00:00Z"}, "start_at"),
         ({"start_at": soon(5), "end_at": soon(4)}, "end_at"),
     ],

@@ -136,3 +136,32 @@ def test_solvers_do_not_import_django():
     code = ("import allocation.solvers, allocation.trace.csv_reader, allocation.trace.overlay, sys; "
             "assert not any(m.startswith('django') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((3, 0, 1000, 1024), "use 1 to 1000"),
+    ((1, 1001, 1000, 1024), "use 1 to 1000"),
+    ((-1, 500, 1000, 1024), "negative amount"),
+    ((1, 500, -5, 1024), "negative amount"),
+])
+def test_impossible_request_shapes_are_refused(shape, message):
+    with pytest.raises(ValueError, match=message):
+        PlacementRequest(*shape)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"node_ids": [1, 1]}, "node ids repeat"),
+    ({"price": [1.0, float("nan")]}, "not a finite number"),
+    ({"price": [1.0, -2.0]}, "price is negative"),
+    ({"models": ["T4"]}, "differ in length"),
+])
+def test_inconsistent_fleets_are_refused(arguments, message):
+    values = {"cpu": [1000, 1000], "memory": [1024, 1024], "gpu_count": [1, 1], "models": ["T4", "T4"], **arguments}
+
+    with pytest.raises(ValueError, match=message):
+        Fleet.build(**values)
+
+
+def test_target_workload_needs_one_weight_per_shape():
+    with pytest.raises(ValueError, match="one weight per shape"):
+        TargetWorkload(shapes=(TaskShape(1000, 1, 500),), weights=(0.5, 0.5))

@@ -5,10 +5,11 @@ import pytest
 from allocation.solvers.rebalance import MOVE_POINTS, MoveCandidate, choose_moves
 
 
-def move(reservation_id, from_node, to_node, *, fragment=0.0, degraded=0, saving=0.0, running=0.0, pinned=False):
+def move(reservation_id, from_node, to_node, *, fragment=0.0, degraded=0, saving=0.0, running=0.0, pinned=False,
+         milli=1000, target_free=None):
     return MoveCandidate(reservation_id=reservation_id, from_node_id=from_node, to_node_id=to_node, gpu_shares=(),
                          fragment_removed_milli=fragment, degraded_milli=degraded, saving=saving,
-                         running_hours=running, do_not_migrate=pinned)
+                         running_hours=running, do_not_migrate=pinned, gpu_milli=milli, target_free_milli=target_free)
 
 
 def test_best_scores_come_first_up_to_the_limit():
@@ -31,7 +32,7 @@ def test_do_not_migrate_is_never_moved():
     assert choose_moves([move(1, 10, 11, degraded=1000, pinned=True)], 5) == []
 
 
-def test_one_move_per_reservation_and_per_node():
+def test_one_move_per_reservation_and_per_target_of_unknown_room():
     candidates = [move(1, 10, 11, saving=30), move(1, 10, 12, saving=20), move(2, 13, 11, saving=10),
                   move(3, 14, 15, saving=5)]
 
@@ -51,3 +52,22 @@ def test_explanation_names_the_gain_and_the_disruption():
 def test_negative_limit_is_refused():
     with pytest.raises(ValueError, match="limit is -1"):
         choose_moves([], -1)
+
+
+def test_target_takes_moves_while_its_free_milli_lasts():
+    candidates = [move(1, 10, 20, saving=30, target_free=2000), move(2, 11, 20, saving=20, target_free=2000),
+                  move(3, 12, 20, saving=10, target_free=2000)]
+
+    chosen = choose_moves(candidates, 5)
+
+    assert [candidate.reservation_id for candidate in chosen] == [1, 2]
+
+
+def test_a_node_is_never_both_source_and_target():
+    candidates = [move(1, 10, 20, saving=30, target_free=8000), move(2, 20, 30, saving=20, target_free=8000)]
+
+    assert [candidate.reservation_id for candidate in choose_moves(candidates, 5)] == [1]
+
+
+def test_nan_score_is_never_chosen():
+    assert choose_moves([move(1, 10, 11, saving=float("nan"))], 5) == []

@@ -62,3 +62,30 @@ def test_penalty_moves_work_to_the_safer_of_two_equal_nodes():
     assert plain.scores[0] == plain.scores[1]
     assert penalised.scores[1] > penalised.scores[0]
     assert penalised.scores[0] == pytest.approx(plain.scores[0] - 20)
+
+
+def test_missing_ages_are_refused_when_fitting():
+    features = [NodeFeatures(0.0, float("nan"), "p")] + [NodeFeatures(0.0, 1.0, "p")] * 20
+
+    with pytest.raises(ValueError, match="age_years values are missing"):
+        ReliabilityModel.fit(features, [True] * 11 + [False] * 10)
+
+
+def test_unknown_risk_counts_as_certain_failure():
+    fleet = Fleet.build(cpu=[64000, 64000], memory=[262144] * 2, gpu_count=[2, 2], models=["T4", "T4"],
+                        node_ids=[1, 2])
+    request = PlacementRequest(1, 1000, 1000, 1024)
+
+    penalised = ReliabilityPenalty(BestFitPolicy(), {1: float("nan"), 2: 0.5}).evaluate(
+        fleet, None, request, np.array([0, 1]))
+
+    assert penalised.scores[1] > penalised.scores[0]
+
+
+def test_baseline_provider_coefficient_is_zero():
+    features, failed = history()
+
+    model = ReliabilityModel.fit(features, failed)
+
+    assert model.coefficient("provider:bad") == 0.0  # "bad" sorts first, so it is the baseline
+    assert model.coefficient("provider:good") < 0
