@@ -212,7 +212,13 @@ def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -
         return []
     placeholders = ", ".join(["%s"] * len(node_ids))
     on_nodes = f"AND r.node_id IN ({placeholders})"
-    on_node_gpus = f"AND r.gpu_id IN (SELECT id FROM {_table(Gpu)} WHERE node_id IN ({placeholders}))"
+    node_gpus = f"SELECT id FROM {_table(Gpu)} WHERE node_id IN ({placeholders})"
+    if connection.vendor == "postgresql":
+        # ARRAY(...) is computed once, so PostgreSQL reads each GPU's shares through the (gpu, end)
+        # index instead of scanning every share that ends after the window starts.
+        on_node_gpus = f"AND r.gpu_id = ANY(ARRAY({node_gpus}))"
+    else:
+        on_node_gpus = f"AND r.gpu_id IN ({node_gpus})"
 
     node_sql = f"""
         WITH {_node_use_cte(on_nodes)}
