@@ -110,7 +110,7 @@ def render_reliability(effect: dict) -> str:
         "A simulated study, because the marketplace has no failure history yet (`bench/reliability.py`): true weekly "
         f"failure probabilities from node age, degraded GPUs and a provider effect (mean {effect['mean_true']:.2%}), "
         f"{HISTORY_WEEKS} weeks of drawn failures, and `ReliabilityModel` fitted on them "
-        f"({effect['status']}: {effect['message']} Mean predicted {effect['mean_predicted']:.2%}; age coefficient "
+        f"(status `{effect['status']}`. {effect['message']} Mean predicted {effect['mean_predicted']:.2%}; age coefficient "
         f"{effect['age_coefficient']} against the true {AGE_PER_YEAR}; ROC AUC on the next week's failures "
         f"{effect['auc_next_week']:.3f}). The FGD protocol's seed-42 arrival order is then placed by `fgd_best_fit`, "
         "whose scores lose *weight* points per percentage point of predicted failure probability.",
