@@ -103,7 +103,7 @@ def test_every_proposal_records_a_solver_run(customer, two_nodes):
     assert (run.kind, run.requests, run.status) == (SolverRun.Kind.REBALANCE, 1, "no_gain")
 
 
-def test_move_that_no_longer_fits_is_skipped_with_its_reason(customer, other_customer, two_nodes, admin_user):
+def test_move_that_no_longer_fits_is_skipped(customer, other_customer, two_nodes, admin_user):
     reservation = scheduled(customer)
     degrade_gpus_of(reservation)
     plan = rebalance_propose(now=NOW)
@@ -130,7 +130,7 @@ def test_started_reservation_is_not_moved(customer, two_nodes, admin_user):
     assert plan.moves.get().outcome == RebalanceMove.Outcome.SKIPPED
 
 
-def test_rejection_needs_a_reason_and_a_plan_is_decided_once(customer, two_nodes, admin_user):
+def test_reject_needs_reason_decide_once(customer, two_nodes, admin_user):
     reservation = scheduled(customer)
     degrade_gpus_of(reservation)
     plan = rebalance_propose(now=NOW)
@@ -144,7 +144,7 @@ def test_rejection_needs_a_reason_and_a_plan_is_decided_once(customer, two_nodes
         rebalance_decide(plan_id=plan.pk + 1, approve=True, actor=admin_user)
 
 
-def test_one_plan_waits_at_a_time_and_the_task_skips_then(customer, two_nodes):
+def test_one_waiting_plan_at_a_time(customer, two_nodes):
     reservation = scheduled(customer)
     degrade_gpus_of(reservation)
     plan = rebalance_propose(now=NOW)
@@ -259,7 +259,7 @@ def test_reason_with_a_nul_byte_is_refused(customer, two_nodes, admin_user):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_approval_and_a_new_reservation_of_the_customer_do_not_deadlock(require_postgres, region, admin_user):
+def test_approval_and_reservation_do_not_deadlock(require_postgres, region, admin_user):
     """Both lock the customer's row before any node, so the two transactions queue instead of deadlocking."""
     from ..factories import CustomerFactory
 

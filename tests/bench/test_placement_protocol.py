@@ -10,7 +10,7 @@ from bench.placement import (
 )
 
 
-def test_arrival_order_shuffles_every_task_then_inflates_to_130_percent():
+def test_arrival_order_shuffles_then_inflates():
     tasks = load_tasks()
     capacity = int(load_fleet().gpu_count.sum()) * 1000
 
@@ -21,7 +21,7 @@ def test_arrival_order_shuffles_every_task_then_inflates_to_130_percent():
     assert INFLATION * capacity - 8000 < requested <= INFLATION * capacity
 
 
-def test_framework_pick_cuts_scores_and_takes_the_first_best():
+def test_framework_pick_first_best_integer():
     scores = np.array([10.2, 97.9, 97.1, 50.0])
 
     assert framework_pick(BestFitPolicy(), scores, None) == 1

@@ -151,7 +151,7 @@ def _outcome_with_errors(errors_by_model: dict[str, list[float]]) -> BacktestOut
     return outcome
 
 
-def test_held_out_errors_come_from_the_model_selected_without_that_origin():
+def test_held_out_errors_per_origin():
     # theta wins overall only because of its tiny error at origin 0; without origin 0 sarimax wins.
     outcome = _outcome_with_errors({
         "seasonal_naive": [5.0, 5.0, 5.0],
@@ -164,7 +164,7 @@ def test_held_out_errors_come_from_the_model_selected_without_that_origin():
     assert errors[:, 0].tolist() == [2.0, 2.5, 2.5]
 
 
-def test_held_out_errors_with_one_origin_use_the_overall_winner():
+def test_held_out_errors_single_origin():
     outcome = _outcome_with_errors({"seasonal_naive": [5.0], "theta": [1.0]})
 
     errors = held_out_selection_errors(outcome)

@@ -21,7 +21,7 @@ def one_gpu_fleet() -> Fleet:
     return Fleet.build(cpu=[64000], memory=[262144], gpu_count=[1], models=["T4"], price=[1.0])
 
 
-def test_batch_fits_two_halves_where_one_by_one_fits_one_large_share():
+def test_batch_beats_one_by_one_packing():
     requests = [share(600), share(500), share(500)]
 
     plan = batch_place(one_gpu_fleet(), requests, BestFitPolicy())

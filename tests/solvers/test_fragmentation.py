@@ -31,7 +31,7 @@ def test_typical_shapes_of_nothing_is_an_error():
         TargetWorkload.typical([])
 
 
-def test_fragment_counts_only_gpus_too_small_for_a_shape_that_fits():
+def test_fragment_of_satisfied_shape():
     # GPUs with 300 and 1000 free: a 500 share fits, so only the 300 is fragment for it.
     workload = TargetWorkload(shapes=(TaskShape(1000, 1, 500),), weights=(1.0,))
 
@@ -40,7 +40,7 @@ def test_fragment_counts_only_gpus_too_small_for_a_shape_that_fits():
     assert tracker.node_fragment[0] == pytest.approx(300)
 
 
-def test_whole_node_is_fragment_for_a_shape_it_cannot_hold():
+def test_fragment_of_unsatisfied_shapes():
     # Lacks CPU for the first shape, GPUs for the second, and a CPU-only shape never uses GPUs.
     workload = TargetWorkload(
         shapes=(TaskShape(9000, 1, 500), TaskShape(1000, 2, 1000), TaskShape(1000, 0, 0)), weights=(0.5, 0.25, 0.25),

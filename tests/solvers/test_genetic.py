@@ -30,7 +30,7 @@ def test_same_seed_gives_the_same_front():
     assert [plan.assignments for plan in first.front] == [plan.assignments for plan in second.front]
 
 
-def test_front_offers_the_cheap_plan_and_a_spread_plan():
+def test_front_trades_price_for_spread():
     fleet, provider = two_provider_fleet()
     requests = [share(1000) for _ in range(4)]
 
@@ -60,7 +60,7 @@ def test_every_plan_respects_capacity():
         assert (cpu_used <= fleet.cpu_free).all()
 
 
-def test_best_weighted_plan_matches_cp_sat_on_a_small_batch():
+def test_genetic_matches_cp_sat_small_batch():
     fleet = Fleet.build(cpu=[64000], memory=[262144], gpu_count=[1], models=["T4"], price=[1.0])
     requests = [share(600), share(500), share(500)]
 

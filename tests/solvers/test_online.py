@@ -94,7 +94,7 @@ def test_cpu_only_request_takes_no_gpu():
     assert ranked[0].gpu_shares == ()
 
 
-def test_best_fit_leftover_is_mean_of_cpu_and_gpu_fractions():
+def test_best_fit_leftover_fraction():
     fleet = Fleet.from_states([node(1, [1000, 1000])])
 
     leftover = leftover_fraction(fleet, request(milli=500, cpu=32000), np.array([0]))
@@ -102,7 +102,7 @@ def test_best_fit_leftover_is_mean_of_cpu_and_gpu_fractions():
     assert leftover[0] == pytest.approx(0.5 * 0.5 + 0.5 * 0.75)
 
 
-def test_fgd_puts_share_where_it_leaves_a_usable_gpu():
+def test_fgd_keeps_whole_gpu_free():
     # A 500 share on the half-used GPU leaves node 1 with a whole GPU for the whole-GPU shape;
     # on node 2 it would break the last whole GPU into halves that whole-GPU tasks cannot use.
     nodes = [node(1, [500, 1000]), node(2, [1000, 0])]

@@ -32,7 +32,7 @@ def test_do_not_migrate_is_never_moved():
     assert choose_moves([move(1, 10, 11, degraded=1000, pinned=True)], 5) == []
 
 
-def test_one_move_per_reservation_and_per_target_of_unknown_room():
+def test_one_move_per_reservation():
     candidates = [move(1, 10, 11, saving=30), move(1, 10, 12, saving=20), move(2, 13, 11, saving=10),
                   move(3, 14, 15, saving=5)]
 

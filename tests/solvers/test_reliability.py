@@ -21,7 +21,7 @@ def history(seed: int = 0, rows: int = 4000):
     return features, failed
 
 
-def test_fit_learns_that_age_and_a_bad_provider_raise_the_risk():
+def test_fit_learns_age_and_provider_risk():
     features, failed = history()
 
     model = ReliabilityModel.fit(features, failed)
@@ -50,7 +50,7 @@ def test_mismatched_history_is_refused():
         ReliabilityModel.fit([NodeFeatures(0.0, 1.0, "p")], [])
 
 
-def test_penalty_moves_work_to_the_safer_of_two_equal_nodes():
+def test_penalty_prefers_safer_node():
     fleet = Fleet.build(cpu=[64000, 64000], memory=[262144] * 2, gpu_count=[2, 2], models=["T4", "T4"],
                         node_ids=[1, 2])
     request = PlacementRequest(1, 1000, 1000, 1024)
