@@ -1,6 +1,9 @@
 """Admin for quotas (editable), reservations (cancel only) and the read-only allocation records."""
 
+import logging
+
 from django.contrib import admin, messages
+from django.db import DatabaseError
 from django.utils import timezone
 
 from marketplace.exceptions import MarketplaceError
@@ -21,6 +24,8 @@ from .models import (
     SolverRun,
 )
 from .services import quota_set, reservation_cancel
+
+logger = logging.getLogger(__name__)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -111,6 +116,10 @@ class ReservationAdmin(ReadOnlyAdmin):
                 cancelled += 1
             except MarketplaceError as error:
                 self.message_user(request, str(error), messages.WARNING)
+            except DatabaseError as error:
+                logger.warning("Admin cancel of reservation %s failed in the database: %s", reservation_id, error)
+                self.message_user(request, f"Reservation {reservation_id} was not cancelled because the database was "
+                                           f"busy or unavailable; try again.", messages.ERROR)
         self.message_user(request, f"Cancelled {cancelled} reservations.", messages.SUCCESS)
 
 

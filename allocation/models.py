@@ -421,6 +421,9 @@ class RebalanceMove(models.Model):
     reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="+")
     from_node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="+")
     to_node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="+")
+    target_price_per_gpu_hour = models.DecimalField(
+        max_digits=10, decimal_places=4, help_text="The target node's price when the move was proposed.",
+    )
     gain = models.FloatField()
     disruption = models.FloatField()
     score = models.FloatField()

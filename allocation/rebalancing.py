@@ -29,7 +29,9 @@ from django.utils import timezone
 from marketplace.exceptions import InvalidRequest, MarketplaceError, NotFound
 from marketplace.models import Gpu, Node, Organization
 
-from .models import Allocation, GpuShare, RebalanceMove, RebalancePlan, ReservationEvent, ReservationStatus, SolverRun
+from .models import (
+    Allocation, GpuShare, RebalanceMove, RebalancePlan, Reservation, ReservationEvent, ReservationStatus, SolverRun,
+)
 from .placement import placement_rank
 from .placement_policy import placement_policy, target_workload
 from .pricing import billed_gpu_milli
@@ -37,7 +39,7 @@ from .selectors import NodeFilter, node_states
 from .solvers import NodeState, PlacementRequest
 from .solvers.fleet import Fleet
 from .solvers.fragmentation import FragmentationTracker
-from .solvers.rebalance import MoveCandidate, choose_moves
+from .solvers.rebalance import MoveCandidate, TargetFree, choose_moves
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +112,12 @@ def rebalance_propose(*, max_moves: int | None = None, now: datetime | None = No
             raise RebalancePlanWaiting(
                 RebalancePlan.objects.filter(status=RebalancePlan.Status.PROPOSED).values_list("id", flat=True).first()
             ) from None
+        prices = dict(Node.objects.filter(pk__in=[move.to_node_id for move in moves])
+                      .values_list("id", "price_per_gpu_hour"))
         RebalanceMove.objects.bulk_create(
             RebalanceMove(plan=plan, reservation_id=move.reservation_id, from_node_id=move.from_node_id,
-                          to_node_id=move.to_node_id, gain=move.gain, disruption=move.disruption, score=move.score,
+                          to_node_id=move.to_node_id, target_price_per_gpu_hour=prices[move.to_node_id],
+                          gain=move.gain, disruption=move.disruption, score=move.score,
                           explanation=move.explanation())
             for move in moves
         )
@@ -179,8 +184,10 @@ def _candidates(item: _Movable, policy) -> list[MoveCandidate]:
             gpu_shares=placement.gpu_shares,
             fragment_removed_milli=float(fragments[0] + fragments[2] - fragments[1] - fragments[3]),
             degraded_milli=item.degraded_milli, saving=float(saving), running_hours=0.0,
-            gpu_milli=item.request.gpu_milli_total,
-            target_free_milli=sum(free for _, free in target_now.gpu_free_milli),
+            request=item.request,
+            target_free=TargetFree(gpu_milli=tuple(free for _, free in target_now.gpu_free_milli),
+                                   cpu_millicores=target_now.cpu_free_millicores,
+                                   memory_mib=target_now.memory_free_mib),
         ))
     return candidates
 
@@ -225,16 +232,19 @@ def rebalance_decide(*, plan_id: int, approve: bool, actor: AbstractBaseUser, no
             raise NotFound(f"Rebalancing plan {plan_id} does not exist.") from None
         if plan.status != RebalancePlan.Status.PROPOSED:
             raise InvalidRequest(f"Rebalancing plan {plan_id} is already {plan.status}; only a proposed plan can be decided.")
-
-        applied = 0
-        if approve:
-            for move in plan.moves.select_related("from_node", "to_node"):
-                applied += _apply_move(move, plan, actor, now)
         plan.status = RebalancePlan.Status.APPLIED if approve else RebalancePlan.Status.REJECTED
-        plan.decided_by, plan.decided_at = actor, now
-        count = plan.moves.count()
-        plan.decision_note = note.strip() or f"Applied {applied} of {count} move{'' if count == 1 else 's'}."
+        plan.decided_by, plan.decided_at, plan.decision_note = actor, now, note.strip()
         plan.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+
+    if approve:
+        # Each move commits on its own, so a move holds its reservation, customer and node locks
+        # only while it is applied and never waits for another customer's lock while holding one.
+        # NOTE: if the process dies between moves, the remaining moves stay pending in an applied
+        # plan; they are not retried, and the next proposal considers those reservations again.
+        moves = list(plan.moves.select_related("from_node", "to_node"))
+        applied = sum(_apply_move(move, plan, actor, now) for move in moves)
+        plan.decision_note = note.strip() or f"Applied {applied} of {len(moves)} move{'' if len(moves) == 1 else 's'}."
+        plan.save(update_fields=["decision_note"])
     logger.info("Rebalancing plan %s %s by %s: %s", plan.pk, plan.status, actor, plan.decision_note)
     return plan
 
@@ -262,7 +272,7 @@ class _MoveSkipped(Exception):
     """The move no longer applies; the message gives the reason."""
 
 
-def _check_target_limits(reservation, allocation: Allocation, target: Node) -> None:
+def _check_target_limits(reservation, allocation: Allocation, target: Node, move: RebalanceMove) -> None:
     """Raise ``_MoveSkipped`` unless ``target`` still suits the reservation as the proposal required."""
     if target.status != Node.Status.ACTIVE:
         raise _MoveSkipped(f"Node {target.hostname} is no longer active.")
@@ -270,6 +280,11 @@ def _check_target_limits(reservation, allocation: Allocation, target: Node) -> N
         raise _MoveSkipped(f"Node {target.hostname} no longer has the reservation's GPU model.")
     if reservation.region_id is not None and target.region_id != reservation.region_id:
         raise _MoveSkipped(f"Node {target.hostname} is no longer in the region the reservation asked for.")
+    if target.currency != allocation.currency:
+        raise _MoveSkipped(f"Node {target.hostname} now prices in {target.currency}, not {allocation.currency}.")
+    if target.price_per_gpu_hour != move.target_price_per_gpu_hour:
+        raise _MoveSkipped(f"Node {target.hostname}'s price changed from {move.target_price_per_gpu_hour} to "
+                           f"{target.price_per_gpu_hour} per GPU-hour since the plan was proposed.")
     if target.price_per_gpu_hour > allocation.price_per_gpu_hour or (
             reservation.max_price_per_gpu_hour is not None
             and target.price_per_gpu_hour > reservation.max_price_per_gpu_hour):
@@ -278,21 +293,20 @@ def _check_target_limits(reservation, allocation: Allocation, target: Node) -> N
 
 
 def _move_allocation(move: RebalanceMove, plan: RebalancePlan, actor, now: datetime) -> str:
-    allocation = (Allocation.objects.select_for_update().select_related("reservation")
-                  .filter(reservation_id=move.reservation_id).first())
-    reservation = allocation.reservation if allocation else None
-    if allocation is None or reservation.status != ReservationStatus.SCHEDULED or allocation.start_at <= now:
+    # Locks in the services' order: the reservation, its allocation, the customer, then the node.
+    reservation = Reservation.objects.select_for_update().filter(pk=move.reservation_id).first()
+    allocation = Allocation.objects.select_for_update().filter(reservation_id=move.reservation_id).first()
+    if reservation is None or allocation is None or reservation.status != ReservationStatus.SCHEDULED \
+            or allocation.start_at <= now:
         raise _MoveSkipped("The reservation is no longer scheduled to start later, so it stays where it is.")
     if allocation.node_id != move.from_node_id or allocation.released_at is not None:
         raise _MoveSkipped("The reservation's allocation changed since the plan was proposed.")
     if reservation.do_not_migrate:
         raise _MoveSkipped("The customer has since asked that the reservation never moves.")
 
-    # The customer's row is locked before the node, in the order reservation_create uses, so an
-    # approval and a new reservation of the same customer cannot deadlock.
     Organization.objects.select_for_update().only("id").get(pk=reservation.customer_id)
     target = Node.objects.select_for_update().get(pk=move.to_node_id)
-    _check_target_limits(reservation, allocation, target)
+    _check_target_limits(reservation, allocation, target, move)
     request = PlacementRequest(gpu_count=reservation.gpu_count, gpu_milli_per_gpu=reservation.gpu_milli_per_gpu,
                                cpu_millicores=reservation.cpu_millicores, memory_mib=reservation.memory_mib)
     placements = placement_policy().rank(request, node_states([target.pk], allocation.start_at, allocation.end_at))

@@ -54,6 +54,8 @@ class GeneticResult:
     front: list[GeneticPlan]
     generations: int
     wall_seconds: float
+    stopped_by_time: bool = False
+    """True when the time limit, not the generation count, ended the search."""
 
     def best_weighted(self) -> GeneticPlan:
         """Return the front's plan with the best ``batch.py`` score."""
@@ -177,6 +179,8 @@ def genetic_place(
     """
     if population < 4 or generations < 0:
         raise ValueError(f"population is {population} and generations {generations}; use at least 4 and 0.")
+    if time_limit_seconds is not None and not 0 < time_limit_seconds < float("inf"):
+        raise ValueError(f"time_limit_seconds is {time_limit_seconds}; pass a positive, finite number or None.")
     if provider is not None and len(provider) != fleet.size:
         raise ValueError(f"provider has {len(provider)} entries for {fleet.size} nodes; pass one per fleet row.")
     for index, item in enumerate(requests):
@@ -208,9 +212,12 @@ def genetic_place(
         genomes.append(_random_genes(random, sizes))
     plans = [decoder.decode(genes) for genes in genomes]
 
-    generation = 0
+    generation, stopped_by_time = 0, False
+    if not sizes.any():
+        generations = 0  # no request fits anywhere, so every plan is the empty plan
     while generation < generations:
         if time_limit_seconds is not None and time.perf_counter() - started > time_limit_seconds:
+            stopped_by_time = True
             break
         objectives = _signed(np.array([plan.objectives for plan in plans]))
         ranks, distance = pareto_ranks(objectives), crowding(objectives)
@@ -235,7 +242,8 @@ def genetic_place(
         if key not in seen:
             seen.add(key)
             front.append(plans[position])
-    result = GeneticResult(front=front, generations=generation, wall_seconds=time.perf_counter() - started)
+    result = GeneticResult(front=front, generations=generation, wall_seconds=time.perf_counter() - started,
+                           stopped_by_time=stopped_by_time)
     logger.info("Genetic placement of %d requests: %d generations, %d plans on the front, %.2f s", len(requests),
                 generation, len(front), result.wall_seconds)
     return result

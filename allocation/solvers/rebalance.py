@@ -17,11 +17,22 @@ the gains of several moves on one node are an estimate.
 
 from dataclasses import dataclass
 
+from .base import PlacementRequest
+
 FRAGMENT_POINTS_PER_GPU = 10.0
 DEGRADED_POINTS_PER_GPU = 50.0
 SAVING_POINTS_PER_UNIT = 1.0
 MOVE_POINTS = 2.0
 RUNNING_POINTS_PER_HOUR = 5.0
+
+
+@dataclass(frozen=True)
+class TargetFree:
+    """A target node's free capacity: milli on each GPU, CPU millicores and memory in MiB."""
+
+    gpu_milli: tuple[int, ...]
+    cpu_millicores: int
+    memory_mib: int
 
 
 @dataclass(frozen=True)
@@ -38,10 +49,10 @@ class MoveCandidate:
     saving: float
     running_hours: float
     do_not_migrate: bool = False
-    gpu_milli: int = 0
-    """GPU milli the reservation holds, which the target must have free."""
-    target_free_milli: int | None = None
-    """The target's free GPU milli over the reservation's window when proposed; None allows one move to it."""
+    request: PlacementRequest | None = None
+    """The reservation's shape; None allows only this move into the target."""
+    target_free: TargetFree | None = None
+    """What the target had free over the reservation's window when the move was scored."""
 
     @property
     def gain(self) -> float:
@@ -75,31 +86,53 @@ def choose_moves(candidates: list[MoveCandidate], limit: int) -> list[MoveCandid
     """Return at most ``limit`` moves with a positive score, best first.
 
     A reservation moves at most once, and no node is both a source and a target, so moves do not
-    chain. A target takes moves while their GPU milli fits its free milli (one move when that is
-    unknown); since windows differ this is an estimate, and applying a plan checks each move again.
-    Ties go to the lower reservation id. Raises ``ValueError`` for a negative ``limit``.
+    chain. A target takes several moves while they fit what it had free, GPU by GPU, tightest GPU
+    first, with CPU and memory; a move without ``request`` or ``target_free`` is the only one into
+    its target. Moves into one target may have different windows, so the fit is an estimate; a
+    reservation whose best target is full may still take its next-best one. Ties go to the lower
+    reservation id. Raises ``ValueError`` for a negative ``limit``.
     """
     if limit < 0:
         raise ValueError(f"limit is {limit}; pass 0 or more moves.")
     chosen, moved, sources = [], set(), set()
-    taken: dict[int, int] = {}
+    room: dict[int, list | None] = {}
     for move in sorted(candidates, key=lambda move: (-_finite(move.score), move.reservation_id, move.to_node_id)):
         if len(chosen) == limit:
             break
         if move.do_not_migrate or not _finite(move.score) > 0 or move.reservation_id in moved:
             continue
-        if move.from_node_id in taken or move.to_node_id in sources:
+        if move.from_node_id in room or move.to_node_id in sources:
             continue
-        room = move.target_free_milli if move.target_free_milli is not None else move.gpu_milli
-        if move.to_node_id in taken and move.target_free_milli is None:
-            continue
-        if taken.get(move.to_node_id, 0) + move.gpu_milli > room:
+        if not _take_room(room, move):
             continue
         chosen.append(move)
         moved.add(move.reservation_id)
         sources.add(move.from_node_id)
-        taken[move.to_node_id] = taken.get(move.to_node_id, 0) + move.gpu_milli
     return chosen
+
+
+def _take_room(room: dict, move: MoveCandidate) -> bool:
+    """Subtract ``move``'s request from what its target has left; return False when it does not fit."""
+    if move.request is None or move.target_free is None:
+        if move.to_node_id in room:
+            return False
+        room[move.to_node_id] = None
+        return True
+    if move.to_node_id in room and room[move.to_node_id] is None:
+        return False
+    free = room.get(move.to_node_id) or [list(move.target_free.gpu_milli), move.target_free.cpu_millicores,
+                                         move.target_free.memory_mib]
+    gpus, cpu, memory = free
+    request = move.request
+    if cpu < request.cpu_millicores or memory < request.memory_mib:
+        return False
+    fitting = sorted((milli, index) for index, milli in enumerate(gpus) if milli >= request.gpu_milli_per_gpu)
+    if len(fitting) < request.gpu_count:
+        return False
+    for _, index in fitting[: request.gpu_count]:
+        gpus[index] -= request.gpu_milli_per_gpu
+    room[move.to_node_id] = [gpus, cpu - request.cpu_millicores, memory - request.memory_mib]
+    return True
 
 
 def _finite(value: float) -> float:

@@ -35,3 +35,34 @@ def test_unknown_solver_is_refused():
 
     with pytest.raises(ValueError, match="Use one of: cp_sat, genetic"):
         batch_placement_run(fleet, requests, solver="annealing")
+
+
+def test_a_failing_solver_is_recorded_then_raised():
+    fleet, _ = batch()
+    requests = [BatchRequest(PlacementRequest(1, 500, 1000, 1024), priority=0)]
+
+    with pytest.raises(ValueError, match="priority 0"):
+        batch_placement_run(fleet, requests, solver="cp_sat", time_limit_seconds=1)
+
+    run = SolverRun.objects.get()
+    assert run.status == "failed: ValueError"
+    assert "priority 0" in run.detail["error"]
+
+
+@pytest.mark.parametrize("limit", [0, -1, float("nan"), float("inf")])
+def test_time_limit_must_be_positive_and_finite(limit):
+    fleet, requests = batch()
+
+    with pytest.raises(ValueError, match="positive, finite number"):
+        batch_placement_run(fleet, requests, time_limit_seconds=limit)
+
+
+def test_genetic_returns_at_once_when_nothing_fits():
+    fleet, _ = batch()
+    too_big = [BatchRequest(PlacementRequest(4, 1000, 1000, 1024))]
+
+    plan = batch_placement_run(fleet, too_big, solver="genetic", time_limit_seconds=30)
+
+    assert plan.assignments == {}
+    assert plan.wall_seconds < 5
+    assert SolverRun.objects.get().detail["generations"] == 0

@@ -2,11 +2,14 @@
 
 from decimal import Decimal
 
+import time
+
 import pytest
 import time_machine
+from django.db import transaction
 
 from allocation.models import (
-    Allocation, GpuShare, RebalanceMove, RebalancePlan, ReservationEvent, ReservationStatus, SolverRun,
+    Allocation, GpuShare, RebalanceMove, RebalancePlan, Reservation, ReservationEvent, ReservationStatus, SolverRun,
 )
 from allocation.rebalancing import RebalancePlanWaiting, rebalance_decide, rebalance_propose
 from allocation.services import quota_set, reservation_cancel, reservation_create
@@ -221,7 +224,9 @@ def test_decisions_need_the_change_permission(client, customer, two_nodes, djang
 
 
 @pytest.mark.parametrize("change, reason", [
-    ({"price_per_gpu_hour": Decimal("5.00")}, "now costs 5.0000 per GPU-hour"),
+    ({"price_per_gpu_hour": Decimal("5.00")}, "price changed from 1.0000 to 5.0000"),
+    ({"price_per_gpu_hour": Decimal("0.50")}, "price changed from 1.0000 to 0.5000"),
+    ({"currency": "JPY"}, "now prices in JPY, not USD"),
     ({"status": Node.Status.DRAINING}, "no longer active"),
 ])
 def test_target_that_changed_after_the_proposal_is_skipped(customer, two_nodes, admin_user, change, reason):
@@ -302,3 +307,62 @@ def test_page_answers_503_when_the_database_fails(staff, customer, two_nodes, mo
 
     assert response.status_code == 503
     assert "nothing changed. Try again." in response.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_approval_and_cancel_do_not_deadlock(require_postgres, region, admin_user):
+    """Both lock the reservation before its allocation, so they queue instead of deadlocking."""
+    from ..factories import CustomerFactory
+
+    customer = CustomerFactory(slug="cancelling-customer")
+    NodeFactory(hostname="source", gpu_count=2, region=region)
+    reservation = scheduled(customer)
+    degrade_gpus_of(reservation)
+    NodeFactory(hostname="target", gpu_count=8, region=region)
+    plan = rebalance_propose(now=NOW)
+
+    def cancel_after_locking_first():
+        # Holds the reservation's lock, as reservation_cancel does first, while the approval starts.
+        with transaction.atomic():
+            Reservation.objects.select_for_update().get(pk=reservation.pk)
+            time.sleep(0.3)
+            return reservation_cancel(reservation_id=reservation.pk, now=NOW)
+
+    results = run_concurrently([
+        lambda: rebalance_decide(plan_id=plan.pk, approve=True, actor=admin_user, now=NOW),
+        cancel_after_locking_first,
+    ])
+
+    assert not [result for result in results if isinstance(result, Exception)]
+    assert RebalancePlan.objects.get(pk=plan.pk).status == RebalancePlan.Status.APPLIED
+    assert plan.moves.get().outcome == RebalanceMove.Outcome.SKIPPED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_plan_with_two_customers_does_not_deadlock(require_postgres, region, admin_user):
+    """Moves commit one by one, so the approval never holds one customer's node while locking another customer."""
+    from marketplace.models import Organization
+
+    from ..factories import CustomerFactory
+
+    first, second = CustomerFactory(slug="first-customer"), CustomerFactory(slug="second-customer")
+    for customer, hostname in ((first, "source-1"), (second, "source-2")):
+        NodeFactory(hostname=hostname, gpu_count=1, region=region)
+        degrade_gpus_of(scheduled(customer))
+    NodeFactory(hostname="target", gpu_count=3, region=region)
+    plan = rebalance_propose(now=NOW)
+    assert plan.moves.count() == 2
+
+    def reserve_after_locking_the_customer():
+        with transaction.atomic():
+            Organization.objects.select_for_update().get(pk=second.pk)
+            time.sleep(0.3)
+            return reservation_create(customer=second, spec=full_spec(start_at=LATER, end_at=LATER + hours(10)),
+                                      now=NOW)
+
+    results = run_concurrently([
+        lambda: rebalance_decide(plan_id=plan.pk, approve=True, actor=admin_user, now=NOW),
+        reserve_after_locking_the_customer,
+    ])
+
+    assert not [result for result in results if isinstance(result, Exception)]

@@ -2,14 +2,16 @@
 
 import pytest
 
-from allocation.solvers.rebalance import MOVE_POINTS, MoveCandidate, choose_moves
+from allocation.solvers import PlacementRequest
+from allocation.solvers.rebalance import MOVE_POINTS, MoveCandidate, TargetFree, choose_moves
 
 
 def move(reservation_id, from_node, to_node, *, fragment=0.0, degraded=0, saving=0.0, running=0.0, pinned=False,
-         milli=1000, target_free=None):
+         milli=1000, cpu=1000, target_free=None):
     return MoveCandidate(reservation_id=reservation_id, from_node_id=from_node, to_node_id=to_node, gpu_shares=(),
                          fragment_removed_milli=fragment, degraded_milli=degraded, saving=saving,
-                         running_hours=running, do_not_migrate=pinned, gpu_milli=milli, target_free_milli=target_free)
+                         running_hours=running, do_not_migrate=pinned,
+                         request=PlacementRequest(1, milli, cpu, 1024), target_free=target_free)
 
 
 def test_best_scores_come_first_up_to_the_limit():
@@ -54,17 +56,33 @@ def test_negative_limit_is_refused():
         choose_moves([], -1)
 
 
-def test_target_takes_moves_while_its_free_milli_lasts():
-    candidates = [move(1, 10, 20, saving=30, target_free=2000), move(2, 11, 20, saving=20, target_free=2000),
-                  move(3, 12, 20, saving=10, target_free=2000)]
+def test_target_takes_moves_while_its_gpus_last():
+    room = TargetFree(gpu_milli=(1000, 1000), cpu_millicores=64000, memory_mib=262144)
+    candidates = [move(1, 10, 20, saving=30, target_free=room), move(2, 11, 20, saving=20, target_free=room),
+                  move(3, 12, 20, saving=10, target_free=room)]
 
     chosen = choose_moves(candidates, 5)
 
     assert [candidate.reservation_id for candidate in chosen] == [1, 2]
 
 
+def test_fit_counts_each_gpu_and_the_cpu():
+    split = TargetFree(gpu_milli=(1000, 300), cpu_millicores=64000, memory_mib=262144)
+    tight_cpu = TargetFree(gpu_milli=(1000, 1000), cpu_millicores=64000, memory_mib=262144)
+    candidates = [move(1, 10, 20, saving=30, milli=700, target_free=split),
+                  move(2, 11, 20, saving=20, milli=600, target_free=split),
+                  move(3, 12, 30, saving=15, cpu=40000, target_free=tight_cpu),
+                  move(4, 13, 30, saving=10, cpu=40000, target_free=tight_cpu),
+                  move(2, 11, 40, saving=5)]
+
+    chosen = choose_moves(candidates, 5)
+
+    assert [(c.reservation_id, c.to_node_id) for c in chosen] == [(1, 20), (3, 30), (2, 40)]
+
+
 def test_a_node_is_never_both_source_and_target():
-    candidates = [move(1, 10, 20, saving=30, target_free=8000), move(2, 20, 30, saving=20, target_free=8000)]
+    room = TargetFree(gpu_milli=(1000,) * 8, cpu_millicores=64000, memory_mib=262144)
+    candidates = [move(1, 10, 20, saving=30, target_free=room), move(2, 20, 30, saving=20, target_free=room)]
 
     assert [candidate.reservation_id for candidate in choose_moves(candidates, 5)] == [1]
 
