@@ -1,13 +1,16 @@
 """Rebalancing plans: propose the migrations that most improve placement, apply them once an admin approves.
 
-A proposal looks at reservations that are scheduled (their window has not started) within
-``REBALANCE_HORIZON_HOURS``, skips those whose customer set ``do_not_migrate``, and for each
-finds the best other node that can hold it for its whole window at no higher price. The move's
-gain and disruption come from ``allocation.solvers.rebalance``. At most one plan waits for a
-decision at a time. Approval applies each move in its own savepoint: the reservation and the
-target node are locked, the request is placed again on the node's fresh state, and the
-allocation and its GPU shares move; the database triggers check capacity and quota once more. A
-move that no longer fits is skipped with the reason, and the others still apply.
+A proposal looks at the reservations scheduled to start within ``REBALANCE_HORIZON_HOURS`` and
+skips those whose customer set ``do_not_migrate``. For each of the others it scores moves to the
+best few nodes of the same GPU model that can hold it for its whole window at no higher price;
+the gain and disruption come from ``allocation.solvers.rebalance``. At most one plan waits for a
+decision at a time.
+
+Approval commits the plan's status, then applies each move in its own transaction. The move
+locks the reservation, its allocation, the customer and the target node (the services' order),
+places the request again on the node's fresh state, and moves the allocation and its GPU shares.
+The database triggers check capacity and quota once more. A move that no longer fits, or whose
+target changed, is skipped with the reason, and the others still apply.
 
 NOTE: only reservations that have not started move. Moving running work needs the scheduler's
 migration (stop, checkpoint, restart), which does not exist yet, so ``running_hours`` is 0 for
@@ -95,8 +98,7 @@ def rebalance_propose(*, max_moves: int | None = None, now: datetime | None = No
     with transaction.atomic():
         run = SolverRun.objects.create(
             kind=SolverRun.Kind.REBALANCE, policy=f"greedy_moves/{policy.name}", requests=len(movable),
-            nodes=len(nodes_seen), objective=total,
-            status="moves" if moves else ("no_gain" if movable else "nothing_scheduled"),
+            nodes=len(nodes_seen), objective=total, status=_run_status(movable, moves),
             wall_ms=int(1000 * (time.perf_counter() - started)),
             detail={"candidates": len(candidates), "chosen": len(moves), "max_moves": max_moves},
         )
@@ -124,6 +126,15 @@ def rebalance_propose(*, max_moves: int | None = None, now: datetime | None = No
     logger.info("Rebalancing proposal finished: plan %s with %d moves, score %.1f, %d ms", plan.pk, len(moves),
                 total, run.wall_ms)
     return plan
+
+
+def _run_status(movable: list, moves: list) -> str:
+    """Return the planner run's status: "moves", "no_gain", or "nothing_scheduled" when nothing could move."""
+    if moves:
+        return "moves"
+    if movable:
+        return "no_gain"
+    return "nothing_scheduled"
 
 
 def _movable_allocations(now: datetime, until: datetime) -> list[_Movable]:

@@ -52,7 +52,7 @@ class MoveCandidate:
     request: PlacementRequest | None = None
     """The reservation's shape; None allows only this move into the target."""
     target_free: TargetFree | None = None
-    """What the target had free over the reservation's window when the move was scored."""
+    """The target's free capacity over the reservation's window when the move was scored."""
 
     @property
     def gain(self) -> float:
