@@ -1,8 +1,8 @@
 """Batch placement for the scheduler's cycles, with every run recorded as a ``SolverRun``.
 
-The scheduler builds the fleet's free capacity for a window and the pending requests, and calls
-``batch_placement_run``; this module picks the solver, runs it, and records what it solved, the
-objective, the status and the wall time, whatever the outcome.
+The scheduler builds the fleet's free capacity for a window and the pending requests, then calls
+``batch_placement_run``. This module picks the solver and runs it. Whatever the outcome, it records
+what was solved, the objective, the status and the wall time.
 """
 
 import logging

@@ -1,8 +1,8 @@
 """The online placement policy that reservations and quotes use, chosen in settings or per call.
 
 The FGD policies keep room for the typical request shapes. Those come from the reservations
-submitted in the last ``TARGET_WORKLOAD_DAYS`` days; while the marketplace has fewer than
-``TARGET_WORKLOAD_MIN_REQUESTS`` of them, from the bundled Alibaba task list. Each process
+submitted in the last ``TARGET_WORKLOAD_DAYS`` days. While the marketplace has fewer than
+``TARGET_WORKLOAD_MIN_REQUESTS`` of them, they come from the bundled Alibaba task list. Each process
 recomputes them at most every ``TARGET_WORKLOAD_REFRESH_SECONDS``.
 """
 

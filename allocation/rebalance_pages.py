@@ -73,7 +73,7 @@ def rebalancing_decide(request: HttpRequest, plan_id: int) -> HttpResponse:
 
 
 def _database_failed(request: HttpRequest, action: str, error: DatabaseError) -> HttpResponse:
-    """Answer 503 when the database refuses or drops the transaction; it rolled back, so nothing changed."""
+    """Return a 503 page when the database rejects or drops the transaction, which rolled back, so nothing changed."""
     logger.warning("%s failed in the database: %s: %s", action, type(error).__name__, error)
     message = f"{action} failed because the database was busy or unavailable; nothing changed. Try again."
     return render(request, "rebalancing/_plans.html", {"messages_failed": [message], "plans": [], "runs": []},

@@ -2,8 +2,8 @@
 
 A proposal looks at the reservations scheduled to start within ``REBALANCE_HORIZON_HOURS`` and
 skips those whose customer set ``do_not_migrate``. For each of the others it scores moves to the
-best few nodes of the same GPU model that can hold it for its whole window at no higher price;
-the gain and disruption come from ``allocation.solvers.rebalance``. At most one plan waits for a
+best few nodes of the same GPU model that can hold it for its whole window at no higher price.
+The gain and disruption come from ``allocation.solvers.rebalance``. At most one plan waits for a
 decision at a time.
 
 Approval commits the plan's status, then applies each move in its own transaction. The move

@@ -1,15 +1,17 @@
 """`make bench-placement`: the FGD paper's packing protocol on the bundled Alibaba trace, for every online policy.
 
-Protocol: the 1,213 GPU nodes; the default pod list sorted by name and shuffled with seeds 42 to
-51; pods resampled uniformly and appended until the next would pass 130 % of GPU capacity; one
-attempt per task in order; tasks never leave. As in the scheduler framework the published runs
-used, scores are cut to integers (best fit's then rescaled to 0-100 over the feasible nodes), and
-the highest wins. Ties go to the first feasible node in node-list order: with that rule the
-reimplemented baselines land within a point of the published means, while random ties leave FGD
-at about 10 % unallocated (``--random-ties`` shows it).
+The protocol replays the 1,213 GPU nodes and the default pod list, sorted by name and shuffled
+with seeds 42 to 51. Pods are resampled uniformly and appended until the next one would pass
+130 % of GPU capacity. Each task gets one attempt, in order, and tasks never leave.
 
-Writes the table beside the published figures into ``docs/benchmarks.md`` and a chart of
-unallocated GPU against arrived workload to ``docs/placement-unallocated.svg``; prints a JSON line.
+As in the scheduler framework behind the published runs, scores are cut to integers (best fit's
+then rescaled to 0-100 over the feasible nodes) and the highest wins. Ties go to the first
+feasible node in node-list order. With that rule the reimplemented baselines land within a point
+of the published means, while random ties leave FGD at about 10 % unallocated
+(``--random-ties`` shows it).
+
+The run writes the table beside the published figures into ``docs/benchmarks.md``, a chart of
+unallocated GPU against arrived workload to ``docs/placement-unallocated.svg``, and a JSON line.
 
     python -m bench.placement --output docs/benchmarks.md
 """
@@ -30,9 +32,9 @@ import numpy as np
 from scipy.optimize import linprog
 
 from allocation.solvers.base import PlacementRequest
-from allocation.solvers.batch import BatchRequest, batch_place, greedy_plan, price_cents
+from allocation.solvers.batch import BatchRequest, batch_place, greedy_plan, plan_prices
 from allocation.solvers.fleet import Fleet
-from allocation.solvers.genetic import GeneticPlan, genetic_place
+from allocation.solvers.genetic import GeneticPlan, genetic_place, plan_objectives
 from allocation.solvers.fragmentation import FragmentationTracker, TargetWorkload, TaskShape
 from allocation.solvers.online import ONLINE_POLICIES, OnlinePolicy, policy_by_name
 from allocation.trace import NODES_CSV, TASKS_CSV
@@ -57,8 +59,11 @@ PUBLISHED = {
     "best_fit": {"at_100": 7.14, "at_130": 6.89, "fragment_at_90": 7.35},
     "fgd": {"at_100": 4.77, "at_130": 4.60, "fragment_at_90": 5.01},
 }
-"""The paper authors' result files, default trace: mean unallocated GPU % at 100 % arrived over seeds
-42-51, and the medians over those seeds of unallocated GPU % at 130 % and fragment % of capacity at 90 %."""
+"""Figures from the result files of the FGD authors' simulator, default trace, seeds 42-51.
+
+``at_100`` is the mean unallocated GPU % at 100 % arrived. ``at_130`` and ``fragment_at_90`` are
+medians: unallocated GPU % at 130 % and fragment % of capacity at 90 %.
+"""
 VALIDATED = ("random", "dot_product", "best_fit", "fgd")
 """Policies whose reimplementation must land within one point of the published mean."""
 
@@ -235,11 +240,11 @@ def priced_fleet() -> tuple[Fleet, np.ndarray]:
 def compare_batch_solvers(load_pct: int, seconds: float, seed: int = 42, batch_size: int = 100) -> dict:
     """Fill the priced fleet to ``load_pct`` % with ``fgd_best_fit``, then place the next batch three ways.
 
-    Returns, for one-by-one ``fgd_best_fit``, CP-SAT and the genetic search (its best plan by
-    CP-SAT's weights, and the spread of its front), what each placed, its price, the fragmentation
-    proxy, the largest share on one provider, the weighted objective and the time taken. The
-    price is also compared with the cheapest possible: each placed request on its cheapest node
-    that could hold it at the start, ignoring the others.
+    The three are one-by-one ``fgd_best_fit``, CP-SAT, and the genetic search (its best plan by
+    CP-SAT's weights, and the spread of its front). For each, the result gives what it placed,
+    its price, the fragmentation proxy, the largest share on one provider, the weighted objective
+    and the time taken. The price is also compared with the cheapest possible: each placed
+    request on its cheapest node that could hold it at the start, ignoring the others.
     """
     fleet, provider = priced_fleet()
     tasks = load_tasks()
@@ -262,14 +267,13 @@ def compare_batch_solvers(load_pct: int, seconds: float, seed: int = 42, batch_s
     batch = [BatchRequest(task.request) for task in order[position:position + batch_size]]
 
     def describe(assignments: dict, wall: float, extra: dict | None = None) -> dict:
-        plan = GeneticPlan(assignments=assignments, objectives=(0, 0, 0, 0))
-        decoder_objectives = _plan_objectives(fleet, batch, assignments, provider)
-        plan.objectives = decoder_objectives
-        cheapest = sum(min(price_cents(fleet, int(row), batch[index])
-                           for row in fleet.feasible(batch[index].request)) for index in assignments)
-        return {"placed": len(assignments), "placed_gpu_milli": sum(batch[i].request.gpu_milli_total for i in assignments),
-                "price_cents_per_hour": decoder_objectives[1], "cheapest_cents_per_hour": cheapest,
-                "opened": decoder_objectives[2], "concentration": round(decoder_objectives[3], 3),
+        plan = GeneticPlan(assignments=assignments,
+                           objectives=plan_objectives(fleet, batch, assignments, provider))
+        _, cheapest = plan_prices(fleet, batch, assignments)
+        placed_milli = sum(batch[index].request.gpu_milli_total for index in assignments)
+        return {"placed": len(assignments), "placed_gpu_milli": placed_milli,
+                "price_cents_per_hour": plan.objectives[1], "cheapest_cents_per_hour": cheapest,
+                "opened": plan.objectives[2], "concentration": round(plan.objectives[3], 3),
                 "weighted": plan.weighted(), "seconds": round(wall, 2), **(extra or {})}
 
     started = time.perf_counter()
@@ -288,19 +292,11 @@ def compare_batch_solvers(load_pct: int, seconds: float, seed: int = 42, batch_s
     return {"load_pct": load_pct, "batch": len(batch), "rows": rows}
 
 
-def _plan_objectives(fleet: Fleet, batch: list, assignments: dict, provider: np.ndarray) -> tuple:
-    """Return the genetic search's objectives for any plan, so the three solvers are measured alike."""
-    from allocation.solvers.genetic import _Decoder
-
-    decoder = _Decoder(fleet, batch, [[] for _ in batch], provider)
-    return decoder._objectives(assignments)
-
-
 def structural_lower_bound(seed: int) -> float:
     """Return a lower bound on unallocated GPU % at 100 % arrived for ``seed``'s arrival order, whatever the policy.
 
-    A share of more than half a GPU leaves a hole of 1000 minus its milli on its GPU, and only
-    shares no larger than the hole can use it; a share that fails instead loses more than its hole.
+    A share of more than half a GPU leaves a hole of 1000 minus its milli on its GPU, which only
+    shares no larger than the hole can use. A share that fails instead loses more than its hole.
     The bound is the holes' total milli minus the most that the arrived shares of at most 500
     milli could fill, computed as a linear program that may split a share across holes. It ignores
     CPU, memory, GPU models and the shares that need their own GPU, so the true optimum is higher.
@@ -424,14 +420,14 @@ def render(summary: dict, seeds: int, random_ties: bool, seconds: float, bound: 
         f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, on {machine_description()}. The whole run took "
         f"{seconds:.0f} s with {os.cpu_count()} worker processes.",
         "",
-        f"Protocol (the FGD paper's, on the bundled trace): the 1,213 GPU nodes (6,212 GPUs); the default pod list "
-        f"shuffled with {seeds} seed{'s' if seeds > 1 else ''} from 42; sampled pods appended up to 130 % of GPU "
-        f"capacity; one attempt per task; tasks never leave. Scores are cut to integers as in the scheduler "
+        f"The FGD paper's protocol, on the bundled trace: the 1,213 GPU nodes (6,212 GPUs) and the default pod list "
+        f"shuffled with {seeds} seed{'s' if seeds > 1 else ''} from 42, with sampled pods appended up to 130 % of GPU "
+        f"capacity. Each task gets one attempt, and tasks never leave. Scores are cut to integers as in the scheduler "
         f"framework, and ties go to {ties}. With random ties the reimplemented FGD leaves about 10 % "
         f"unallocated at 100 %, twice the published figure, so the published runs cannot have broken ties at "
         f"random. A figure at x % is the mean over the tasks after which the arrived workload rounds to x, then "
         f"the mean over seeds. *fragment* is FGD's fragmentation measure (free GPU that the typical task shapes "
-        f"cannot use) as a share of capacity; *rate* is that over the unallocated GPU.",
+        f"cannot use) as a share of capacity, and *rate* is that over the unallocated GPU.",
         "",
         "| policy | unallocated at 100 % | published | SD | unallocated at 130 % | published (median) "
         "| fragment at 90 % | published (median) | ms per decision |",
@@ -481,9 +477,9 @@ def render(summary: dict, seeds: int, random_ties: bool, seconds: float, bound: 
         lines += [
             "",
             f"`{batch}` places each window of {batch.rsplit('_', 1)[1]} arriving tasks together with CP-SAT "
-            f"(`allocation/solvers/batch.py`: most placed GPU demand, then price, then fewest newly opened GPUs and "
-            f"nodes; the `fgd_best_fit` plan as hint and fallback; a time limit per window), on {runs['seeds']} "
-            f"seed{'s' if runs['seeds'] > 1 else ''} from 42 because it is slower: "
+            f"(`allocation/solvers/batch.py`). It maximises placed GPU demand, then minimises price, then newly "
+            f"opened GPUs and nodes, with the `fgd_best_fit` plan as hint and fallback and a time limit per window. "
+            f"It runs on {runs['seeds']} seed{'s' if runs['seeds'] > 1 else ''} from 42 because it is slower: "
             f"{runs['unallocated_pct_at_100']:.2f} % unallocated at 100 %, against FGD's "
             f"{fgd_on_batch_seeds if fgd_on_batch_seeds is not None else fgd:.2f} % on the same seeds and "
             f"{runs['unallocated_pct_at_100'] - bound:.2f} points above the lower bound, at "
@@ -503,14 +499,14 @@ def render_comparison(comparisons: list[dict], seconds: float) -> str:
     lines = [
         "### Batch solvers on one batch",
         "",
-        f"The overlay's prices and providers on the trace fleet, filled to each load with `fgd_best_fit` (seed 42); "
-        f"then the next 100 tasks as one batch, placed three ways: one by one with `fgd_best_fit`, with CP-SAT, and "
-        f"with the genetic search (NSGA-II outline, seed 42), each of the last two given {seconds:.0f} s. *price* is "
-        f"per hour of the placed requests; *cheapest* puts each placed request on the cheapest node that could hold "
-        f"it at the start, ignoring the others, a lower bound; *opened* is the fragmentation proxy (50 per whole GPU "
-        f"and 200 per idle node newly used); *top provider* is the largest share of the placed GPU milli on one "
-        f"provider; *weighted* is CP-SAT's objective. The genetic row is its front's best plan by that objective; "
-        f"the last column is its front's least concentrated plan.",
+        f"The trace fleet gets the overlay's prices and providers and is filled to each load with `fgd_best_fit` "
+        f"(seed 42). The next 100 tasks then form one batch, placed three ways: one by one with `fgd_best_fit`, "
+        f"with CP-SAT, and with the genetic search (NSGA-II outline, seed 42), each of the last two given "
+        f"{seconds:.0f} s. *price* is per hour of the placed requests. *cheapest* puts each placed request on the "
+        f"cheapest node that could hold it at the start, ignoring the others, so it is a lower bound. *opened* is "
+        f"the fragmentation proxy (50 per whole GPU and 200 per idle node newly used). *top provider* is the "
+        f"largest share of the placed GPU milli on one provider, and *weighted* is CP-SAT's objective. The genetic "
+        f"row is its front's best plan by that objective, and the last column its front's least concentrated plan.",
         "",
         "| load | solver | placed | price ($/h) | cheapest ($/h) | opened | top provider | weighted | seconds "
         "| front: least concentrated |",

@@ -1,6 +1,6 @@
 """The learned reliability score's effect on placement, on a simulated failure history of the trace fleet.
 
-The marketplace has no failure history of its own yet, so this study makes one, and says so. Each
+The marketplace has no failure history of its own yet, so this study simulates one. Each
 node of the trace fleet gets an age (0 to 5 years), a share of degraded GPUs (none for nine
 nodes in ten) and the overlay's provider. Its true weekly failure probability is a logistic
 function of those, with a random effect per provider. Twenty-six weeks of failures are drawn;

@@ -10,8 +10,8 @@ order of weight:
    that gets work, costs a little, so work packs onto GPUs and nodes already in use.
 
 A greedy plan from an online policy (requests by priority, then in order) seeds the search as a
-hint and is the fallback: when CP-SAT finds no solution in its time limit, or one worse than the
-hint, the greedy plan is returned and the reason logged. Candidate nodes per request are the
+hint. It is also the fallback: when CP-SAT finds no solution in its time limit, or one worse than
+the hint, the greedy plan is returned and the reason logged. Candidate nodes per request are the
 online policy's best few on the batch's starting state, plus the greedy plan's choice.
 """
 
@@ -195,7 +195,7 @@ def batch_place(
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = seed
     # Symmetry detection took most of a 2 s limit on 12,000-variable windows before the hint was
-    # even loaded; without it the hint is the first solution within about a second.
+    # even loaded. Without it the hint is the first solution, within about a second.
     solver.parameters.symmetry_level = 0
     status = solver.solve(model)
     status_name = solver.status_name(status)

@@ -1,12 +1,12 @@
 """The fleet as numpy arrays, so a policy scores every node for a request in a few vector operations.
 
-``Fleet`` holds what is free on each node for one window. The reservation service builds one from
+``Fleet`` contains what is free on each node for one window. The reservation service builds one from
 a shortlist of ``NodeState`` rows; the placement benchmark builds one for the whole trace fleet and
 updates it after every placement with ``Fleet.take``.
 
 Units: CPU in millicores, memory in MiB, GPU capacity in milli (1000 = one GPU). GPUs are columns
-``0 .. gpu_count - 1`` of each row; the columns past a node's GPU count hold 0 free milli, which no
-request with a GPU can use.
+``0 .. gpu_count - 1`` of each row. The columns past a node's GPU count contain 0 free milli, which
+no request with a GPU can use.
 """
 
 from dataclasses import dataclass

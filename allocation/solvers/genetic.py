@@ -9,8 +9,8 @@ plans and returns the plans that no other plan beats on every objective (the Par
 - concentration: the largest share of the placed GPU milli on any one provider (lower), so
   that one provider's outage hits less of the batch.
 
-A plan is a gene per request: which of its candidate nodes to try first, or none; candidate 0 is
-the node of the online policy's one-by-one plan, the others its best few on the starting state. Decoding
+A plan is a gene per request: which of its candidate nodes to try first, or none. Candidate 0 is
+the node of the online policy's one-by-one plan, and the others are its best few on the starting state. Decoding
 walks the requests in order on a scratch copy of the free capacity; a request whose chosen node
 no longer fits tries its other candidates, best first, so every decoded plan is feasible. The
 search is NSGA-II in outline: tournament selection on front rank and crowding distance, uniform
@@ -63,7 +63,7 @@ class GeneticResult:
 
 
 class _Decoder:
-    """Turns genes into feasible assignments on a copy of the starting free capacity."""
+    """A decoder of genes into feasible assignments, on a copy of the starting free capacity."""
 
     def __init__(self, fleet: Fleet, requests: Sequence[BatchRequest], candidates: list[list[int]],
                  provider: np.ndarray):
@@ -109,21 +109,37 @@ class _Decoder:
         return columns
 
     def _objectives(self, assignments) -> tuple[float, float, float, float]:
-        value = price = 0
-        opened_gpus, opened_nodes, by_provider = set(), set(), {}
-        for index, (row, columns) in assignments.items():
-            item = self.requests[index]
-            value += placed_value(item)
-            price += price_cents(self.fleet, row, item)
-            opened_gpus.update((row, column) for column in columns if self.whole[row][column])
-            if self.idle[row]:
-                opened_nodes.add(row)
-            provider = int(self.provider[row])
-            by_provider[provider] = by_provider.get(provider, 0) + item.request.gpu_milli_total
-        placed = sum(by_provider.values())
-        concentration = max(by_provider.values()) / placed if placed else 0.0
-        opened = OPENED_GPU_COST * len(opened_gpus) + OPENED_NODE_COST * len(opened_nodes)
-        return float(value), float(price), float(opened), float(concentration)
+        return plan_objectives(self.fleet, self.requests, assignments, self.provider, whole=self.whole,
+                               idle=self.idle)
+
+
+def plan_objectives(fleet: Fleet, requests: Sequence[BatchRequest], assignments: dict, provider: np.ndarray, *,
+                    whole=None, idle=None) -> tuple[float, float, float, float]:
+    """Return a plan's objectives in ``OBJECTIVES`` order, so plans of any solver are measured alike.
+
+    ``whole`` and ``idle`` (which GPUs and nodes were free at the start) are derived from ``fleet``
+    unless a caller that scores many plans passes them in.
+    """
+    if whole is None:
+        whole = (fleet.gpu_free == 1000).tolist()
+    if idle is None:
+        idle = ((fleet.gpu_free == 1000).sum(axis=1) == fleet.gpu_count) & (fleet.cpu_free == fleet.cpu_capacity)
+    value = price = 0
+    opened_gpus, opened_nodes, by_provider = set(), set(), {}
+    for index, (row, columns) in assignments.items():
+        item = requests[index]
+        value += placed_value(item)
+        price += price_cents(fleet, row, item)
+        opened_gpus.update((row, column) for column in columns if whole[row][column])
+        if idle[row]:
+            opened_nodes.add(row)
+        owner = int(provider[row])
+        by_provider[owner] = by_provider.get(owner, 0) + item.request.gpu_milli_total
+
+    placed = sum(by_provider.values())
+    concentration = max(by_provider.values()) / placed if placed else 0.0
+    opened = OPENED_GPU_COST * len(opened_gpus) + OPENED_NODE_COST * len(opened_nodes)
+    return float(value), float(price), float(opened), float(concentration)
 
 
 def _signed(objectives: np.ndarray) -> np.ndarray:
@@ -173,8 +189,8 @@ def genetic_place(
     """Search plans for ``requests`` and return the Pareto front; ``fleet`` is not changed.
 
     ``provider`` gives each fleet row's provider index (every node its own provider when None).
-    The search stops after ``generations`` or ``time_limit_seconds``, whichever comes first; the
-    first generation holds the online policy's one-by-one plan, which survives unless beaten. Raises
+    The search stops after ``generations`` or ``time_limit_seconds``, whichever comes first. The
+    first generation contains the online policy's one-by-one plan, which survives unless beaten. Raises
     ``ValueError`` for a population under 4 or a negative generation count.
     """
     if population < 4 or generations < 0:

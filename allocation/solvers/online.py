@@ -2,7 +2,7 @@
 
 Each policy scores on a 0-100 scale, as Kubernetes scheduler plugins do, and chooses the GPUs it
 would take on each node. The reservation service calls ``rank`` on a shortlist of ``NodeState``
-rows; the placement benchmark calls ``evaluate`` on the whole fleet, keeping per-fleet state
+rows. The placement benchmark calls ``evaluate`` on the whole fleet, and keeps per-fleet state
 (FGD's fragmentation counts) between decisions through ``prepare`` and ``placed``.
 
 Policies, from their published definitions:

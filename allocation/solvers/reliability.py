@@ -1,10 +1,10 @@
 """A learned reliability score: the probability that a node fails in the next period, from its history.
 
-``ReliabilityModel.fit`` fits a logistic regression (statsmodels ``Logit``, lightly L2-regularised
-so that a provider with no failures yet does not get an infinite coefficient) of "the node failed
+``ReliabilityModel.fit`` fits a logistic regression (statsmodels ``Logit``) of "the node failed
 during the period" on features known at the period's start: the share of its GPUs reported
-degraded, its age in years, and its provider. With too few failures or no variation it falls
-back to the overall failure rate, and says so in ``status``.
+degraded, its age in years, and its provider. A light L2 penalty keeps a provider with no
+failures yet from an infinite coefficient. With too few failures or no variation the model falls
+back to the overall failure rate, and ``status`` reads "prior".
 
 ``ReliabilityPenalty`` wraps an online policy: each node's score loses ``weight`` points per
 percentage point of failure probability, in the wrapped policy's own score unit, so risky nodes

@@ -1,4 +1,4 @@
-"""Batch placement runs for the scheduler: both solvers answer, and every run is recorded."""
+"""Batch placement runs for the scheduler: both solvers return plans, and every run is recorded."""
 
 import pytest
 
@@ -37,7 +37,7 @@ def test_unknown_solver_is_refused():
         batch_placement_run(fleet, requests, solver="annealing")
 
 
-def test_a_failing_solver_is_recorded_then_raised():
+def test_failing_solver_is_recorded_and_raised():
     fleet, _ = batch()
     requests = [BatchRequest(PlacementRequest(1, 500, 1000, 1024), priority=0)]
 

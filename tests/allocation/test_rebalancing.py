@@ -21,7 +21,7 @@ from .test_database_guarantees import full_spec, run_concurrently
 
 from ..conftest import NOW, hours
 from ..factories import NodeFactory, UserFactory, gpu_model
-from .test_reservation_create import reserve, spec
+from .test_reservation_create import reserve
 
 pytestmark = pytest.mark.django_db
 

@@ -75,7 +75,9 @@ def test_pareto_ranks_and_crowding():
 
     assert pareto_ranks(points).tolist() == [0, 0, 0, 1, 2]
     distance = crowding(points[:3])
-    assert np.isinf(distance[0]) and np.isinf(distance[2]) and np.isfinite(distance[1])
+    assert np.isinf(distance[0])
+    assert np.isinf(distance[2])
+    assert np.isfinite(distance[1])
 
 
 def test_too_small_population_is_refused():

@@ -103,8 +103,8 @@ def test_best_fit_leftover_fraction():
 
 
 def test_fgd_keeps_whole_gpu_free():
-    # A 500 share on the half-used GPU leaves node 1 with a whole GPU for the whole-GPU shape;
-    # on node 2 it would break the last whole GPU into halves that whole-GPU tasks cannot use.
+    # On the half-used GPU of node 1 the share leaves a whole GPU for the whole-GPU shape.
+    # On node 2 it would split the last whole GPU into halves that whole-GPU tasks cannot use.
     nodes = [node(1, [500, 1000]), node(2, [1000, 0])]
 
     ranked = FgdPolicy(SHARES_AND_WHOLE).rank(request(milli=500), nodes)
@@ -113,7 +113,7 @@ def test_fgd_keeps_whole_gpu_free():
     assert ranked[0].gpu_shares == ((100, 500),)
 
 
-def test_fgd_best_fit_breaks_fgd_ties_by_best_fit():
+def test_fgd_best_fit_tie_break():
     # Two idle nodes look the same to FGD; best fit prefers the one with less CPU left.
     nodes = [node(1, [1000, 1000]), node(2, [1000, 1000], cpu_free=8000)]
 

@@ -80,7 +80,7 @@ def test_fit_counts_each_gpu_and_the_cpu():
     assert [(c.reservation_id, c.to_node_id) for c in chosen] == [(1, 20), (3, 30), (2, 40)]
 
 
-def test_a_node_is_never_both_source_and_target():
+def test_node_never_source_and_target():
     room = TargetFree(gpu_milli=(1000,) * 8, cpu_millicores=64000, memory_mib=262144)
     candidates = [move(1, 10, 20, saving=30, target_free=room), move(2, 20, 30, saving=20, target_free=room)]
 
