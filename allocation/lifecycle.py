@@ -2,12 +2,14 @@
 
 Every change goes through ``allocation.services.reservation_transition``, which checks this table
 and writes the event row. On PostgreSQL a trigger rejects any other update of the status column.
+A queued reservation holds nothing: the scheduling cycle places it later, or it expires.
 """
 
 from .models import ReservationStatus as S
 
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    S.PENDING: frozenset({S.PENDING_APPROVAL, S.SCHEDULED, S.ACTIVE, S.REJECTED, S.CANCELLED, S.FAILED}),
+    S.PENDING: frozenset({S.PENDING_APPROVAL, S.QUEUED, S.SCHEDULED, S.ACTIVE, S.REJECTED, S.CANCELLED, S.FAILED}),
+    S.QUEUED: frozenset({S.PENDING_APPROVAL, S.SCHEDULED, S.ACTIVE, S.REJECTED, S.EXPIRED, S.CANCELLED, S.FAILED}),
     S.PENDING_APPROVAL: frozenset({S.SCHEDULED, S.ACTIVE, S.REJECTED, S.EXPIRED, S.CANCELLED, S.FAILED}),
     S.SCHEDULED: frozenset({S.ACTIVE, S.COMPLETED, S.CANCELLED, S.FAILED, S.PREEMPTED}),
     S.ACTIVE: frozenset({S.COMPLETED, S.CANCELLED, S.FAILED, S.PREEMPTED}),

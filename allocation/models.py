@@ -91,6 +91,7 @@ class CohortMembership(models.Model):
 class ReservationStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     PENDING_APPROVAL = "pending_approval", "Pending approval"
+    QUEUED = "queued", "Queued"
     SCHEDULED = "scheduled", "Scheduled"
     ACTIVE = "active", "Active"
     COMPLETED = "completed", "Completed"

@@ -10,6 +10,7 @@ one node lock and lock order cannot deadlock.
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 MAX_COMMIT_ATTEMPTS = 5
 """Ranked choices tried from one shortlist."""
+PRICE_STEP = Decimal("0.0001")
 SHORTLIST_ROUNDS = 3
 """Shortlists read before a request that lost every race is rejected as ``no_capacity``."""
 
@@ -68,19 +70,26 @@ def placement_rank(
 
 def placement_find_and_commit(
     *, reservation: Reservation, request: PlacementRequest, node_filter: NodeFilter, policy: PlacementPolicy,
-    borrowed_gpu_milli: int = 0, budget: Budget | None = None,
+    borrowed_gpu_milli: int = 0, budget: Budget | None = None, price_factor: Decimal = Decimal(1),
+    only_node_ids: tuple[int, ...] | None = None,
 ) -> PlacementOutcome:
     """Choose a node and GPUs for ``reservation`` and insert its allocation, or return why none fits.
 
     Under contention a shortlist can go stale while it is tried, so a fresh shortlist is read
     up to ``SHORTLIST_ROUNDS`` times before the request is rejected as ``no_capacity``.
+    ``price_factor`` scales the node's price (interruptible reservations pay less).
+    ``only_node_ids`` restricts the choice to those nodes, as the scheduling cycle decided;
+    the node filter still applies to them.
     """
     start_at, end_at = reservation.start_at, reservation.end_at
     attempts = budget_refusals = 0
 
     for _round in range(SHORTLIST_ROUNDS):
-        ranked = placement_rank(request=request, start_at=start_at, end_at=end_at, node_filter=node_filter,
-                                policy=policy)
+        if only_node_ids is not None:
+            ranked = policy.rank(request, node_states(_filtered(only_node_ids, node_filter), start_at, end_at))
+        else:
+            ranked = placement_rank(request=request, start_at=start_at, end_at=end_at, node_filter=node_filter,
+                                    policy=policy)
         if not ranked:
             break
 
@@ -88,7 +97,8 @@ def placement_find_and_commit(
             attempts += 1
             try:
                 with transaction.atomic():
-                    allocation = _commit(reservation, request, placement, policy, borrowed_gpu_milli, budget)
+                    allocation = _commit(reservation, request, placement, policy, borrowed_gpu_milli, budget,
+                                         price_factor)
             except (CapacityConflict, IntegrityError) as error:
                 budget_refusals += isinstance(error, BudgetConflict)
                 logger.warning(
@@ -120,9 +130,19 @@ def placement_find_and_commit(
     return placement_diagnose(request, start_at, end_at, node_filter)
 
 
+def _filtered(node_ids: tuple[int, ...], node_filter: NodeFilter) -> list[int]:
+    """Return those of ``node_ids`` that are active and pass ``node_filter``."""
+    nodes = Node.objects.filter(pk__in=node_ids, status=Node.Status.ACTIVE, gpu_model_id__in=node_filter.gpu_model_ids)
+    if node_filter.region_id is not None:
+        nodes = nodes.filter(region_id=node_filter.region_id)
+    if node_filter.max_price_per_gpu_hour is not None:
+        nodes = nodes.filter(price_per_gpu_hour__lte=node_filter.max_price_per_gpu_hour)
+    return list(nodes.values_list("id", flat=True))
+
+
 def _commit(
     reservation: Reservation, request: PlacementRequest, placement: Placement, policy: PlacementPolicy,
-    borrowed_gpu_milli: int, budget: Budget | None,
+    borrowed_gpu_milli: int, budget: Budget | None, price_factor: Decimal = Decimal(1),
 ) -> Allocation:
     node = Node.objects.select_for_update().only(
         "id", "hostname", "gpu_model_id", "gpu_count", "cpu_millicores", "memory_mib", "price_per_gpu_hour",
@@ -133,8 +153,9 @@ def _commit(
 
     billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
                               node_memory_mib=node.memory_mib)
+    price = (node.price_per_gpu_hour * price_factor).quantize(PRICE_STEP)
     if not budget_fits(budget=budget, billed_milli=billed,
-                       price_per_gpu_hour=node.price_per_gpu_hour, start_at=reservation.start_at,
+                       price_per_gpu_hour=price, start_at=reservation.start_at,
                        end_at=reservation.end_at):
         raise BudgetConflict(f"node {node.pk} would take the organization past its budget")
 
@@ -150,7 +171,7 @@ def _commit(
         gpu_milli_total=request.gpu_milli_total,
         borrowed_gpu_milli=borrowed_gpu_milli,
         billed_gpu_milli=billed,
-        price_per_gpu_hour=node.price_per_gpu_hour,
+        price_per_gpu_hour=price,
         currency=node.currency,
     )
     GpuShare.objects.bulk_create(

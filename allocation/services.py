@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
-from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Organization, Region
+from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Node, Organization, Region
 
 from .lifecycle import CONFIRMED_STATUSES, HOLDING_STATUSES, RELEASING_STATUSES, can_transition
 from .models import Allocation, GpuShare, IdempotencyKey, Quota, RejectionReason, Reservation, ReservationEvent, ReservationStatus
@@ -23,9 +23,11 @@ from .budgets import budget_admit, combined_price_cap
 from .placement import placement_find_and_commit
 from .pricing import estimated_cost
 from .quotas import quota_admit
-from .selectors import NodeFilter
+from .selectors import NodeFilter, candidate_ids
 from .placement_policy import placement_policy
 from .solvers import PlacementRequest
+from scheduler.models import Workload
+from scheduler.terms import WorkloadTerms, workload_terms
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,15 @@ class ReservationSpec:
     max_price_per_gpu_hour: Decimal | None = None
     external_ref: str = ""
     do_not_migrate: bool = False
+    priority_class: str | None = None
+    """A ``scheduler.PriorityClass`` name; None uses the default class."""
+    queue: str | None = None
+    """A ``scheduler.Queue`` name; None uses the default queue."""
+    interruptible: bool = False
+    queue_if_unavailable: bool = False
+    """Wait in the queue instead of being rejected when capacity or quota is short now."""
+    latest_start_at: datetime | None = None
+    """For a queued request: the latest start it accepts; None allows the configured maximum wait."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ def reservation_create(
             code="not_a_customer",
         )
     resolved = resolve_spec(spec, now)
+    terms = workload_terms(spec, now)
 
     with transaction.atomic():
         if connection.features.has_select_for_update:
@@ -122,41 +134,86 @@ def reservation_create(
             reservation.gpu_models.set(resolved.models)
         _record_event(reservation, from_status="", to_status=ReservationStatus.PENDING, actor=actor, at=now,
                       note="Submitted.")
+        workload = Workload.objects.create(
+            reservation=reservation, priority_class=terms.priority_class, queue=terms.queue,
+            interruptible=spec.interruptible, latest_start_at=terms.latest_start_at,
+            duration_seconds=max(int((spec.end_at - spec.start_at).total_seconds()), 1),
+        )
 
-        _admit_and_place(reservation, resolved, policy, actor=actor, now=now)
+        _admit_and_place(reservation, resolved, policy, actor=actor, now=now, workload=workload,
+                         queue_if_unavailable=spec.queue_if_unavailable)
 
     logger.debug("Reservation %s for %s ended %s %s", reservation.pk, customer.slug, reservation.status,
                  reservation.reason_code)
     return reservation
 
 
-def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *, actor, now: datetime) -> None:
+QUEUEABLE_REASONS = frozenset({RejectionReason.NO_CAPACITY, RejectionReason.QUOTA_EXCEEDED})
+"""Refusals that may pass with time, so a request that asked to queue waits instead of being rejected."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    detail: str
+
+
+def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *, actor, now: datetime,
+                     workload: Workload | None = None, queue_if_unavailable: bool = False,
+                     only_node_ids: tuple[int, ...] | None = None) -> Refusal | None:
+    """Admit and place ``reservation``; on refusal, reject it, queue it, or leave it queued.
+
+    A ``pending`` reservation that asked to queue and was refused for capacity or quota becomes
+    ``queued``; other refusals reject it. A ``queued`` reservation (placed by the scheduling cycle)
+    stays queued whatever the refusal. Returns the refusal, or None when it was placed.
+    """
+    refusal = _place(reservation, resolved, policy, actor=actor, now=now, workload=workload,
+                     only_node_ids=only_node_ids)
+    if refusal is None:
+        return None
+    if reservation.status == ReservationStatus.QUEUED:
+        return refusal
+    if queue_if_unavailable and refusal.reason in QUEUEABLE_REASONS:
+        workload.queued_at = now
+        workload.waiting_reason_code = refusal.reason
+        workload.waiting_reason = refusal.detail
+        workload.save(update_fields=["queued_at", "waiting_reason_code", "waiting_reason"])
+        reservation_transition(reservation=reservation, to_status=ReservationStatus.QUEUED, actor=actor, now=now,
+                               reason_code=refusal.reason,
+                               note=f"Waiting in queue {workload.queue.name}: {refusal.detail}")
+        return refusal
+    reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
+                           reason_code=refusal.reason, note=refusal.detail)
+    return refusal
+
+
+def _place(reservation: Reservation, resolved: ResolvedSpec, policy, *, actor, now: datetime,
+           workload: Workload | None, only_node_ids: tuple[int, ...] | None) -> Refusal | None:
+    """Run quota, budget and placement; on success confirm the reservation, otherwise return why not."""
     model_names = {model.id: model.name for model in resolved.models}
     decision = quota_admit(
         customer_id=reservation.customer_id, model_ids=tuple(model_names), model_names=model_names,
         gpu_milli=resolved.request.gpu_milli_total, start_at=reservation.start_at, end_at=reservation.end_at,
     )
     if not decision.admitted_model_ids:
-        reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
-                               reason_code=RejectionReason.QUOTA_EXCEEDED, note=decision.detail)
-        return
+        return Refusal(RejectionReason.QUOTA_EXCEEDED, decision.detail)
 
     budget = budget_admit(customer_id=reservation.customer_id, gpu_milli=resolved.request.gpu_milli_total,
                           start_at=reservation.start_at, end_at=reservation.end_at)
     if budget.refusal:
-        reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
-                               reason_code=RejectionReason.BUDGET_EXCEEDED, note=budget.refusal)
-        return
+        return Refusal(RejectionReason.BUDGET_EXCEEDED, budget.refusal)
 
+    price_factor = interruptible_price_factor() if workload is not None and workload.interruptible else Decimal(1)
     price_cap, budget_binds = combined_price_cap(resolved.spec.max_price_per_gpu_hour, budget)
     node_filter = NodeFilter(
         gpu_model_ids=decision.admitted_model_ids,
         region_id=resolved.region.id if resolved.region else None,
-        max_price_per_gpu_hour=price_cap,
+        max_price_per_gpu_hour=None if price_cap is None else price_cap / price_factor,
     )
     outcome = placement_find_and_commit(
         reservation=reservation, request=resolved.request, node_filter=node_filter, policy=policy,
-        borrowed_gpu_milli=decision.borrowed_gpu_milli, budget=budget.budget,
+        borrowed_gpu_milli=decision.borrowed_gpu_milli, budget=budget.budget, price_factor=price_factor,
+        only_node_ids=only_node_ids,
     )
     if outcome.allocation is None:
         reason, detail = outcome.reason, outcome.detail
@@ -165,11 +222,14 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
             detail = (f"What is left of the organization's budget pays at most {price_cap} per GPU-hour for this "
                       f"window, and no node that fits is that cheap. Shorten the window, use fewer GPUs, or ask "
                       f"an admin to raise the budget.")
-        reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
-                               reason_code=reason, note=detail)
-        return
+        return Refusal(reason, detail)
 
-    allocation = outcome.allocation
+    _confirm(reservation, outcome.allocation, policy, actor=actor, now=now)
+    return None
+
+
+def _confirm(reservation: Reservation, allocation: Allocation, policy, *, actor, now: datetime) -> None:
+    """Move a placed reservation to scheduled or active, or to pending approval when its policy says so."""
     placed_note = f"Placed on node {allocation.node.hostname} by policy {policy.name}."
     needs_approval = approval_reason(
         customer_id=reservation.customer_id, gpu_count=reservation.gpu_count,
@@ -190,6 +250,127 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
 
     placed_status = ReservationStatus.ACTIVE if reservation.start_at <= now else ReservationStatus.SCHEDULED
     reservation_transition(reservation=reservation, to_status=placed_status, actor=actor, now=now, note=placed_note)
+
+
+def interruptible_price_factor() -> Decimal:
+    """The share of a node's price that interruptible reservations pay, from the settings."""
+    return Decimal(str(settings.MARKETPLACE["INTERRUPTIBLE_PRICE_FACTOR"]))
+
+
+def reservation_place_queued(*, reservation: Reservation, node_id: int, now: datetime) -> Refusal | None:
+    """Place a queued reservation on ``node_id`` for ``[now, now + duration)``, as the scheduling cycle decided.
+
+    Runs the same quota, budget, placement and approval rules as a new request, in a savepoint:
+    on refusal nothing changes, the reservation stays queued, and the refusal is returned.
+    """
+    workload = reservation.workload
+    models = list(reservation.gpu_models.all()) or list(GpuModel.objects.all())
+    spec = ReservationSpec(
+        gpu_count=reservation.gpu_count, gpu_milli_per_gpu=reservation.gpu_milli_per_gpu,
+        cpu_millicores=reservation.cpu_millicores, memory_mib=reservation.memory_mib, start_at=now,
+        end_at=now + timedelta(seconds=workload.duration_seconds),
+        max_price_per_gpu_hour=reservation.max_price_per_gpu_hour,
+    )
+    resolved = ResolvedSpec(spec=spec, models=models, region=reservation.region)
+    original = (reservation.start_at, reservation.end_at)
+    try:
+        with transaction.atomic():
+            reservation.start_at, reservation.end_at = spec.start_at, spec.end_at
+            reservation.save(update_fields=["start_at", "end_at", "updated_at"])
+            refusal = _admit_and_place(reservation, resolved, placement_policy(), actor=None, now=now,
+                                       workload=workload, only_node_ids=(node_id,))
+            if refusal is not None:
+                raise _PlacementRefused(refusal)
+    except _PlacementRefused as refused:
+        reservation.start_at, reservation.end_at = original
+        return refused.refusal
+    return None
+
+
+class _PlacementRefused(Exception):
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.detail)
+        self.refusal = refusal
+
+
+def reservation_requeue(*, original: Reservation, now: datetime, note: str) -> Reservation:
+    """Create a queued copy of a preempted reservation, with the same terms and duration, earliest start now."""
+    workload = original.workload
+    duration = timedelta(seconds=workload.duration_seconds)
+    copy = Reservation.objects.create(
+        customer_id=original.customer_id, created_by_id=original.created_by_id, external_ref="",
+        gpu_count=original.gpu_count, gpu_milli_per_gpu=original.gpu_milli_per_gpu, region_id=original.region_id,
+        cpu_millicores=original.cpu_millicores, memory_mib=original.memory_mib, start_at=now, end_at=now + duration,
+        max_price_per_gpu_hour=original.max_price_per_gpu_hour, currency=original.currency,
+        status=ReservationStatus.PENDING, do_not_migrate=original.do_not_migrate,
+    )
+    copy.gpu_models.set(original.gpu_models.all())
+    _record_event(copy, from_status="", to_status=ReservationStatus.PENDING, actor=None, at=now,
+                  note=f"Requeued after reservation {original.pk} was preempted.")
+    max_wait = timedelta(seconds=settings.MARKETPLACE["QUEUE_MAX_WAIT_SECONDS"])
+    copy_workload = Workload.objects.create(
+        reservation=copy, priority_class_id=workload.priority_class_id, queue_id=workload.queue_id,
+        interruptible=workload.interruptible, duration_seconds=workload.duration_seconds,
+        latest_start_at=now + max_wait, queued_at=now, requeued_from=original,
+        waiting_reason_code="requeued", waiting_reason=note,
+    )
+    reservation_transition(reservation=copy, to_status=ReservationStatus.QUEUED, now=now, reason_code="requeued",
+                           note=note)
+    copy.workload = copy_workload
+    return copy
+
+
+def reservation_finish_early(*, reservation: Reservation, succeeded: bool, now: datetime, note: str) -> None:
+    """End an active reservation whose work stopped before its window did, releasing the rest of the window.
+
+    ``succeeded`` completes it; otherwise it fails. Either way its capacity and quota are free from ``now``.
+    """
+    release_allocation(reservation, now)
+    reservation_transition(reservation=reservation,
+                           to_status=ReservationStatus.COMPLETED if succeeded else ReservationStatus.FAILED,
+                           now=now, reason_code="" if succeeded else "work_failed", note=note)
+
+
+def reservation_move_after_failed_start(*, reservation: Reservation, exclude_node_ids: list[int],
+                                        now: datetime) -> Node | None:
+    """Move an active reservation whose work failed to start to another node, from ``now`` to its end.
+
+    Its allocation is replaced: no work ran on it, so nothing is billed for it. Returns the new
+    node, or None (nothing changed) when no other node has room.
+    """
+    old = Allocation.objects.select_related("node").get(reservation=reservation, released_at__isnull=True)
+    workload = getattr(reservation, "workload", None)
+    request = PlacementRequest(gpu_count=reservation.gpu_count, gpu_milli_per_gpu=reservation.gpu_milli_per_gpu,
+                               cpu_millicores=reservation.cpu_millicores, memory_mib=reservation.memory_mib)
+    model_ids = tuple(reservation.gpu_models.values_list("id", flat=True)) or tuple(
+        GpuModel.objects.values_list("id", flat=True))
+    price_factor = interruptible_price_factor() if workload is not None and workload.interruptible else Decimal(1)
+    cap = reservation.max_price_per_gpu_hour
+    node_filter = NodeFilter(gpu_model_ids=model_ids, region_id=reservation.region_id,
+                             max_price_per_gpu_hour=None if cap is None else cap / price_factor)
+    original = (reservation.start_at, reservation.end_at)
+    try:
+        with transaction.atomic():
+            GpuShare.objects.filter(allocation=old).delete()
+            old.delete()
+            reservation.start_at = max(now, reservation.start_at)
+            reservation.save(update_fields=["start_at", "updated_at"])
+            shortlist = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
+            ids = [node_id for node_id in candidate_ids(request, reservation.start_at, reservation.end_at, node_filter,
+                                                        used_limit=shortlist, free_limit=shortlist, exact=True)
+                   if node_id not in set(exclude_node_ids)]
+            outcome = placement_find_and_commit(
+                reservation=reservation, request=request, node_filter=node_filter, policy=placement_policy(),
+                borrowed_gpu_milli=old.borrowed_gpu_milli, price_factor=price_factor, only_node_ids=tuple(ids),
+            ) if ids else None
+            if outcome is None or outcome.allocation is None:
+                raise _PlacementRefused(Refusal(RejectionReason.NO_CAPACITY, "no other node has room"))
+    except _PlacementRefused:
+        reservation.start_at, reservation.end_at = original
+        return None
+    logger.info("Reservation %s moved from %s to %s after a failed start", reservation.pk, old.node.hostname,
+                outcome.allocation.node.hostname)
+    return outcome.allocation.node
 
 
 def reservation_transition(

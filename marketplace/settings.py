@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "marketplace",
     "allocation",
     "capacity",
+    "scheduler",
 ]
 
 MIDDLEWARE = [
@@ -155,6 +156,8 @@ CELERY_BEAT_SCHEDULE = {
     "rollup-demand-metrics": {"task": "capacity.rollup_demand_metrics", "schedule": 3600.0},
     "refresh-demand-forecasts": {"task": "capacity.refresh_forecasts", "schedule": 24 * 3600.0},
     "propose-rebalancing": {"task": "allocation.propose_rebalance", "schedule": 3600.0},
+    "scheduling-cycle": {"task": "scheduler.run_cycle", "schedule": 30.0},
+    "finish-preemptions": {"task": "scheduler.finish_preemptions", "schedule": 15.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -196,6 +199,19 @@ MARKETPLACE = {
     "FORECAST_HORIZON_HOURS": env.int("FORECAST_HORIZON_HOURS", default=168),
     # Days a forecast is kept after a newer one replaced it.
     "FORECAST_RETENTION_DAYS": env.int("FORECAST_RETENTION_DAYS", default=90),
+    # Interruptible reservations pay this share of the node's price and may be preempted.
+    "INTERRUPTIBLE_PRICE_FACTOR": env.float("INTERRUPTIBLE_PRICE_FACTOR", default=0.6),
+    # Scheduler: how long a queued request may wait after its start_at; how many blocked requests
+    # get a held start per cycle; at most how many preemptions and placements one cycle makes.
+    "QUEUE_MAX_WAIT_SECONDS": env.int("QUEUE_MAX_WAIT_SECONDS", default=7 * 86400),
+    "SCHEDULER_RESERVE_DEPTH": env.int("SCHEDULER_RESERVE_DEPTH", default=100),
+    "SCHEDULER_MAX_PREEMPTIONS": env.int("SCHEDULER_MAX_PREEMPTIONS", default=10),
+    "SCHEDULER_MAX_PLACEMENTS": env.int("SCHEDULER_MAX_PLACEMENTS", default=200),
+    # Fair share counts each organization's usage of the last window, halving its weight every half-life.
+    "FAIR_SHARE_WINDOW_HOURS": env.int("FAIR_SHARE_WINDOW_HOURS", default=7 * 24),
+    "FAIR_SHARE_HALF_LIFE_HOURS": env.float("FAIR_SHARE_HALF_LIFE_HOURS", default=24.0),
+    # A start that agents report as failed is retried on another node this many times in all.
+    "MAX_START_ATTEMPTS": env.int("MAX_START_ATTEMPTS", default=3),
 }
 
 LOGGING = {
@@ -212,5 +228,6 @@ LOGGING = {
         "marketplace": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "allocation": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "capacity": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
+        "scheduler": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
     },
 }

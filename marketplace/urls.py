@@ -15,6 +15,7 @@ urlpatterns = [
     path("ops/", include("allocation.urls")),
     path("api/v1/ping/", PingView.as_view(), name="ping"),
     path("api/v1/", include("allocation.api.urls")),
+    path("api/v1/", include("scheduler.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     # Unknown API paths get problem details even with DEBUG on, where Django ignores handler404.

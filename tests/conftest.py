@@ -18,7 +18,8 @@ def hours(n: float) -> timedelta:
 
 @pytest.fixture(autouse=True)
 def gpu_catalogue(request):
-    """Re-seed the GPU model catalogue, which the flush after a transactional test removes."""
+    """Re-seed the GPU model catalogue and the scheduler's classes and queues, which the flush after a
+    transactional test removes."""
     uses_database = request.node.get_closest_marker("django_db") is not None
     if not uses_database and "db" not in request.fixturenames:
         return
@@ -31,6 +32,9 @@ def gpu_catalogue(request):
         GpuModel.objects.get_or_create(
             name=name, defaults={"vendor": vendor, "memory_gib": memory_gib, "description": description},
         )
+    from django.apps import apps
+
+    importlib.import_module("scheduler.migrations.0002_seed_classes_and_queue").seed(apps, None)
 
 
 @pytest.fixture(autouse=True)

@@ -116,6 +116,25 @@ class ReservationCreateSerializer(StrictSerializer):
         required=False, default=False,
         help_text="True keeps the reservation on the node it is placed on; rebalancing plans never move it.",
     )
+    priority_class = serializers.CharField(
+        max_length=64, required=False, allow_null=True, default=None,
+        help_text="A name from GET /api/v1/priority-classes/; default: the default class.",
+    )
+    interruptible = JsonBooleanField(
+        required=False, default=False,
+        help_text="True pays less (see the priority classes) and may be preempted by higher priorities.",
+    )
+    queue_if_unavailable = JsonBooleanField(
+        required=False, default=False,
+        help_text="True waits in the queue (202, status queued) instead of a 409 when capacity or quota is short. "
+                  "The window's length is the run time; it starts when the scheduler places it.",
+    )
+    queue = serializers.CharField(max_length=64, required=False, allow_null=True, default=None,
+                                  help_text="A queue name from GET /api/v1/queues/; default: default.")
+    latest_start_at = AwareDateTimeField(
+        required=False, allow_null=True, default=None,
+        help_text="For queued requests: expire unless started by then; default: start_at plus the maximum wait.",
+    )
 
     def to_spec(self) -> ReservationSpec:
         data = self.validated_data
@@ -134,6 +153,11 @@ class ReservationCreateSerializer(StrictSerializer):
             max_price_per_gpu_hour=data["max_price_per_gpu_hour"],
             external_ref=data["external_ref"],
             do_not_migrate=data["do_not_migrate"],
+            priority_class=data["priority_class"],
+            interruptible=data["interruptible"],
+            queue_if_unavailable=data["queue_if_unavailable"],
+            queue=data["queue"],
+            latest_start_at=data["latest_start_at"],
         )
 
 
@@ -173,11 +197,29 @@ class AllocationSerializer(serializers.Serializer):
         ))
 
 
+class SchedulingSerializer(serializers.Serializer):
+    priority_class = serializers.CharField(source="priority_class.name")
+    priority = serializers.IntegerField(source="priority_class.value")
+    queue = serializers.CharField(source="queue.name")
+    interruptible = serializers.BooleanField()
+    duration_seconds = serializers.IntegerField()
+    latest_start_at = serializers.DateTimeField(allow_null=True)
+    queue_position = serializers.IntegerField(source="position", allow_null=True,
+                                              help_text="1 is next, as of the last scheduling cycle; null when not waiting.")
+    waiting_reason_code = serializers.CharField()
+    waiting_reason = serializers.CharField(help_text="Why it waits, in plain words.")
+    estimated_start_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the held window starts if nothing changes; null when not known.",
+    )
+    requeued_from = serializers.IntegerField(source="requeued_from_id", allow_null=True)
+
+
 class ReservationSerializer(serializers.ModelSerializer):
     customer = serializers.CharField(source="customer.slug")
     gpu_models = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
     region = serializers.CharField(source="region.code", allow_null=True)
     allocation = serializers.SerializerMethodField()
+    scheduling = serializers.SerializerMethodField()
 
     class Meta:
         model = Reservation
@@ -185,13 +227,17 @@ class ReservationSerializer(serializers.ModelSerializer):
             "id", "customer", "external_ref", "status", "reason_code", "reason_detail",
             "gpu_count", "gpu_milli_per_gpu", "gpu_models", "region", "cpu_millicores", "memory_mib",
             "start_at", "end_at", "max_price_per_gpu_hour", "currency", "hold_expires_at", "do_not_migrate",
-            "allocation", "created_at", "updated_at",
+            "allocation", "scheduling", "created_at", "updated_at",
         ]
         read_only_fields = fields
 
     def get_allocation(self, reservation) -> dict | None:
         allocation = getattr(reservation, "allocation", None)
         return AllocationSerializer(allocation).data if allocation is not None else None
+
+    def get_scheduling(self, reservation) -> dict | None:
+        workload = getattr(reservation, "workload", None)
+        return SchedulingSerializer(workload).data if workload is not None else None
 
 
 class GpuModelSerializer(serializers.ModelSerializer):

@@ -19,6 +19,8 @@ from ..models import GpuShare, Reservation, ReservationStatus
 from ..selectors import NodeFilter, offers
 from ..quoting import reservation_alternatives, reservation_quote
 from ..services import reservation_cancel, reservation_create
+from scheduler.tasks import request_cycle
+
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import idempotent_post
 from .serializers import (
@@ -84,7 +86,7 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             Reservation.objects.filter(customer=customer_of(self.request))
             .select_related(
                 "customer", "region", "allocation__node__provider", "allocation__node__region",
-                "allocation__gpu_model",
+                "allocation__gpu_model", "workload__priority_class", "workload__queue",
             )
             .prefetch_related("gpu_models", shares)
             .order_by("-created_at", "-id")
@@ -100,7 +102,8 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             201: ReservationSerializer,
             202: OpenApiResponse(ReservationSerializer, description=(
                 "Placed and holding capacity, pending an admin's approval (status pending_approval, "
-                "hold_expires_at says until when)."
+                "hold_expires_at says until when); or waiting in the queue (status queued, scheduling says "
+                "its position, why it waits and the estimated start)."
             )),
             **problem_responses({
                 400: "Invalid input; errors[] names each field and the fix.",
@@ -131,8 +134,10 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
                 detail=reservation.reason_detail, reason_code=reservation.reason_code, reservation=body,
                 alternatives=AlternativesSerializer(alternatives).data,
             ))
-        # 202: placed and holding capacity, but an admin still has to approve it.
-        status = 202 if reservation.status == ReservationStatus.PENDING_APPROVAL else 201
+        if reservation.status == ReservationStatus.QUEUED:
+            request_cycle("submit")
+        # 202: holding capacity until an admin approves it, or waiting in the queue.
+        status = 202 if reservation.status in (ReservationStatus.PENDING_APPROVAL, ReservationStatus.QUEUED) else 201
         return Response(body, status=status, headers={"Location": f"/api/v1/reservations/{reservation.pk}/"})
 
     @extend_schema(request=None, responses={
@@ -148,6 +153,7 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         customer = customer_of(request)
         reservation_id = _parse_id(pk)
         reservation_cancel(reservation_id=reservation_id, customer=customer, actor=request.user)
+        request_cycle("cancel")
         return Response(ReservationSerializer(self.get_queryset().get(pk=reservation_id)).data)
 
     def get_serializer_class(self):

@@ -1,0 +1,15 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from .views import AgentAssignmentsView, AgentReportView, DecisionViewSet, PriorityClassViewSet, QueueViewSet
+
+router = SimpleRouter()
+router.register("decisions", DecisionViewSet, basename="decision")
+router.register("priority-classes", PriorityClassViewSet, basename="priority-class")
+router.register("queues", QueueViewSet, basename="queue")
+
+urlpatterns = [
+    path("agent/assignments/", AgentAssignmentsView.as_view(), name="agent-assignments"),
+    path("agent/assignments/<int:assignment_id>/status/", AgentReportView.as_view(), name="agent-report"),
+    *router.urls,
+]

@@ -1,0 +1,141 @@
+"""Agent, decision, priority class and queue endpoints; each view parses, calls a service and renders."""
+
+import django_filters
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from allocation.api.views import _check_list_parameters, customer_of
+from marketplace.api.serializers import problem_responses
+from marketplace.exceptions import NotFound
+
+from ..agents import agent_assignments, agent_report, assignment_action
+from ..models import Decision, PriorityClass, Queue
+from ..tasks import request_cycle
+from .authentication import IsNodeAgent, NodeKeyAuthentication
+from .serializers import (
+    AgentReportSerializer,
+    AssignmentListSerializer,
+    AssignmentSerializer,
+    DecisionSerializer,
+    PriorityClassSerializer,
+    QueueSerializer,
+)
+
+POLL_AFTER_SECONDS = 10
+
+
+class AgentAssignmentsView(APIView):
+    """What the calling node's agent should start, keep running or stop."""
+
+    authentication_classes = [NodeKeyAuthentication]
+    permission_classes = [IsNodeAgent]
+
+    @extend_schema(responses={200: AssignmentListSerializer, **problem_responses({401: "Missing or unknown node key."})})
+    def get(self, request: Request) -> Response:
+        node = request.auth.node
+        now = timezone.now()
+        assignments = agent_assignments(node=node, now=now)
+        shares = _gpu_uuids([assignment.reservation_id for assignment in assignments])
+        rows = []
+        for assignment in assignments:
+            assignment.action = assignment_action(assignment, now)
+            assignment.gpu_uuids = shares.get(assignment.reservation_id, [])
+            rows.append(assignment)
+        return Response(AssignmentListSerializer({
+            "node": node.hostname, "poll_after_seconds": POLL_AFTER_SECONDS, "assignments": rows,
+        }).data)
+
+
+def _gpu_uuids(reservation_ids: list[int]) -> dict[int, list]:
+    from allocation.models import GpuShare
+
+    uuids: dict[int, list] = {}
+    for reservation_id, uuid in (GpuShare.objects.filter(allocation__reservation_id__in=reservation_ids)
+                                 .order_by("gpu__index").values_list("allocation__reservation_id", "gpu__uuid")):
+        uuids.setdefault(reservation_id, []).append(uuid)
+    return uuids
+
+
+class AgentReportView(APIView):
+    """An agent's report on one assignment of its node: started, exited with a code, or failed to start."""
+
+    authentication_classes = [NodeKeyAuthentication]
+    permission_classes = [IsNodeAgent]
+
+    @extend_schema(request=AgentReportSerializer, responses={
+        200: AssignmentSerializer,
+        **problem_responses({400: "Invalid report; errors[] names the field.", 401: "Missing or unknown node key.",
+                             404: "No such assignment on this node.", 409: "The assignment is already final."}),
+    })
+    def post(self, request: Request, assignment_id: int) -> Response:
+        serializer = AgentReportSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        node = request.auth.node
+        assignment = agent_report(node=node, assignment_id=assignment_id, state=data["state"],
+                                  exit_code=data["exit_code"], message=data["message"])
+        if data["state"] != "started":
+            request_cycle("completion")
+        assignment.action = assignment_action(assignment, timezone.now())
+        assignment.gpu_uuids = _gpu_uuids([assignment.reservation_id]).get(assignment.reservation_id, [])
+        return Response(AssignmentSerializer(assignment).data)
+
+
+class DecisionFilter(django_filters.FilterSet):
+    reservation = django_filters.NumberFilter(field_name="reservation_id")
+    kind = django_filters.MultipleChoiceFilter(choices=Decision.Kind.choices)
+
+    class Meta:
+        model = Decision
+        fields = ["reservation", "kind"]
+
+
+class DecisionViewSet(viewsets.ReadOnlyModelViewSet):
+    """Scheduling decisions with their reasons: a customer's own, or every one for staff."""
+
+    serializer_class = DecisionSerializer
+    filterset_class = DecisionFilter
+    filter_backends = [django_filters.rest_framework.DjangoFilterBackend]
+    LIST_PARAMETERS = frozenset({"page", "reservation", "kind"})
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Decision.objects.none()
+        decisions = Decision.objects.order_by("-at", "-id")
+        if self.request.user.is_staff:
+            return decisions
+        return decisions.filter(reservation__customer=customer_of(self.request))
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        """List decisions, newest first; filter by reservation id and kind."""
+        _check_list_parameters(request, self.LIST_PARAMETERS)
+        return super().list(request, *args, **kwargs)
+
+    def get_object(self) -> Decision:
+        raw = str(self.kwargs["pk"])
+        decision = self.get_queryset().filter(pk=int(raw)).first() if raw.isdigit() and len(raw) < 18 else None
+        if decision is None:
+            raise NotFound(f"Decision {raw[:20]!r} does not exist or concerns another organization's reservation.")
+        return decision
+
+
+class PriorityClassViewSet(viewsets.ReadOnlyModelViewSet):
+    """The priority classes a request may name, highest first."""
+
+    queryset = PriorityClass.objects.order_by("-value")
+    serializer_class = PriorityClassSerializer
+    pagination_class = None
+    lookup_field = "name"
+
+
+class QueueViewSet(viewsets.ReadOnlyModelViewSet):
+    """The queues a request may name."""
+
+    queryset = Queue.objects.order_by("name")
+    serializer_class = QueueSerializer
+    pagination_class = None
+    lookup_field = "name"

@@ -1,0 +1,206 @@
+"""Preemption proposals: approval, the grace period, and stopping the victims.
+
+A proposal names one beneficiary and its victims on one node. When the beneficiary's class needs
+an admin's approval it waits on ``/ops/preemptions/``; otherwise it starts at once. Starting it
+tells each victim's agent to stop by the end of the victim class's grace period. When the grace
+period is over, ``preemptions_finish`` moves each victim to ``preempted`` (which releases its
+capacity) and, for the requeue mode, puts a copy of it back in the queue. The next cycle then
+places the beneficiary.
+"""
+
+import logging
+from datetime import datetime, timedelta
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from allocation.models import Reservation, ReservationStatus
+from allocation.services import reservation_requeue, reservation_transition
+from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, NotFound
+
+from .models import Assignment, Decision, Preemption, PreemptionVictim, PriorityClass, Workload
+
+logger = logging.getLogger(__name__)
+
+
+def preemption_open() -> Q:
+    return Q(status__in=[Preemption.Status.PENDING_APPROVAL, Preemption.Status.GRACE])
+
+
+def preemption_propose(*, plan, node_id: int, cycle=None, now: datetime) -> Preemption | None:
+    """Save the cycle's ``plan`` (a ``core.PreemptionPlan``); start it unless the beneficiary's class needs approval.
+
+    Returns None when the beneficiary already has an open preemption.
+    """
+    beneficiary = Workload.objects.select_related("priority_class").get(pk=plan.beneficiary)
+    needs_approval = beneficiary.priority_class.preemption_needs_approval
+    try:
+        with transaction.atomic():
+            preemption = Preemption.objects.create(
+                beneficiary_id=plan.beneficiary, node_id=node_id, cycle=cycle, created_at=now,
+                status=Preemption.Status.PENDING_APPROVAL if needs_approval else Preemption.Status.GRACE,
+                explanation=plan.explanation, cost=[float(part) for part in plan.cost],
+            )
+    except IntegrityError:
+        logger.info("Preemption for reservation %s not proposed: one is already open", plan.beneficiary)
+        return None
+    modes = dict(Workload.objects.filter(pk__in=plan.victims)
+                 .values_list("reservation_id", "priority_class__preemption_mode"))
+    PreemptionVictim.objects.bulk_create(
+        PreemptionVictim(preemption=preemption, reservation_id=victim, mode=modes.get(victim, PriorityClass.Mode.CANCEL))
+        for victim in plan.victims
+    )
+    Decision.objects.create(
+        reservation_id=plan.beneficiary, cycle=cycle, kind=Decision.Kind.PREEMPTION_PROPOSED, at=now,
+        reason_code="preemption_proposed",
+        reason=plan.explanation + (" It waits for an admin's approval." if needs_approval else ""),
+        detail={"preemption_id": preemption.pk, "victims": list(plan.victims)},
+    )
+    logger.info("Preemption %s proposed for reservation %s: victims %s%s", preemption.pk, plan.beneficiary,
+                list(plan.victims), ", awaiting approval" if needs_approval else "")
+    if not needs_approval:
+        _start_grace(preemption, now)
+    return preemption
+
+
+def _start_grace(preemption: Preemption, now: datetime) -> None:
+    """Tell the victims' agents to stop by the end of their grace periods."""
+    longest = 0
+    for victim in preemption.victims.all():
+        grace = (Workload.objects.filter(pk=victim.reservation_id)
+                 .values_list("priority_class__grace_period_seconds", flat=True).first() or 0)
+        longest = max(longest, grace)
+        stop_by = now + timedelta(seconds=grace)
+        Assignment.objects.filter(reservation_id=victim.reservation_id, stop_requested_at__isnull=True).update(
+            stop_requested_at=now, stop_by=stop_by)
+        Decision.objects.create(
+            reservation_id=victim.reservation_id, kind=Decision.Kind.PREEMPTED, reason_code="preemption_grace",
+            reason=(f"Preempted for reservation {preemption.beneficiary_id} of a higher priority; it has "
+                    f"{grace} s to stop, until {stop_by.isoformat()}, and is then "
+                    f"{'requeued' if victim.mode == PriorityClass.Mode.REQUEUE else 'cancelled'}."),
+            at=now, detail={"preemption_id": preemption.pk},
+        )
+    preemption.status = Preemption.Status.GRACE
+    preemption.grace_ends_at = now + timedelta(seconds=longest)
+    preemption.save(update_fields=["status", "grace_ends_at"])
+
+
+def preemption_approve(*, preemption_id: int, actor: AbstractBaseUser, now: datetime | None = None) -> Preemption:
+    """Approve a pending preemption: its grace period starts now."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        preemption = _pending(preemption_id)
+        status = Reservation.objects.filter(pk=preemption.beneficiary_id).values_list("status", flat=True).first()
+        if status != ReservationStatus.QUEUED:
+            raise InvalidTransition(
+                f"Reservation {preemption.beneficiary_id}, the beneficiary of preemption {preemption_id}, is "
+                f"{status} and no longer waits; reject the preemption instead.",
+                current=preemption.status, requested="approved",
+            )
+        preemption.decided_by, preemption.decided_at = actor, now
+        preemption.save(update_fields=["decided_by", "decided_at"])
+        _start_grace(preemption, now)
+    logger.info("Preemption %s approved by %s", preemption_id, actor.get_username())
+    return preemption
+
+
+def preemption_reject(*, preemption_id: int, actor: AbstractBaseUser, reason: str,
+                      now: datetime | None = None) -> Preemption:
+    """Reject a pending preemption with a reason; the victims keep running and the beneficiary keeps waiting."""
+    now = now or timezone.now()
+    reason = reason.strip()
+    if not reason:
+        raise InvalidRequest("A rejection needs a reason.",
+                             errors=[FieldProblem("reason", "Say why the preemption is rejected.", "required")])
+    with transaction.atomic():
+        preemption = _pending(preemption_id)
+        preemption.status = Preemption.Status.REJECTED
+        preemption.decided_by, preemption.decided_at, preemption.decision_note = actor, now, reason[:2000]
+        preemption.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+        Decision.objects.create(
+            reservation_id=preemption.beneficiary_id, kind=Decision.Kind.WAITING, reason_code="preemption_rejected",
+            reason=f"An admin rejected the preemption it needed: {reason[:500]}", at=now,
+            detail={"preemption_id": preemption.pk},
+        )
+    logger.info("Preemption %s rejected by %s", preemption_id, actor.get_username())
+    return preemption
+
+
+def preemptions_finish(*, now: datetime | None = None) -> int:
+    """Stop the victims of preemptions whose grace period is over; return how many preemptions finished.
+
+    Rows are claimed with ``SKIP LOCKED`` and each victim is checked under its lock, so a second
+    run, or a redelivered task, changes nothing.
+    """
+    now = now or timezone.now()
+    finished = 0
+    while True:
+        with transaction.atomic():
+            batch = list(Preemption.objects.select_for_update(skip_locked=True)
+                         .filter(status=Preemption.Status.GRACE, grace_ends_at__lte=now).order_by("id")[:50])
+            for preemption in batch:
+                _stop_victims(preemption, now)
+                preemption.status = Preemption.Status.DONE
+                preemption.save(update_fields=["status"])
+        if not batch:
+            break
+        finished += len(batch)
+    if finished:
+        logger.info("Finished %d preemptions at %s", finished, now.isoformat())
+    return finished
+
+
+def preemptions_obsolete(*, now: datetime) -> int:
+    """Close open preemptions whose beneficiary no longer waits; their victims keep running."""
+    stale = list(Preemption.objects.select_for_update(skip_locked=True).filter(preemption_open())
+                 .exclude(beneficiary__status=ReservationStatus.QUEUED))
+    for preemption in stale:
+        if preemption.status == Preemption.Status.GRACE:
+            victims = preemption.victims.values_list("reservation_id", flat=True)
+            Assignment.objects.filter(reservation_id__in=list(victims), reservation__status=ReservationStatus.ACTIVE,
+                                      stop_by__gt=now).update(stop_requested_at=None, stop_by=None)
+        preemption.status = Preemption.Status.OBSOLETE
+        preemption.decision_note = "The beneficiary no longer waited."
+        preemption.save(update_fields=["status", "decision_note"])
+    if stale:
+        logger.info("Closed %d preemptions whose beneficiary no longer waits", len(stale))
+    return len(stale)
+
+
+def _stop_victims(preemption: Preemption, now: datetime) -> None:
+    for victim in preemption.victims.select_related("reservation"):
+        reservation = Reservation.objects.select_for_update().get(pk=victim.reservation_id)
+        if reservation.status not in (ReservationStatus.ACTIVE, ReservationStatus.SCHEDULED):
+            victim.outcome = f"Already {reservation.status}; nothing to stop."
+            victim.save(update_fields=["outcome"])
+            continue
+        note = f"Preempted for reservation {preemption.beneficiary_id}: {preemption.explanation}"
+        reservation_transition(reservation=reservation, to_status=ReservationStatus.PREEMPTED, now=now,
+                               reason_code="preempted", note=note[:2000])
+        Assignment.objects.filter(reservation=reservation, stop_requested_at__isnull=True).update(
+            stop_requested_at=now, stop_by=now)
+        if victim.mode == PriorityClass.Mode.REQUEUE and hasattr(reservation, "workload"):
+            copy = reservation_requeue(original=reservation, now=now,
+                                       note=f"Requeued after preemption {preemption.pk}; it starts from scratch.")
+            victim.requeued_as = copy
+            victim.outcome = f"Preempted and requeued as reservation {copy.pk}."
+            Decision.objects.create(reservation=reservation, kind=Decision.Kind.REQUEUED, reason_code="requeued",
+                                    reason=victim.outcome, at=now, detail={"requeued_as": copy.pk})
+        else:
+            victim.outcome = "Preempted and cancelled."
+        victim.save(update_fields=["requeued_as", "outcome"])
+
+
+def _pending(preemption_id: int) -> Preemption:
+    try:
+        preemption = Preemption.objects.select_for_update().get(pk=preemption_id)
+    except Preemption.DoesNotExist:
+        raise NotFound(f"Preemption {preemption_id} does not exist.") from None
+    if preemption.status != Preemption.Status.PENDING_APPROVAL:
+        raise InvalidTransition(
+            f"Preemption {preemption_id} is {preemption.status}, not pending approval; nothing to decide.",
+            current=preemption.status, requested="decision",
+        )
+    return preemption

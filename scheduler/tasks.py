@@ -1,0 +1,38 @@
+"""Celery tasks of the scheduler; each one is thin and calls a service."""
+
+import logging
+
+from celery import shared_task
+from django.db import transaction
+
+from .cycle import scheduling_cycle
+from .preemptions import preemptions_finish
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="scheduler.run_cycle", acks_late=True)
+def run_cycle_task(trigger: str = "periodic") -> int | None:
+    """Run one scheduling cycle; return its id, or None when skipped. Safe to run twice or at once."""
+    cycle = scheduling_cycle(trigger=trigger)
+    return cycle.pk if cycle else None
+
+
+@shared_task(name="scheduler.finish_preemptions", acks_late=True)
+def finish_preemptions_task() -> int:
+    """Stop the victims whose grace period ended, then let a cycle place the beneficiaries."""
+    finished = preemptions_finish()
+    if finished:
+        request_cycle("preemption")
+    return finished
+
+
+def request_cycle(trigger: str) -> None:
+    """Run a cycle once the current transaction commits (at once when there is none)."""
+    def enqueue() -> None:
+        try:
+            run_cycle_task.delay(trigger=trigger)
+        except Exception as error:  # the broker being down must not fail the request; the periodic cycle catches up
+            logger.warning("Could not enqueue a scheduling cycle (%s): %s", trigger, error)
+
+    transaction.on_commit(enqueue)
