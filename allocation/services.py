@@ -26,7 +26,7 @@ from .quotas import quota_admit
 from .selectors import NodeFilter, candidate_ids
 from .placement_policy import placement_policy
 from .solvers import PlacementRequest
-from scheduler.models import Workload
+from scheduler.models import Decision, Workload
 from scheduler.terms import WorkloadTerms, workload_terms
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,8 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
         reservation_transition(reservation=reservation, to_status=ReservationStatus.QUEUED, actor=actor, now=now,
                                reason_code=refusal.reason,
                                note=f"Waiting in queue {workload.queue.name}: {refusal.detail}")
+        Decision.objects.create(reservation=reservation, kind=Decision.Kind.WAITING, reason_code=refusal.reason,
+                                reason=refusal.detail, at=now, detail={"queue": workload.queue.name})
         return refusal
     reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
                            reason_code=refusal.reason, note=refusal.detail)

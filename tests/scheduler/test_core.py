@@ -1,0 +1,182 @@
+"""The scheduling cycle's core: order, fair share, backfill, strict queues, preemption, no inversions."""
+
+import numpy as np
+import pytest
+
+from allocation.solvers.base import PlacementRequest
+from allocation.solvers.fleet import Fleet
+from allocation.solvers.online import policy_by_name
+from scheduler.core import Booking, CycleConfig, Running, Timeline, Waiting, priority_inversions, run_cycle
+
+HOUR = 3600.0
+
+
+def gpus(count: int, milli: int = 1000) -> PlacementRequest:
+    return PlacementRequest(gpu_count=count, gpu_milli_per_gpu=milli, cpu_millicores=1000, memory_mib=1024)
+
+
+def fleet(*gpu_counts: int, models: tuple[str, ...] | None = None) -> Fleet:
+    size = len(gpu_counts)
+    return Fleet.build(cpu=[64000] * size, memory=[256000] * size, gpu_count=list(gpu_counts),
+                       models=list(models or ["T4"] * size), price=[1.0] * size)
+
+
+def running(key: int, row: int, columns: tuple[int, ...], *, priority: int = 100, end: float = HOUR,
+            preemptible: bool = True, borrowed: int = 0, protected_for: float = 0.0, elapsed: float = HOUR) -> Running:
+    booking = Booking(key=key, row=row, columns=columns, gpu_milli_per_gpu=1000, cpu_millicores=1000,
+                      memory_mib=1024, start=-elapsed, end=end)
+    return Running(booking=booking, organization=99, priority=priority, preemptible=preemptible,
+                   borrowed_milli=borrowed, protected_for=protected_for, elapsed=elapsed)
+
+
+def cycle(capacity: Fleet, waiting, work=(), **config):
+    timeline = Timeline(capacity, [item.booking for item in work])
+    result = run_cycle(timeline, waiting, list(work), policy_by_name("best_fit"), config=CycleConfig(**config))
+    return result, timeline
+
+
+def test_higher_priority_gets_the_last_gpu():
+    waiting = [Waiting(1, 1, gpus(1), HOUR, priority=100, submitted=0),
+               Waiting(2, 2, gpus(1), HOUR, priority=500, submitted=10)]
+
+    result, _ = cycle(fleet(1), waiting)
+
+    assert [placed.key for placed in result.placed] == [2]
+    assert result.waiting[0].key == 1 and result.waiting[0].position == 1
+
+
+def test_fair_share_prefers_the_organization_that_used_less():
+    waiting = [Waiting(1, 1, gpus(1), HOUR, submitted=0), Waiting(2, 2, gpus(1), HOUR, submitted=5)]
+    timeline = Timeline(fleet(1), [])
+
+    result = run_cycle(timeline, waiting, [], policy_by_name("best_fit"), usage={1: (4000.0, 0.0, 0.0)})
+
+    assert [placed.key for placed in result.placed] == [2]
+
+
+def test_fair_share_alternates_organizations_within_one_cycle():
+    waiting = [Waiting(key, 1, gpus(1), HOUR, submitted=key) for key in (1, 2, 3)]
+    waiting += [Waiting(key, 2, gpus(1), HOUR, submitted=key) for key in (4, 5, 6)]
+
+    result, _ = cycle(fleet(4), waiting)
+
+    assert sorted(placed.key for placed in result.placed) == [1, 2, 4, 5]
+
+
+def test_blocked_request_gets_an_estimated_start_when_work_ends():
+    work = [running(100, 0, (0, 1), end=2 * HOUR)]
+    waiting = [Waiting(1, 1, gpus(2), HOUR)]
+
+    result, _ = cycle(fleet(2), waiting, work)
+
+    assert result.waiting[0].reason_code == "no_capacity"
+    assert result.waiting[0].estimated_start == pytest.approx(2 * HOUR)
+
+
+def test_backfill_starts_a_short_request_that_ends_before_the_held_window():
+    work = [running(100, 0, (0,), end=2 * HOUR)]
+    waiting = [Waiting(1, 1, gpus(2), HOUR, submitted=0),
+               Waiting(2, 2, gpus(1), HOUR, submitted=1),
+               Waiting(3, 3, gpus(1), 3 * HOUR, submitted=2)]
+
+    result, _ = cycle(fleet(2), waiting, work)
+
+    assert [placed.key for placed in result.placed] == [2]
+    assert result.placed[0].backfilled
+    reasons = {decision.key: decision for decision in result.waiting}
+    assert reasons[1].estimated_start == pytest.approx(2 * HOUR)
+    assert reasons[3].reason_code == "no_capacity"
+
+
+def test_strict_fifo_queue_lets_no_one_pass_its_blocked_head():
+    work = [running(100, 0, (0,), end=2 * HOUR)]
+    waiting = [Waiting(1, 1, gpus(2), HOUR, submitted=0, queue="fifo"),
+               Waiting(2, 2, gpus(1), HOUR, submitted=1, queue="fifo"),
+               Waiting(3, 3, gpus(1), HOUR, submitted=2, queue="default")]
+
+    result, _ = cycle(fleet(2), waiting, work, strict_fifo_queues=frozenset({"fifo"}))
+
+    assert [placed.key for placed in result.placed] == [3]
+    assert {d.key: d.reason_code for d in result.waiting}[2] == "behind_strict_head"
+
+
+def test_future_booking_keeps_a_long_request_off_the_node():
+    future = Booking(key=100, row=0, columns=(0,), gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0,
+                     start=HOUR, end=3 * HOUR)
+    timeline = Timeline(fleet(1, 1), [future])
+    waiting = [Waiting(1, 1, gpus(1), 2 * HOUR)]
+
+    result = run_cycle(timeline, waiting, [], policy_by_name("best_fit"))
+
+    assert [(placed.key, placed.row) for placed in result.placed] == [(1, 1)]
+
+
+def test_preemption_takes_the_cheapest_victims():
+    work = [running(100, 0, (0,), priority=100, elapsed=5 * HOUR),
+            running(101, 1, (0,), priority=100, borrowed=1000, elapsed=5 * HOUR),
+            running(102, 2, (0,), priority=300)]
+    waiting = [Waiting(1, 1, gpus(1), HOUR, priority=500, can_preempt=True)]
+
+    result, _ = cycle(fleet(1, 1, 1), waiting, work)
+
+    assert len(result.preemptions) == 1
+    plan = result.preemptions[0]
+    assert plan.victims == (101,) and plan.row == 1
+    assert result.waiting[0].reason_code == "preemption_proposed"
+
+
+@pytest.mark.parametrize("victim", [
+    dict(priority=500), dict(priority=900), dict(preemptible=False), dict(protected_for=60.0),
+])
+def test_preemption_never_takes_equal_higher_protected_or_guaranteed_work(victim):
+    waiting = [Waiting(1, 1, gpus(1), HOUR, priority=500, can_preempt=True)]
+
+    result, _ = cycle(fleet(1), waiting, [running(100, 0, (0,), **victim)])
+
+    assert result.preemptions == []
+
+
+def test_request_that_can_never_fit_preempts_nothing():
+    waiting = [Waiting(1, 1, gpus(4), HOUR, priority=500, can_preempt=True)]
+
+    result, _ = cycle(fleet(2), waiting, [running(100, 0, (0, 1))])
+
+    assert result.preemptions == []
+    assert result.waiting[0].reason_code == "never_fits"
+
+
+def test_one_victim_is_never_promised_to_two_beneficiaries():
+    waiting = [Waiting(key, key, gpus(1), HOUR, priority=500, can_preempt=True, submitted=key) for key in (1, 2)]
+
+    result, _ = cycle(fleet(1), waiting, [running(100, 0, (0,))])
+
+    assert [plan.beneficiary for plan in result.preemptions] == [1]
+
+
+def test_unnecessary_victims_are_dropped_again():
+    work = [running(100, 0, (0,), priority=100, elapsed=HOUR), running(101, 0, (1,), priority=50, elapsed=9 * HOUR)]
+    waiting = [Waiting(1, 1, gpus(1, 1000), HOUR, priority=500, can_preempt=True)]
+
+    result, _ = cycle(fleet(2), waiting, work)
+
+    assert result.preemptions[0].victims == (101,)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_queues_leave_no_priority_inversion(seed):
+    random = np.random.default_rng(seed)
+    capacity = fleet(*random.integers(1, 9, size=30))
+    work = [running(1000 + row, row, (0,), end=float(random.integers(1, 10)) * HOUR) for row in range(0, 30, 3)]
+    waiting = [
+        Waiting(key, int(random.integers(1, 6)), gpus(int(random.integers(1, 5)), int(random.choice([250, 500, 1000]))),
+                float(random.integers(1, 8)) * HOUR, priority=int(random.choice([100, 500, 1000])),
+                submitted=float(key), can_preempt=bool(random.random() < 0.2))
+        for key in range(400)
+    ]
+    timeline = Timeline(capacity, [item.booking for item in work])
+
+    result = run_cycle(timeline, waiting, work, policy_by_name("best_fit"), config=CycleConfig(reserve_depth=20))
+
+    assert result.placed and result.waiting
+    assert priority_inversions(result.placed, result.waiting, waiting, timeline) == 0
+    assert (timeline.gpu_free >= 0).all() and (timeline.cpu_free >= 0).all()
