@@ -8,7 +8,7 @@ PORT ?= 8000
 # sets: an empty value wins over .env, and the settings treat it as unset.
 DEMO_ENV := env DATABASE_URL= REDIS_URL=
 
-.PHONY: install demo test bench bench-api bench-forecast bench-placement serve clean
+.PHONY: install demo test bench bench-api bench-forecast bench-placement bench-scheduler serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench-forecast: install
 # Replays the FGD paper's packing protocol for every online policy; writes docs/placement-unallocated.svg too.
 bench-placement: install
 	$(BIN)/python -m bench.placement --output docs/benchmarks.md
+
+# One scheduling cycle over 10,000 waiting requests on the trace fleet, preemption search included.
+bench-scheduler: install
+	$(BIN)/python -m bench.scheduler --output docs/benchmarks.md
 
 # Needs a local PostgreSQL; BENCH_ADMIN_DATABASE_URL names another server with the right to create databases.
 bench-api: install

@@ -13,6 +13,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("ops/capacity/", include("capacity.urls")),
     path("ops/", include("allocation.urls")),
+    path("ops/", include("scheduler.urls")),
     path("api/v1/ping/", PingView.as_view(), name="ping"),
     path("api/v1/", include("allocation.api.urls")),
     path("api/v1/", include("scheduler.api.urls")),
