@@ -246,12 +246,18 @@ class ApprovalPolicy(models.Model):
 class Allocation(models.Model):
     """The binding of a reservation to one node for its window.
 
+    A migration's hold has no reservation, 0 GPU milli counted against quota and a price of 0:
+    its GPU shares and CPU and memory keep the target node's capacity until the move switches over.
+
     ``customer``, ``gpu_model`` and ``gpu_milli_total`` copy the reservation and the node, so the
     database triggers check quotas and node capacity from this table alone. A released allocation
     has ``end_at`` cut to the release time; an empty window holds no capacity.
     """
 
-    reservation = models.OneToOneField(Reservation, on_delete=models.PROTECT, related_name="allocation")
+    reservation = models.OneToOneField(
+        Reservation, on_delete=models.PROTECT, related_name="allocation", null=True, blank=True,
+        help_text="Empty for a migration's hold: capacity kept on the target node while the reservation moves.",
+    )
     customer = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocations")
     gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="+")

@@ -30,11 +30,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from marketplace.exceptions import InvalidRequest, MarketplaceError, NotFound
-from marketplace.models import Gpu, Node, Organization
+from marketplace.models import Gpu, Node
 
-from .models import (
-    Allocation, GpuShare, RebalanceMove, RebalancePlan, Reservation, ReservationEvent, ReservationStatus, SolverRun,
-)
+from .models import Allocation, RebalanceMove, RebalancePlan, ReservationStatus, SolverRun
 from .placement import placement_rank
 from .placement_policy import placement_policy, target_workload
 from .pricing import billed_gpu_milli
@@ -43,6 +41,8 @@ from .solvers import NodeState, PlacementRequest
 from .solvers.fleet import Fleet
 from .solvers.fragmentation import FragmentationTracker
 from .solvers.rebalance import MoveCandidate, TargetFree, choose_moves
+from scheduler.migrating import migration_advance, migration_plan
+from scheduler.models import Migration
 
 logger = logging.getLogger(__name__)
 
@@ -248,10 +248,11 @@ def rebalance_decide(*, plan_id: int, approve: bool, actor: AbstractBaseUser, no
         plan.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
 
     if approve:
-        # Each move commits on its own, so a move holds its reservation, customer and node locks
-        # only while it is applied and never waits for another customer's lock while holding one.
-        # NOTE: if the process dies between moves, the remaining moves stay pending in an applied
-        # plan; they are not retried, and the next proposal considers those reservations again.
+        # Each move is a migration whose steps commit on their own, so a move holds its reservation,
+        # customer and node locks only during one step. A migration cut short by a crash is finished
+        # or rolled back by the periodic scheduler.advance_migrations task.
+        # NOTE: if the process dies between moves, the moves not yet started stay pending in an
+        # applied plan; they are not retried, and the next proposal considers those reservations again.
         moves = list(plan.moves.select_related("from_node", "to_node"))
         applied = sum(_apply_move(move, plan, actor, now) for move in moves)
         plan.decision_note = note.strip() or f"Applied {applied} of {len(moves)} move{'' if len(moves) == 1 else 's'}."
@@ -261,86 +262,15 @@ def rebalance_decide(*, plan_id: int, approve: bool, actor: AbstractBaseUser, no
 
 
 def _apply_move(move: RebalanceMove, plan: RebalancePlan, actor, now: datetime) -> int:
-    """Apply one move of the plan; return 1, or 0 after marking the move skipped with the reason."""
-    try:
-        with transaction.atomic():
-            detail = _move_allocation(move, plan, actor, now)
-    except IntegrityError as error:
-        detail = f"The database refused the move ({str(error).splitlines()[0]}); the reservation stays where it was."
-    except _MoveSkipped as skipped:
-        detail = str(skipped)
-    else:
-        move.outcome, move.outcome_detail = RebalanceMove.Outcome.APPLIED, detail
+    """Run one move of the plan through the migration state machine; return 1 when it was applied."""
+    migration = migration_plan(reservation_id=move.reservation_id, to_node_id=move.to_node_id,
+                               kind=Migration.Kind.REBALANCE, rebalance_move=move, now=now, actor=actor,
+                               reason=f"Rebalancing plan {plan.pk}: {move.explanation}")
+    if migration is None:
+        detail = "The reservation has no allocation, or another move of it is in progress; it stays where it is."
+        move.outcome, move.outcome_detail = RebalanceMove.Outcome.SKIPPED, detail
         move.save(update_fields=["outcome", "outcome_detail"])
-        return 1
-    logger.warning("Rebalancing plan %s skipped the move of reservation %s: %s", plan.pk, move.reservation_id, detail)
-    move.outcome, move.outcome_detail = RebalanceMove.Outcome.SKIPPED, detail
-    move.save(update_fields=["outcome", "outcome_detail"])
-    return 0
-
-
-class _MoveSkipped(Exception):
-    """The move no longer applies; the message gives the reason."""
-
-
-def _check_target_limits(reservation, allocation: Allocation, target: Node, move: RebalanceMove) -> None:
-    """Raise ``_MoveSkipped`` unless ``target`` still suits the reservation as the proposal required."""
-    if target.status != Node.Status.ACTIVE:
-        raise _MoveSkipped(f"Node {target.hostname} is no longer active.")
-    if target.gpu_model_id != allocation.gpu_model_id:
-        raise _MoveSkipped(f"Node {target.hostname} no longer has the reservation's GPU model.")
-    if reservation.region_id is not None and target.region_id != reservation.region_id:
-        raise _MoveSkipped(f"Node {target.hostname} is no longer in the region the reservation asked for.")
-    if target.currency != allocation.currency:
-        raise _MoveSkipped(f"Node {target.hostname} now prices in {target.currency}, not {allocation.currency}.")
-    if target.price_per_gpu_hour != move.target_price_per_gpu_hour:
-        raise _MoveSkipped(f"Node {target.hostname}'s price changed from {move.target_price_per_gpu_hour} to "
-                           f"{target.price_per_gpu_hour} per GPU-hour since the plan was proposed.")
-    if target.price_per_gpu_hour > allocation.price_per_gpu_hour or (
-            reservation.max_price_per_gpu_hour is not None
-            and target.price_per_gpu_hour > reservation.max_price_per_gpu_hour):
-        raise _MoveSkipped(f"Node {target.hostname} now costs {target.price_per_gpu_hour} per GPU-hour, more than the "
-                           f"reservation pays or accepts.")
-
-
-def _move_allocation(move: RebalanceMove, plan: RebalancePlan, actor, now: datetime) -> str:
-    # Locks in the services' order: the reservation, its allocation, the customer, then the node.
-    reservation = Reservation.objects.select_for_update().filter(pk=move.reservation_id).first()
-    allocation = Allocation.objects.select_for_update().filter(reservation_id=move.reservation_id).first()
-    if reservation is None or allocation is None or reservation.status != ReservationStatus.SCHEDULED \
-            or allocation.start_at <= now:
-        raise _MoveSkipped("The reservation is no longer scheduled to start later, so it stays where it is.")
-    if allocation.node_id != move.from_node_id or allocation.released_at is not None:
-        raise _MoveSkipped("The reservation's allocation changed since the plan was proposed.")
-    if reservation.do_not_migrate:
-        raise _MoveSkipped("The customer has since asked that the reservation never moves.")
-
-    Organization.objects.select_for_update().only("id").get(pk=reservation.customer_id)
-    target = Node.objects.select_for_update().get(pk=move.to_node_id)
-    _check_target_limits(reservation, allocation, target, move)
-    request = PlacementRequest(gpu_count=reservation.gpu_count, gpu_milli_per_gpu=reservation.gpu_milli_per_gpu,
-                               cpu_millicores=reservation.cpu_millicores, memory_mib=reservation.memory_mib)
-    placements = placement_policy().rank(request, node_states([target.pk], allocation.start_at, allocation.end_at))
-    if not placements:
-        raise _MoveSkipped(f"Node {target.hostname} can no longer hold the reservation for its window.")
-
-    billed = billed_gpu_milli(request, node_gpu_count=target.gpu_count, node_cpu_millicores=target.cpu_millicores,
-                              node_memory_mib=target.memory_mib)
-    if target.price_per_gpu_hour * billed > allocation.price_per_gpu_hour * allocation.billed_gpu_milli:
-        raise _MoveSkipped(f"On node {target.hostname} the reservation would cost more than it does now.")
-
-    source = move.from_node.hostname
-    GpuShare.objects.filter(allocation=allocation).delete()
-    allocation.node, allocation.gpu_model_id = target, target.gpu_model_id
-    allocation.price_per_gpu_hour, allocation.currency = target.price_per_gpu_hour, target.currency
-    allocation.billed_gpu_milli = billed
-    allocation.save(update_fields=["node", "gpu_model", "price_per_gpu_hour", "currency", "billed_gpu_milli"])
-    GpuShare.objects.bulk_create(
-        GpuShare(allocation=allocation, gpu_id=gpu_id, gpu_milli=milli, start_at=allocation.start_at,
-                 end_at=allocation.end_at)
-        for gpu_id, milli in placements[0].gpu_shares
-    )
-    note = f"Moved from node {source} to node {target.hostname} by rebalancing plan {plan.pk}."
-    ReservationEvent.objects.create(reservation=reservation, actor=actor, at=now, from_status=reservation.status,
-                                    to_status=reservation.status, note=note)
-    return note
+        return 0
+    migration = migration_advance(migration_id=migration.pk, now=now)
+    move.refresh_from_db(fields=["outcome", "outcome_detail"])
+    return int(migration.status == Migration.Status.DONE)

@@ -27,7 +27,7 @@ from .selectors import NodeFilter, candidate_ids
 from .placement_policy import placement_policy
 from .solvers import PlacementRequest
 from scheduler.models import Decision, Workload
-from scheduler.terms import WorkloadTerms, workload_terms
+from scheduler.terms import workload_terms
 
 logger = logging.getLogger(__name__)
 

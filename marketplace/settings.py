@@ -158,6 +158,7 @@ CELERY_BEAT_SCHEDULE = {
     "propose-rebalancing": {"task": "allocation.propose_rebalance", "schedule": 3600.0},
     "scheduling-cycle": {"task": "scheduler.run_cycle", "schedule": 30.0},
     "finish-preemptions": {"task": "scheduler.finish_preemptions", "schedule": 15.0},
+    "advance-migrations": {"task": "scheduler.advance_migrations", "schedule": 15.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -212,6 +213,10 @@ MARKETPLACE = {
     "FAIR_SHARE_HALF_LIFE_HOURS": env.float("FAIR_SHARE_HALF_LIFE_HOURS", default=24.0),
     # A start that agents report as failed is retried on another node this many times in all.
     "MAX_START_ATTEMPTS": env.int("MAX_START_ATTEMPTS", default=3),
+    # Migrations: how long a source's agent gets to stop the work, and a pause after each step
+    # (0 in production; the crash drill and its test raise it to kill a worker between steps).
+    "MIGRATION_STOP_SECONDS": env.int("MIGRATION_STOP_SECONDS", default=120),
+    "MIGRATION_STEP_PAUSE_SECONDS": env.float("MIGRATION_STEP_PAUSE_SECONDS", default=0.0),
 }
 
 LOGGING = {

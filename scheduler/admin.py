@@ -1,6 +1,30 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from .models import Assignment, Decision, NodeCredential, Preemption, PreemptionVictim, PriorityClass, Queue, SchedulingCycle
+from marketplace.admin import NodeAdmin
+from marketplace.exceptions import MarketplaceError
+
+from .migrating import node_drain
+from .models import (
+    Assignment, Decision, Migration, NodeCredential, Preemption, PreemptionVictim, PriorityClass, Queue, SchedulingCycle,
+)
+
+
+@admin.action(description="Drain selected nodes: no new work, move what runs there to other nodes",
+              permissions=["change"])
+def drain_nodes(modeladmin, request, queryset):
+    for node in queryset:
+        try:
+            summary = node_drain(node_id=node.pk, actor=request.user)
+        except MarketplaceError as error:
+            modeladmin.message_user(request, f"{node.hostname}: {error}", messages.ERROR)
+            continue
+        modeladmin.message_user(
+            request, f"{node.hostname} is draining: {summary['planned']} moves planned, {summary['stayed']} "
+                     f"reservations stay (do-not-migrate, or no room elsewhere); see Scheduler > Migrations.")
+
+
+# The scheduler adds its drain action to the core app's node admin.
+NodeAdmin.actions = [*(NodeAdmin.actions or []), drain_nodes]
 
 
 @admin.register(PriorityClass)
@@ -64,3 +88,9 @@ class AssignmentAdmin(ReadOnlyAdmin):
 class NodeCredentialAdmin(ReadOnlyAdmin):
     list_display = ["node", "prefix", "created_at", "last_seen_at"]
     exclude = ["secret_hash"]
+
+
+@admin.register(Migration)
+class MigrationAdmin(ReadOnlyAdmin):
+    list_display = ["id", "created_at", "reservation", "kind", "from_node", "to_node", "status", "outcome"]
+    list_filter = ["status", "kind"]

@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from allocation.lifecycle import HOLDING_STATUSES
@@ -124,11 +124,14 @@ def fleet_capacity() -> tuple[Fleet, dict[int, tuple[int, int]]]:
 
 
 def running_work(now: datetime, fleet: Fleet, gpu_columns: dict[int, tuple[int, int]]) -> list[Running]:
-    """Return every allocation that holds capacity from ``now`` on, as bookings with their preemption terms."""
+    """Return every allocation that holds capacity from ``now`` on, as bookings with their preemption terms.
+
+    Migration holds are included and can never be preempted.
+    """
     rows = {int(node_id): row for row, node_id in enumerate(fleet.node_ids)}
     allocations = list(
-        Allocation.objects.filter(end_at__gt=now, start_at__lt=F("end_at"), node_id__in=rows.keys(),
-                                  reservation__status__in=HOLDING_STATUSES)
+        Allocation.objects.filter(Q(reservation__status__in=HOLDING_STATUSES) | Q(reservation__isnull=True),
+                                  end_at__gt=now, start_at__lt=F("end_at"), node_id__in=rows.keys())
         .select_related("reservation__workload__priority_class")
         .only("id", "node_id", "reservation_id", "customer_id", "start_at", "end_at", "cpu_millicores", "memory_mib",
               "borrowed_gpu_milli", "reservation__status", "reservation__workload__interruptible",
@@ -145,15 +148,17 @@ def running_work(now: datetime, fleet: Fleet, gpu_columns: dict[int, tuple[int, 
         row = rows[allocation.node_id]
         columns = tuple(gpu_columns[gpu_id][1] for gpu_id, _ in shares[allocation.id] if gpu_id in gpu_columns)
         milli = shares[allocation.id][0][1] if shares[allocation.id] else 0
+        # A migration's hold has no reservation; a negative key keeps it apart from reservation ids.
         booking = Booking(
-            key=allocation.reservation_id, row=row, columns=columns, gpu_milli_per_gpu=milli if columns else 0,
+            key=allocation.reservation_id or -allocation.id, row=row, columns=columns, gpu_milli_per_gpu=milli if columns else 0,
             cpu_millicores=allocation.cpu_millicores, memory_mib=allocation.memory_mib,
             start=(allocation.start_at - now).total_seconds(), end=(allocation.end_at - now).total_seconds(),
         )
-        workload = getattr(allocation.reservation, "workload", None)
+        reservation = allocation.reservation
+        workload = getattr(reservation, "workload", None) if reservation else None
         priority_class = workload.priority_class if workload else None
         elapsed = max((now - allocation.start_at).total_seconds(), 0.0)
-        active = allocation.reservation.status == ReservationStatus.ACTIVE
+        active = reservation is not None and reservation.status == ReservationStatus.ACTIVE
         preemptible = bool(active and priority_class and priority_class.preemptible
                            and (workload.interruptible or allocation.borrowed_gpu_milli > 0))
         work.append(Running(

@@ -123,6 +123,8 @@ class Decision(models.Model):
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
         START_RETRIED = "start_retried", "Start retried on another node"
+        MIGRATED = "migrated", "Migrated to another node"
+        NOT_MIGRATED = "not_migrated", "Left in place"
         EXPIRED = "expired", "Expired in the queue"
 
     reservation = models.ForeignKey("allocation.Reservation", on_delete=models.CASCADE, related_name="decisions")
@@ -239,3 +241,50 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"assignment of reservation {self.reservation_id} on {self.node_id} ({self.status})"
+
+
+class Migration(models.Model):
+    """The move of one reservation to another node, as a state machine that survives a crash at any step.
+
+    planned -> target_reserved (a hold keeps the target's capacity) -> moving (the source's agent is
+    told to stop) -> done (the allocation switches to the target, the hold goes), or rolled_back
+    from any step before done. Until the switch the reservation runs on the source only.
+    """
+
+    class Status(models.TextChoices):
+        PLANNED = "planned", "Planned"
+        TARGET_RESERVED = "target_reserved", "Target reserved"
+        MOVING = "moving", "Moving"
+        DONE = "done", "Done"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+
+    class Kind(models.TextChoices):
+        REBALANCE = "rebalance", "Rebalancing plan"
+        DRAIN = "drain", "Node drain"
+
+    reservation = models.ForeignKey("allocation.Reservation", on_delete=models.CASCADE, related_name="migrations")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PLANNED)
+    from_node = models.ForeignKey("marketplace.Node", on_delete=models.PROTECT, related_name="+")
+    to_node = models.ForeignKey("marketplace.Node", on_delete=models.PROTECT, related_name="+")
+    hold = models.OneToOneField("allocation.Allocation", on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="migration_hold")
+    rebalance_move = models.OneToOneField("allocation.RebalanceMove", on_delete=models.SET_NULL, null=True,
+                                          blank=True, related_name="migration")
+    reason = models.TextField(help_text="Why the move was planned.")
+    outcome = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["reservation"], condition=Q(status__in=["planned", "target_reserved", "moving"]),
+                                    name="one_open_migration_per_reservation"),
+        ]
+        indexes = [models.Index(fields=["status"], name="migration_status")]
+
+    def __str__(self) -> str:
+        return f"migration {self.pk} of reservation {self.reservation_id} ({self.status})"

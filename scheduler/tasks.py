@@ -6,6 +6,7 @@ from celery import shared_task
 from django.db import transaction
 
 from .cycle import scheduling_cycle
+from .migrating import migration_advance, open_migrations
 from .preemptions import preemptions_finish
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,21 @@ def finish_preemptions_task() -> int:
     if finished:
         request_cycle("preemption")
     return finished
+
+
+@shared_task(name="scheduler.advance_migration", acks_late=True)
+def advance_migration_task(migration_id: int) -> str:
+    """Run a migration's remaining steps; a redelivery after a crash goes on from the last committed step."""
+    return migration_advance(migration_id=migration_id).status
+
+
+@shared_task(name="scheduler.advance_migrations", acks_late=True)
+def advance_migrations_task() -> int:
+    """Advance every open migration, such as those waiting for an agent to stop; return how many were open."""
+    migrations = open_migrations()
+    for migration_id in migrations:
+        migration_advance(migration_id=migration_id)
+    return len(migrations)
 
 
 def request_cycle(trigger: str) -> None:

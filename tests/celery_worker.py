@@ -14,6 +14,26 @@ from django.db import connection
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+class WorkerQueue(str):
+    """The worker's queue name; ``process`` is the worker's main process."""
+
+    process: subprocess.Popen
+
+
+def child_pids(pid: int) -> list[int]:
+    """Return the ids of the processes whose parent is ``pid`` (a prefork worker's pool children)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
 @contextmanager
 def celery_worker(pool: str = "solo"):
     """Yield the queue name of a worker with ``pool`` (solo, or prefork with one child); stop it afterwards."""
@@ -31,8 +51,10 @@ def celery_worker(pool: str = "solo"):
          queue, "--without-heartbeat", "--without-mingle", "--without-gossip", "--loglevel=WARNING"],
         cwd=REPO_ROOT, env=env,
     )
+    named = WorkerQueue(queue)
+    named.process = worker
     try:
-        yield queue
+        yield named
     finally:
         worker.terminate()
         worker.wait(timeout=30)

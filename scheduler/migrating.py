@@ -1,0 +1,317 @@
+"""Migrations of reservations between nodes, as a crash-safe state machine; and node drains.
+
+Each step commits on its own and records the new status, so ``migration_advance`` can run
+again after a crash, a killed worker or a duplicate task and go on from where the last commit
+left it. The lock order is the services': migration, reservation, allocation, customer, node.
+
+- planned -> target_reserved: a hold allocation keeps the target's capacity (no reservation,
+  no quota, no price), checked by the database triggers like any allocation.
+- target_reserved -> moving: the source's agent is told to stop the work by a deadline.
+- moving -> done: once the agent stopped (or the deadline passed, or no agent ran it), one
+  transaction deletes the hold, cuts the source's GPU shares at now, and moves the allocation
+  to the target with shares from now to its end. The booked price stays; rebalancing plans,
+  which only move reservations that have not started, take the target's lower price as before.
+- Any step that fails rolls back: the hold goes, the stop request is withdrawn, and the
+  reservation stays where it was.
+
+NOTE: when running work moves, the allocation's node becomes the target for its whole window, so
+the CPU and memory trigger also checks the target over the part already run; a target that was
+full then refuses the move (it rolls back) although nothing would be overcommitted.
+"""
+
+import logging
+import time
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from allocation.models import Allocation, GpuShare, RebalanceMove, Reservation, ReservationEvent, ReservationStatus
+from allocation.placement_policy import placement_policy
+from allocation.pricing import billed_gpu_milli
+from allocation.selectors import NodeFilter, node_states
+from allocation.placement import placement_rank
+from allocation.solvers import PlacementRequest
+from marketplace.exceptions import InvalidRequest, NotFound
+from marketplace.models import Node, Organization
+
+from .models import Assignment, Decision, Migration
+
+logger = logging.getLogger(__name__)
+
+OPEN_STATUSES = (Migration.Status.PLANNED, Migration.Status.TARGET_RESERVED, Migration.Status.MOVING)
+
+
+class MoveSkipped(Exception):
+    """The move no longer applies; the message gives the reason."""
+
+
+def migration_plan(*, reservation_id: int, to_node_id: int, kind: str, reason: str, now: datetime,
+                   rebalance_move: RebalanceMove | None = None, actor: AbstractBaseUser | None = None) -> Migration | None:
+    """Record a planned move of the reservation to ``to_node_id``; None when one is already open for it."""
+    from_node_id = (Allocation.objects.filter(reservation_id=reservation_id, released_at__isnull=True)
+                    .values_list("node_id", flat=True).first())
+    if from_node_id is None:
+        return None
+    try:
+        with transaction.atomic():
+            return Migration.objects.create(
+                reservation_id=reservation_id, kind=kind, from_node_id=from_node_id, to_node_id=to_node_id,
+                rebalance_move=rebalance_move, reason=reason[:2000], created_by=actor, created_at=now,
+            )
+    except IntegrityError:
+        logger.info("Migration of reservation %s not planned: another one is open", reservation_id)
+        return None
+
+
+def migration_advance(*, migration_id: int, now: datetime | None = None) -> Migration:
+    """Run the migration's remaining steps; stop early while the source's agent has not stopped yet."""
+    pause = settings.MARKETPLACE["MIGRATION_STEP_PAUSE_SECONDS"]
+    while True:
+        moment = now or timezone.now()
+        with transaction.atomic():
+            try:
+                migration = Migration.objects.select_for_update().get(pk=migration_id)
+            except Migration.DoesNotExist:
+                raise NotFound(f"Migration {migration_id} does not exist.") from None
+            if migration.status not in OPEN_STATUSES:
+                return migration
+            step = {Migration.Status.PLANNED: _reserve_target, Migration.Status.TARGET_RESERVED: _stop_source,
+                    Migration.Status.MOVING: _switch}[migration.status]
+            before = migration.status
+            try:
+                with transaction.atomic():
+                    progressed = step(migration, moment)
+            except MoveSkipped as skipped:
+                _roll_back(migration, str(skipped), moment)
+                return migration
+            except IntegrityError as error:
+                _roll_back(migration, f"The database refused the move ({str(error).splitlines()[0]}); the "
+                                      f"reservation stays where it was.", moment)
+                return migration
+            if not progressed:
+                return migration
+        logger.info("Migration %s of reservation %s: %s -> %s", migration.pk, migration.reservation_id, before,
+                    migration.status)
+        if pause and migration.status in OPEN_STATUSES:
+            time.sleep(pause)
+
+
+def open_migrations() -> list[int]:
+    return list(Migration.objects.filter(status__in=OPEN_STATUSES).order_by("id").values_list("id", flat=True))
+
+
+def _locked(migration: Migration) -> tuple[Reservation, Allocation | None]:
+    reservation = Reservation.objects.select_for_update().get(pk=migration.reservation_id)
+    allocation = (Allocation.objects.select_for_update()
+                  .filter(reservation_id=migration.reservation_id, released_at__isnull=True).first())
+    return reservation, allocation
+
+
+def _reserve_target(migration: Migration, now: datetime) -> bool:
+    reservation, allocation = _locked(migration)
+    if reservation.status not in (ReservationStatus.SCHEDULED, ReservationStatus.ACTIVE) or allocation is None \
+            or allocation.end_at <= now:
+        raise MoveSkipped("The reservation is no longer scheduled or active, so it stays where it is.")
+    if allocation.node_id != migration.from_node_id:
+        raise MoveSkipped("The reservation's allocation changed since the move was planned.")
+    if reservation.do_not_migrate:
+        raise MoveSkipped("The customer asked that the reservation never moves.")
+    if migration.kind == Migration.Kind.REBALANCE and (reservation.status != ReservationStatus.SCHEDULED
+                                                       or allocation.start_at <= now):
+        raise MoveSkipped("The reservation is no longer scheduled to start later, so it stays where it is.")
+
+    Organization.objects.select_for_update().only("id").get(pk=reservation.customer_id)
+    target = Node.objects.select_for_update().get(pk=migration.to_node_id)
+    check_target(reservation, allocation, target, migration.rebalance_move)
+    start = max(now, allocation.start_at)
+    request = _request_of(reservation)
+    placements = placement_policy().rank(request, node_states([target.pk], start, allocation.end_at))
+    if not placements:
+        raise MoveSkipped(f"Node {target.hostname} can no longer hold the reservation for its window.")
+
+    hold = Allocation.objects.create(
+        reservation=None, customer_id=reservation.customer_id, node=target, gpu_model_id=target.gpu_model_id,
+        start_at=start, end_at=allocation.end_at, cpu_millicores=allocation.cpu_millicores,
+        memory_mib=allocation.memory_mib, gpu_milli_total=0, billed_gpu_milli=0, price_per_gpu_hour=0,
+        currency=target.currency,
+    )
+    GpuShare.objects.bulk_create(GpuShare(allocation=hold, gpu_id=gpu_id, gpu_milli=milli, start_at=start,
+                                          end_at=allocation.end_at) for gpu_id, milli in placements[0].gpu_shares)
+    migration.hold = hold
+    migration.status = Migration.Status.TARGET_RESERVED
+    migration.save(update_fields=["hold", "status", "updated_at"])
+    return True
+
+
+def _stop_source(migration: Migration, now: datetime) -> bool:
+    grace = timedelta(seconds=settings.MARKETPLACE["MIGRATION_STOP_SECONDS"])
+    (Assignment.objects.filter(reservation_id=migration.reservation_id, node_id=migration.from_node_id,
+                               status__in=[Assignment.Status.ASSIGNED, Assignment.Status.STARTED],
+                               stop_requested_at__isnull=True)
+     .update(stop_requested_at=now, stop_by=now + grace))
+    migration.status = Migration.Status.MOVING
+    migration.save(update_fields=["status", "updated_at"])
+    return True
+
+
+def _switch(migration: Migration, now: datetime) -> bool:
+    reservation, allocation = _locked(migration)
+    if reservation.status not in (ReservationStatus.SCHEDULED, ReservationStatus.ACTIVE) or allocation is None:
+        raise MoveSkipped(f"The reservation became {reservation.status} while it moved; nothing to move.")
+    still_running = Assignment.objects.filter(
+        reservation_id=reservation.pk, node_id=migration.from_node_id, status=Assignment.Status.STARTED,
+        stop_by__gt=now).exists()
+    if still_running:
+        return False
+
+    Organization.objects.select_for_update().only("id").get(pk=reservation.customer_id)
+    target = Node.objects.select_for_update().get(pk=migration.to_node_id)
+    hold = migration.hold
+    shares = list(hold.shares.values_list("gpu_id", "gpu_milli")) if hold else []
+    if hold is None or not shares and reservation.gpu_count:
+        raise MoveSkipped("The target's hold is gone; the move starts over from planning.")
+    source = Node.objects.get(pk=migration.from_node_id).hostname
+    migration.hold = None
+    migration.save(update_fields=["hold"])
+    GpuShare.objects.filter(allocation=hold).delete()
+    hold.delete()
+
+    cut = max(now, allocation.start_at)
+    old_shares = GpuShare.objects.filter(allocation=allocation)
+    if cut > allocation.start_at:
+        old_shares.filter(end_at__gt=cut).update(end_at=cut)
+    else:
+        old_shares.delete()
+    allocation.node, allocation.gpu_model_id = target, target.gpu_model_id
+    fields = ["node", "gpu_model"]
+    if migration.kind == Migration.Kind.REBALANCE:
+        allocation.price_per_gpu_hour, allocation.currency = target.price_per_gpu_hour, target.currency
+        allocation.billed_gpu_milli = billed_gpu_milli(_request_of(reservation), node_gpu_count=target.gpu_count,
+                                                       node_cpu_millicores=target.cpu_millicores,
+                                                       node_memory_mib=target.memory_mib)
+        fields += ["price_per_gpu_hour", "currency", "billed_gpu_milli"]
+    allocation.save(update_fields=fields)
+    GpuShare.objects.bulk_create(GpuShare(allocation=allocation, gpu_id=gpu_id, gpu_milli=milli, start_at=cut,
+                                          end_at=allocation.end_at) for gpu_id, milli in shares)
+
+    note = f"Moved from node {source} to node {target.hostname} ({migration.get_kind_display().lower()})."
+    if migration.rebalance_move_id:
+        note = f"Moved from node {source} to node {target.hostname} by rebalancing plan " \
+               f"{migration.rebalance_move.plan_id}."
+        RebalanceMove.objects.filter(pk=migration.rebalance_move_id).update(
+            outcome=RebalanceMove.Outcome.APPLIED, outcome_detail=note)
+    ReservationEvent.objects.create(reservation=reservation, at=now, from_status=reservation.status,
+                                    to_status=reservation.status, note=note)
+    Decision.objects.create(reservation=reservation, kind=Decision.Kind.MIGRATED, at=now,
+                            reason=f"{note} {migration.reason}".strip(),
+                            detail={"migration_id": migration.pk, "from_node_id": migration.from_node_id,
+                                    "to_node_id": target.pk})
+    migration.status, migration.outcome = Migration.Status.DONE, note
+    migration.save(update_fields=["status", "outcome", "updated_at"])
+    return True
+
+
+def _roll_back(migration: Migration, reason: str, now: datetime) -> None:
+    """Undo what the migration holds and mark it rolled back; runs inside the caller's transaction."""
+    hold = migration.hold
+    if hold is not None:
+        migration.hold = None
+        GpuShare.objects.filter(allocation=hold).delete()
+        hold.delete()
+    (Assignment.objects.filter(reservation_id=migration.reservation_id, node_id=migration.from_node_id,
+                               status__in=[Assignment.Status.ASSIGNED, Assignment.Status.STARTED], stop_by__gt=now)
+     .update(stop_requested_at=None, stop_by=None))
+    migration.status, migration.outcome = Migration.Status.ROLLED_BACK, reason
+    migration.save(update_fields=["hold", "status", "outcome", "updated_at"])
+    if migration.rebalance_move_id:
+        RebalanceMove.objects.filter(pk=migration.rebalance_move_id).update(
+            outcome=RebalanceMove.Outcome.SKIPPED, outcome_detail=reason)
+    logger.warning("Migration %s of reservation %s rolled back: %s", migration.pk, migration.reservation_id, reason)
+
+
+def check_target(reservation: Reservation, allocation: Allocation, target: Node, move: RebalanceMove | None) -> None:
+    """Raise ``MoveSkipped`` unless ``target`` suits the reservation (and, for a rebalancing move, its proposal)."""
+    if target.status != Node.Status.ACTIVE:
+        raise MoveSkipped(f"Node {target.hostname} is no longer active.")
+    if target.gpu_model_id != allocation.gpu_model_id:
+        raise MoveSkipped(f"Node {target.hostname} no longer has the reservation's GPU model.")
+    if reservation.region_id is not None and target.region_id != reservation.region_id:
+        raise MoveSkipped(f"Node {target.hostname} is no longer in the region the reservation asked for.")
+    if move is None:
+        return
+    if target.currency != allocation.currency:
+        raise MoveSkipped(f"Node {target.hostname} now prices in {target.currency}, not {allocation.currency}.")
+    if target.price_per_gpu_hour != move.target_price_per_gpu_hour:
+        raise MoveSkipped(f"Node {target.hostname}'s price changed from {move.target_price_per_gpu_hour} to "
+                          f"{target.price_per_gpu_hour} per GPU-hour since the plan was proposed.")
+    if target.price_per_gpu_hour > allocation.price_per_gpu_hour or (
+            reservation.max_price_per_gpu_hour is not None
+            and target.price_per_gpu_hour > reservation.max_price_per_gpu_hour):
+        raise MoveSkipped(f"Node {target.hostname} now costs {target.price_per_gpu_hour} per GPU-hour, more than the "
+                          f"reservation pays or accepts.")
+    request = _request_of(reservation)
+    billed = billed_gpu_milli(request, node_gpu_count=target.gpu_count, node_cpu_millicores=target.cpu_millicores,
+                              node_memory_mib=target.memory_mib)
+    if target.price_per_gpu_hour * billed > allocation.price_per_gpu_hour * allocation.billed_gpu_milli:
+        raise MoveSkipped(f"On node {target.hostname} the reservation would cost more than it does now.")
+
+
+def _request_of(reservation: Reservation) -> PlacementRequest:
+    return PlacementRequest(gpu_count=reservation.gpu_count, gpu_milli_per_gpu=reservation.gpu_milli_per_gpu,
+                            cpu_millicores=reservation.cpu_millicores, memory_mib=reservation.memory_mib)
+
+
+def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: datetime | None = None) -> dict:
+    """Stop new placements on the node and plan a move for each reservation it holds; return counts.
+
+    Reservations marked do-not-migrate stay, with a decision that says so; those with no other
+    node of their GPU model free for the rest of their window stay too. The planned moves are
+    advanced by ``scheduler.advance_migration`` tasks once this commits.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        try:
+            node = Node.objects.select_for_update().get(pk=node_id)
+        except Node.DoesNotExist:
+            raise NotFound(f"Node {node_id} does not exist.") from None
+        if node.status == Node.Status.OFFLINE:
+            raise InvalidRequest(f"Node {node.hostname} is offline; bring it back before draining it.")
+        node.status = Node.Status.DRAINING
+        node.save(update_fields=["status", "updated_at"])
+        allocations = list(Allocation.objects.select_related("reservation").filter(
+            node=node, released_at__isnull=True, end_at__gt=now, reservation__isnull=False,
+            reservation__status__in=[ReservationStatus.SCHEDULED, ReservationStatus.ACTIVE]))
+        planned, stayed = [], 0
+        for allocation in allocations:
+            reservation = allocation.reservation
+            target = _drain_target(reservation, allocation, now)
+            if reservation.do_not_migrate or target is None:
+                stayed += 1
+                why = ("the customer asked that it never moves" if reservation.do_not_migrate
+                       else "no other node of its GPU model has room for the rest of its window")
+                Decision.objects.create(reservation=reservation, kind=Decision.Kind.NOT_MIGRATED, at=now,
+                                        reason=f"Node {node.hostname} is draining, but the reservation stays: {why}.")
+                continue
+            migration = migration_plan(reservation_id=reservation.pk, to_node_id=target, kind=Migration.Kind.DRAIN,
+                                       reason=f"Node {node.hostname} is draining.", now=now, actor=actor)
+            if migration is not None:
+                planned.append(migration.pk)
+
+        from .tasks import advance_migration_task
+
+        for migration_id in planned:
+            transaction.on_commit(lambda migration_id=migration_id: advance_migration_task.delay(migration_id))
+    logger.info("Node %s draining: %d moves planned, %d reservations stay", node.hostname, len(planned), stayed)
+    return {"planned": len(planned), "stayed": stayed, "migrations": planned}
+
+
+def _drain_target(reservation: Reservation, allocation: Allocation, now: datetime) -> int | None:
+    start = max(now, allocation.start_at)
+    node_filter = NodeFilter(gpu_model_ids=(allocation.gpu_model_id,), region_id=reservation.region_id,
+                             max_price_per_gpu_hour=None)
+    ranked = placement_rank(request=_request_of(reservation), start_at=start, end_at=allocation.end_at,
+                            node_filter=node_filter, policy=placement_policy())
+    return ranked[0].node_id if ranked else None
