@@ -22,7 +22,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from allocation.lifecycle import HOLDING_STATUSES
-from allocation.models import Allocation, GpuShare, Reservation, ReservationStatus
+from allocation.models import Allocation, GpuShare, Reservation, ReservationStatus, SolverRun
 from allocation.placement_policy import placement_policy
 from allocation.services import interruptible_price_factor, reservation_place_queued, reservation_transition
 from allocation.solvers.base import NodeState, PlacementRequest
@@ -71,11 +71,15 @@ def scheduling_cycle(*, now: datetime | None = None, trigger: str = "periodic") 
             reserve_depth=settings.MARKETPLACE["SCHEDULER_RESERVE_DEPTH"],
             max_preemptions=settings.MARKETPLACE["SCHEDULER_MAX_PREEMPTIONS"],
             max_placements=settings.MARKETPLACE["SCHEDULER_MAX_PLACEMENTS"],
+            batch_solver=settings.MARKETPLACE["SCHEDULER_BATCH_SOLVER"],
+            batch_max_requests=settings.MARKETPLACE["SCHEDULER_BATCH_MAX_REQUESTS"],
+            batch_time_limit_seconds=settings.MARKETPLACE["SCHEDULER_BATCH_TIME_LIMIT_SECONDS"],
         )
         timeline = Timeline(fleet, [work.booking for work in running])
         result = run_cycle(timeline, waiting, running, placement_policy(), usage=fair_share_usage(now),
                            config=config)
 
+        _record_batch_runs(result.batch_runs, fleet.size, cycle)
         by_key = {workload.reservation_id: workload for workload in workloads}
         placed = _apply_placements(result.placed, by_key, fleet, cycle, now)
         proposals = _apply_preemptions(result.preemptions, fleet, cycle, now)
@@ -290,6 +294,17 @@ def _wait_decision(workload: Workload, cycle, now: datetime, code: str, reason: 
         reservation_id=workload.reservation_id, cycle=cycle, kind=Decision.Kind.WAITING, reason_code=code,
         reason=reason, at=now,
         detail={"position": position, "estimated_start_at": estimated.isoformat() if estimated else None},
+    )
+
+
+def _record_batch_runs(runs: list[dict], nodes: int, cycle: SchedulingCycle) -> None:
+    """Record each CP-SAT run of the cycle as a ``SolverRun``, visible in the admin."""
+    SolverRun.objects.bulk_create(
+        SolverRun(kind=SolverRun.Kind.BATCH, policy="cp_sat/scheduler_cycle", requests=run["requests"], nodes=nodes,
+                  variables=run["variables"], objective=run["objective"], status=run["status"],
+                  wall_ms=int(1000 * run["seconds"]),
+                  detail={**run, "cycle_id": cycle.pk, "used": run["placed_milli"] > run["greedy_milli"]})
+        for run in runs
     )
 
 

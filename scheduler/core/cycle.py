@@ -11,6 +11,13 @@ window is held in the timeline. A later request may start now only where it fits
 held window, so it never delays a request ahead of it. In a strict first-in-first-out queue, a
 blocked request blocks the rest of its queue instead.
 
+Batch optimization. When one priority has at most ``batch_max_requests`` requests ready, CP-SAT
+(``allocation.solvers.batch``) places them together on what is free for their longest window,
+with the greedy plan as its hint. Its plan is used only when it places strictly more GPU milli
+than the greedy plan; then the requests it chose take the nodes it chose, and the ones it left
+out are considered after them, still before any lower priority. Otherwise the cycle places that
+priority's requests one by one in order.
+
 Preemption. A blocked request whose class may preempt gets the cheapest victim set of
 ``preemption.find_preemption``; its victims cannot be chosen again in the same cycle.
 """
@@ -24,6 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from allocation.solvers.base import PlacementRequest
+from allocation.solvers.batch import BatchRequest, batch_place, greedy_plan
+from allocation.solvers.fleet import Fleet
 from allocation.solvers.online import OnlinePolicy
 
 from .preemption import PreemptionPlan, Running, eligible_victims, find_preemption
@@ -77,6 +86,10 @@ class CycleConfig:
     max_preemptions: int = 10
     max_placements: int | None = None
     fair_share_weights: dict[int, float] = field(default_factory=dict)
+    batch_solver: bool = False
+    """Whether CP-SAT places each priority's ready requests together (see the module docstring)."""
+    batch_max_requests: int = 200
+    batch_time_limit_seconds: float = 1.0
 
 
 @dataclass
@@ -87,6 +100,8 @@ class CycleResult:
     seconds: float
     order: list[int]
     """Request keys in the order the cycle considered them."""
+    batch_runs: list[dict] = field(default_factory=list)
+    """One entry per CP-SAT run: priority, requests, status, placed milli of CP-SAT and of the greedy plan, seconds."""
 
 
 class FairShare:
@@ -129,95 +144,162 @@ def run_cycle(timeline: Timeline, waiting: Sequence[Waiting], running: Sequence[
               usage: dict[int, Sequence[float]] | None = None, config: CycleConfig | None = None) -> CycleResult:
     """Decide one cycle on ``timeline``, which it updates with the placements and held windows."""
     started = time.perf_counter()
-    config = config or CycleConfig()
-    fleet = timeline.fleet
-    capacity = (int((timeline.capacity.gpu_free).sum()), int(timeline.capacity.cpu_free.sum()),
+    cycle = _Cycle(timeline, running, policy, config or CycleConfig())
+    capacity = (int(timeline.capacity.gpu_free.sum()), int(timeline.capacity.cpu_free.sum()),
                 int(timeline.capacity.memory_free.sum()))
-    fair_share = FairShare(usage or {}, capacity, config.fair_share_weights)
-    state = policy.prepare(fleet)
-    model_masks: dict[tuple[str, ...], np.ndarray] = {}
-    blocked_shapes: list[tuple[PlacementRequest, np.ndarray, float]] = []
-    blocked_queues: dict[str, int] = {}
-    taken_victims: set[int] = set()
-    placed: list[Placed] = []
-    decisions: list[WaitingDecision] = []
-    preemptions: list[PreemptionPlan] = []
-    order: list[int] = []
-    held = 0
+    fair_share = FairShare(usage or {}, capacity, cycle.config.fair_share_weights)
+    cycle.fair_share = fair_share
+    band, deferred = None, []
 
     for item in fair_order(waiting, fair_share):
-        order.append(item.key)
-        position = len(decisions) + 1
+        if cycle.config.batch_solver and item.priority != band:
+            for later in deferred:
+                cycle.consider(later)
+            deferred = []
+            band = item.priority
+            cycle.batch_band(waiting, band)
+        if item.key in cycle.batch_left_out:
+            # Considered after the requests that CP-SAT chose, so it still gets what they leave.
+            deferred.append(item)
+            continue
+        cycle.consider(item)
+    for later in deferred:
+        cycle.consider(later)
 
-        def wait(code: str, reason: str, estimated: float | None = None) -> None:
-            decisions.append(WaitingDecision(item.key, position, code, reason, estimated))
+    return CycleResult(placed=cycle.placed, waiting=cycle.decisions, preemptions=cycle.preemptions,
+                       seconds=time.perf_counter() - started, order=cycle.order, batch_runs=cycle.batch_runs)
 
+
+class _Cycle:
+    """The state of one cycle while it considers the waiting requests one by one."""
+
+    def __init__(self, timeline: Timeline, running: Sequence[Running], policy: OnlinePolicy, config: CycleConfig):
+        self.timeline, self.running, self.policy, self.config = timeline, running, policy, config
+        self.state = policy.prepare(timeline.fleet)
+        self.fair_share: FairShare | None = None
+        self.model_masks: dict[tuple, np.ndarray] = {}
+        self.blocked_shapes: list[tuple[PlacementRequest, np.ndarray, float]] = []
+        self.blocked_queues: dict[str, int] = {}
+        self.taken_victims: set[int] = set()
+        self.placed: list[Placed] = []
+        self.decisions: list[WaitingDecision] = []
+        self.preemptions: list[PreemptionPlan] = []
+        self.order: list[int] = []
+        self.held = 0
+        self.batch_choice: dict[int, tuple[int, tuple[int, ...]]] = {}
+        self.batch_left_out: set[int] = set()
+        self.batch_runs: list[dict] = []
+
+    def batch_band(self, waiting: Sequence[Waiting], priority: int) -> None:
+        self.batch_choice, left_out = _batch_band(self.timeline, waiting, priority, self.policy, self.config,
+                                                  self.batch_runs)
+        self.batch_left_out = left_out
+
+    def consider(self, item: Waiting) -> None:
+        """Place ``item`` now, or record why it waits (with a held window or a preemption when possible)."""
+        self.order.append(item.key)
+        timeline, config = self.timeline, self.config
         if item.not_before > 0:
-            wait("not_before_start", "Its earliest start has not come yet.", item.not_before)
-            continue
-        if item.queue in blocked_queues:
-            wait("behind_strict_head", f"Queue {item.queue} is first in, first out, and request "
-                                       f"{blocked_queues[item.queue]} ahead of it cannot start yet.")
-            continue
-        if config.max_placements is not None and len(placed) >= config.max_placements:
-            wait("cycle_limit", "This cycle placed its maximum number of requests; the next cycle goes on.")
-            continue
+            return self.wait(item, "not_before_start", "Its earliest start has not come yet.", item.not_before)
+        if item.queue in self.blocked_queues:
+            return self.wait(item, "behind_strict_head", f"Queue {item.queue} is first in, first out, and request "
+                                                         f"{self.blocked_queues[item.queue]} ahead of it cannot start yet.")
+        if config.max_placements is not None and len(self.placed) >= config.max_placements:
+            return self.wait(item, "cycle_limit", "This cycle placed its maximum number of requests; the next "
+                                                  "cycle goes on.")
 
-        allowed = _allowed(timeline, item, model_masks)
+        allowed = _allowed(timeline, item, self.model_masks)
         choice = None
-        if not _dominated(item, allowed, blocked_shapes):
-            choice = _choose_now(timeline, state, policy, item, allowed)
+        if item.key in self.batch_choice:
+            choice = _batch_choice(timeline, item, *self.batch_choice[item.key])
+        if choice is None and not _dominated(item, allowed, self.blocked_shapes):
+            choice = _choose_now(timeline, self.state, self.policy, item, allowed)
         if choice is not None:
-            row, columns = choice
-            timeline.take(row, columns, item.request, 0.0, item.duration)
-            policy.placed(state, row)
-            fair_share.add(item.organization, item.request)
-            placed.append(Placed(item.key, row, columns, backfilled=bool(decisions)))
-            continue
+            return self.place(item, *choice)
 
-        blocked_shapes.append((item.request, allowed, item.duration))
+        self.blocked_shapes.append((item.request, allowed, item.duration))
         if item.queue in config.strict_fifo_queues:
-            blocked_queues[item.queue] = item.key
+            self.blocked_queues[item.queue] = item.key
         if not timeline.could_ever_fit(item.request, allowed):
-            wait("never_fits", "No allowed node could hold this shape even when idle; it will not start "
-                               "unless larger nodes join.")
-            continue
+            return self.wait(item, "never_fits", "No allowed node could hold this shape even when idle; it will "
+                                                 "not start unless larger nodes join.")
 
-        plan = None
-        if item.can_preempt and len(preemptions) < config.max_preemptions:
-            victims = eligible_victims(running, item.priority, taken_victims)
+        if item.can_preempt and len(self.preemptions) < config.max_preemptions:
+            victims = eligible_victims(self.running, item.priority, self.taken_victims)
             plan = find_preemption(timeline, item.key, item.request, allowed, item.duration, item.priority, victims)
-        if plan is not None:
-            preemptions.append(plan)
-            taken_victims.update(plan.victims)
-            wait("preemption_proposed", plan.explanation)
-            continue
+            if plan is not None:
+                self.preemptions.append(plan)
+                self.taken_victims.update(plan.victims)
+                return self.wait(item, "preemption_proposed", plan.explanation)
 
-        estimated = None
-        if held < config.reserve_depth:
-            slot = timeline.earliest_start(item.request, allowed, item.duration)
-            if slot is not None and slot[0] <= 0:
-                # A node beyond the policy's best few holds it now.
-                _, row, columns = slot
-                timeline.take(row, columns, item.request, 0.0, item.duration)
-                policy.placed(state, row)
-                fair_share.add(item.organization, item.request)
-                placed.append(Placed(item.key, row, columns, backfilled=bool(decisions)))
-                continue
-            if slot is not None:
-                start, row, columns = slot
-                timeline.take(row, columns, item.request, start, start + item.duration)
-                estimated = start
-                held += 1
-        if estimated is not None:
-            wait("no_capacity", "No allowed node has this shape free now without delaying a request ahead of it; "
-                                "a window is held for it when running work ends.", estimated)
-        else:
-            wait("no_capacity", "No allowed node has this shape free now, and no start time is known yet: "
-                                "requests ahead of it hold the capacity that frees up.")
+        if self.held >= config.reserve_depth:
+            return self.wait(item, "no_capacity", "No allowed node has this shape free now, and no start time is "
+                                                  "known yet: requests ahead of it hold the capacity that frees up.")
+        slot = timeline.earliest_start(item.request, allowed, item.duration)
+        if slot is None:
+            return self.wait(item, "no_capacity", "No allowed node has this shape free now, and no start time is "
+                                                  "known yet: requests ahead of it hold the capacity that frees up.")
+        start, row, columns = slot
+        if start <= 0:
+            # A node beyond the policy's best few holds it now.
+            return self.place(item, row, columns)
+        timeline.take(row, columns, item.request, start, start + item.duration)
+        self.held += 1
+        return self.wait(item, "no_capacity", "No allowed node has this shape free now without delaying a request "
+                                              "ahead of it; a window is held for it when running work ends.", start)
 
-    return CycleResult(placed=placed, waiting=decisions, preemptions=preemptions,
-                       seconds=time.perf_counter() - started, order=order)
+    def place(self, item: Waiting, row: int, columns: tuple[int, ...]) -> None:
+        self.timeline.take(row, columns, item.request, 0.0, item.duration)
+        self.policy.placed(self.state, row)
+        self.fair_share.add(item.organization, item.request)
+        self.placed.append(Placed(item.key, row, tuple(columns), backfilled=bool(self.decisions)))
+
+    def wait(self, item: Waiting, code: str, reason: str, estimated: float | None = None) -> None:
+        self.decisions.append(WaitingDecision(item.key, len(self.decisions) + 1, code, reason, estimated))
+
+
+def _batch_band(timeline: Timeline, waiting: Sequence[Waiting], priority: int, policy: OnlinePolicy,
+                config: CycleConfig, runs: list[dict]) -> tuple[dict, set]:
+    """Return CP-SAT's choices for the ready requests of ``priority`` and those it leaves out, when it beats greedy."""
+    items = [item for item in waiting if item.priority == priority and item.not_before <= 0
+             and item.queue not in config.strict_fifo_queues]
+    if not 2 <= len(items) <= config.batch_max_requests:
+        return {}, set()
+    fleet = _window_fleet(timeline, max(item.duration for item in items))
+    requests = [BatchRequest(request=item.request, priority=1, gpu_models=item.gpu_models,
+                             max_price_per_gpu_hour=item.max_price) for item in items]
+    plan = batch_place(fleet, requests, policy, time_limit_seconds=config.batch_time_limit_seconds)
+    greedy_milli = sum(requests[index].request.gpu_milli_total for index in greedy_plan(fleet, requests, policy))
+    runs.append({"priority": priority, "requests": len(items), "status": plan.status,
+                 "placed_milli": plan.placed_milli(requests), "greedy_milli": greedy_milli,
+                 "objective": plan.objective, "seconds": round(plan.wall_seconds, 3), "variables": plan.variables})
+    if plan.status == "greedy" or plan.placed_milli(requests) <= greedy_milli:
+        return {}, set()
+    choices = {items[index].key: (row, columns) for index, (row, columns) in plan.assignments.items()}
+    return choices, {item.key for item in items} - set(choices)
+
+
+def _window_fleet(timeline: Timeline, horizon: float) -> Fleet:
+    """Return the fleet with each node's capacity free over ``[0, horizon)``: the minimum over its rows."""
+    fleet = timeline.fleet.copy()
+    overlaps = timeline.time < horizon
+    rows = np.flatnonzero(overlaps)
+    nodes = timeline.node[rows]
+    np.minimum.at(fleet.gpu_free, nodes, timeline.gpu_free[rows])
+    np.minimum.at(fleet.cpu_free, nodes, timeline.cpu_free[rows])
+    np.minimum.at(fleet.memory_free, nodes, timeline.memory_free[rows])
+    return fleet
+
+
+def _batch_choice(timeline: Timeline, item: Waiting, row: int, columns: tuple[int, ...]) -> tuple[int, tuple] | None:
+    """Return CP-SAT's choice if it still holds ``item`` over its window, else None."""
+    rows = timeline.window(row, 0.0, item.duration)
+    request = item.request
+    if timeline.cpu_free[rows].min() < request.cpu_millicores or timeline.memory_free[rows].min() < request.memory_mib:
+        return None
+    if columns and timeline.gpu_free[np.ix_(rows, list(columns))].min() < request.gpu_milli_per_gpu:
+        return None
+    return row, tuple(columns)
 
 
 def _allowed(timeline: Timeline, item: Waiting, masks: dict) -> np.ndarray:

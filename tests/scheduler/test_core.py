@@ -180,3 +180,27 @@ def test_random_queues_leave_no_priority_inversion(seed):
     assert result.placed and result.waiting
     assert priority_inversions(result.placed, result.waiting, waiting, timeline) == 0
     assert (timeline.gpu_free >= 0).all() and (timeline.cpu_free >= 0).all()
+
+
+def test_batch_optimizer_places_more_of_one_priority_than_the_order_would():
+    capacity = Fleet.build(cpu=[8000, 8000, 8000], memory=[64000] * 3, gpu_count=[2, 2, 1], models=["T4"] * 3)
+    shapes = [(2, 500, 4000), (2, 1000, 1000), (2, 1000, 6000)]
+    waiting = [Waiting(key, key, PlacementRequest(count, milli, cpu, 1000), HOUR, submitted=key)
+               for key, (count, milli, cpu) in enumerate(shapes)]
+
+    ordered = run_cycle(Timeline(capacity, []), waiting, [], policy_by_name("best_fit"))
+    batched = run_cycle(Timeline(capacity, []), waiting, [], policy_by_name("best_fit"),
+                        config=CycleConfig(batch_solver=True))
+
+    assert sorted(placed.key for placed in ordered.placed) == [0, 1]
+    assert sorted(placed.key for placed in batched.placed) == [1, 2]
+    assert batched.batch_runs[0]["placed_milli"] == 4000 and batched.batch_runs[0]["greedy_milli"] == 3000
+
+
+def test_batch_optimizer_keeps_the_order_when_it_places_no_more():
+    waiting = [Waiting(1, 1, gpus(1), HOUR, submitted=0), Waiting(2, 2, gpus(1), HOUR, submitted=5)]
+
+    result = run_cycle(Timeline(fleet(1), []), waiting, [], policy_by_name("best_fit"),
+                       usage={1: (4000.0, 0.0, 0.0)}, config=CycleConfig(batch_solver=True))
+
+    assert [placed.key for placed in result.placed] == [2]

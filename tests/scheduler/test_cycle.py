@@ -133,3 +133,19 @@ def test_interruptible_reservations_pay_less(customer, t4_node, settings):
     reservation = reservation_create(customer=customer, spec=spec(interruptible=True), now=NOW)
 
     assert str(reservation.allocation.price_per_gpu_hour) == "0.6000"
+
+
+def test_cycle_records_its_batch_optimizer_runs(customer, other_customer, t4_node):
+    from allocation.models import SolverRun
+
+    blocker = reservation_create(customer=other_customer, spec=spec(gpu_count=2), now=NOW)
+    for _ in range(2):
+        reservation_create(customer=customer, spec=spec(queue_if_unavailable=True), now=NOW)
+    reservation_cancel(reservation_id=blocker.pk, now=NOW)
+
+    record = scheduling_cycle(now=NOW)
+
+    assert record.placed == 2
+    run = SolverRun.objects.get(kind=SolverRun.Kind.BATCH)
+    assert run.policy == "cp_sat/scheduler_cycle" and run.requests == 2
+    assert run.detail["cycle_id"] == record.pk
