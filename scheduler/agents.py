@@ -1,7 +1,7 @@
 """The pull interface of provider agents: keys scoped to one node, assignments, and status reports.
 
-An agent polls ``GET /api/v1/agent/assignments/`` with its node's key. The marketplace answers
-with what to start (active reservations placed on the node) and what to stop (reservations that
+An agent polls ``GET /api/v1/agent/assignments/`` with its node's key. The response lists
+what to start (active reservations placed on the node) and what to stop (reservations that
 ended, were cancelled or are being preempted). The agent reports ``started``, ``exited`` with its
 exit code, or ``failed`` (the work could not start). Exit 0 completes the reservation and frees
 the rest of its window; another exit fails it. A failed start moves the reservation to another
@@ -122,7 +122,7 @@ def _started(assignment: Assignment, reservation: Reservation, now: datetime) ->
 def _exited(assignment: Assignment, reservation: Reservation, exit_code: int, now: datetime) -> None:
     assignment.status, assignment.finished_at, assignment.exit_code = Assignment.Status.EXITED, now, exit_code
     if assignment.stop_requested_at is not None or reservation.status != ReservationStatus.ACTIVE:
-        return  # stopped because the marketplace asked; the reservation's status already says why
+        return  # stopped on the marketplace's request; the reservation's status already records why
     succeeded = exit_code == 0
     note = (f"The work exited with code {exit_code} on {assignment.node.hostname}; "
             f"{'the rest of the window is released' if succeeded else 'the reservation failed'}.")

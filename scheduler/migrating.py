@@ -6,7 +6,7 @@ left it. The lock order is the services': migration, reservation, allocation, cu
 
 - planned -> target_reserved: a hold allocation keeps the target's capacity (no reservation,
   no quota, no price), checked by the database triggers like any allocation.
-- target_reserved -> moving: the source's agent is told to stop the work by a deadline.
+- target_reserved -> moving: the source's agent gets a request to stop the work by a deadline.
 - moving -> done: once the agent stopped (or the deadline passed, or no agent ran it), one
   transaction deletes the hold, cuts the source's GPU shares at now, and moves the allocation
   to the target with shares from now to its end. The booked price stays; rebalancing plans,

@@ -213,7 +213,7 @@ class NodeCredential(models.Model):
 
 
 class Assignment(models.Model):
-    """Work that a node's agent runs: start it while the reservation is active, stop it when told."""
+    """Work that a node's agent runs: start it while the reservation is active, stop it on request."""
 
     class Status(models.TextChoices):
         ASSIGNED = "assigned", "Assigned, not started"

@@ -31,7 +31,7 @@ def preemptions_page(request: HttpRequest) -> HttpResponse:
 @require_GET
 @staff_member_required
 def preemptions_list(request: HttpRequest) -> HttpResponse:
-    """The pending preemptions, history and cycles; the page polls it."""
+    """Render the pending preemptions, history and cycles, which the page polls."""
     _require(request, "scheduler.view_preemption", "Seeing preemptions needs the 'view preemption' permission.")
     return render(request, "preemptions/_list.html", _context())
 
@@ -47,7 +47,7 @@ def preemptions_decide(request: HttpRequest, preemption_id: int) -> HttpResponse
     try:
         if decision == "approve":
             preemption = preemption_approve(preemption_id=preemption_id, actor=request.user)
-            message = (f"Preemption {preemption.pk} approved: the victims were told to stop by "
+            message = (f"Preemption {preemption.pk} approved: the victims' agents must stop them by "
                        f"{preemption.grace_ends_at:%Y-%m-%d %H:%M:%S} UTC.")
         else:
             preemption_reject(preemption_id=preemption_id, actor=request.user, reason=request.POST.get("reason", ""))

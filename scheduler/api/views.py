@@ -29,7 +29,7 @@ POLL_AFTER_SECONDS = 10
 
 
 class AgentAssignmentsView(APIView):
-    """What the calling node's agent should start, keep running or stop."""
+    """The assignments that the calling node's agent should start, keep running or stop."""
 
     authentication_classes = [NodeKeyAuthentication]
     permission_classes = [IsNodeAgent]

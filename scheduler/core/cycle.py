@@ -171,7 +171,7 @@ def run_cycle(timeline: Timeline, waiting: Sequence[Waiting], running: Sequence[
 
 
 class _Cycle:
-    """The state of one cycle while it considers the waiting requests one by one."""
+    """State of one cycle while it considers the waiting requests one by one."""
 
     def __init__(self, timeline: Timeline, running: Sequence[Running], policy: OnlinePolicy, config: CycleConfig):
         self.timeline, self.running, self.policy, self.config = timeline, running, policy, config

@@ -42,7 +42,8 @@ def test_higher_priority_gets_the_last_gpu():
     result, _ = cycle(fleet(1), waiting)
 
     assert [placed.key for placed in result.placed] == [2]
-    assert result.waiting[0].key == 1 and result.waiting[0].position == 1
+    assert result.waiting[0].key == 1
+    assert result.waiting[0].position == 1
 
 
 def test_fair_share_prefers_the_organization_that_used_less():
@@ -121,7 +122,8 @@ def test_preemption_takes_the_cheapest_victims():
 
     assert len(result.preemptions) == 1
     plan = result.preemptions[0]
-    assert plan.victims == (101,) and plan.row == 1
+    assert plan.victims == (101,)
+    assert plan.row == 1
     assert result.waiting[0].reason_code == "preemption_proposed"
 
 
@@ -177,9 +179,11 @@ def test_random_queues_leave_no_priority_inversion(seed):
 
     result = run_cycle(timeline, waiting, work, policy_by_name("best_fit"), config=CycleConfig(reserve_depth=20))
 
-    assert result.placed and result.waiting
+    assert result.placed
+    assert result.waiting
     assert priority_inversions(result.placed, result.waiting, waiting, timeline) == 0
-    assert (timeline.gpu_free >= 0).all() and (timeline.cpu_free >= 0).all()
+    assert (timeline.gpu_free >= 0).all()
+    assert (timeline.cpu_free >= 0).all()
 
 
 def test_batch_optimizer_places_more_of_one_priority_than_the_order_would():
@@ -194,7 +198,8 @@ def test_batch_optimizer_places_more_of_one_priority_than_the_order_would():
 
     assert sorted(placed.key for placed in ordered.placed) == [0, 1]
     assert sorted(placed.key for placed in batched.placed) == [1, 2]
-    assert batched.batch_runs[0]["placed_milli"] == 4000 and batched.batch_runs[0]["greedy_milli"] == 3000
+    assert batched.batch_runs[0]["placed_milli"] == 4000
+    assert batched.batch_runs[0]["greedy_milli"] == 3000
 
 
 def test_batch_optimizer_keeps_the_order_when_it_places_no_more():

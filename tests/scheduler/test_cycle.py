@@ -147,5 +147,6 @@ def test_cycle_records_its_batch_optimizer_runs(customer, other_customer, t4_nod
 
     assert record.placed == 2
     run = SolverRun.objects.get(kind=SolverRun.Kind.BATCH)
-    assert run.policy == "cp_sat/scheduler_cycle" and run.requests == 2
+    assert run.policy == "cp_sat/scheduler_cycle"
+    assert run.requests == 2
     assert run.detail["cycle_id"] == record.pk

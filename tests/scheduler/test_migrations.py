@@ -69,7 +69,8 @@ def test_drain_leaves_do_not_migrate_work_in_place(customer, nodes):
 
     summary = node_drain(node_id=nodes[0].pk)
 
-    assert summary["stayed"] == 1 and not Migration.objects.exists()
+    assert summary["stayed"] == 1
+    assert not Migration.objects.exists()
     assert Decision.objects.get(reservation=reservation, kind=Decision.Kind.NOT_MIGRATED)
 
 
