@@ -208,10 +208,11 @@ MARKETPLACE = {
     "SCHEDULER_RESERVE_DEPTH": env.int("SCHEDULER_RESERVE_DEPTH", default=100),
     "SCHEDULER_MAX_PREEMPTIONS": env.int("SCHEDULER_MAX_PREEMPTIONS", default=10),
     "SCHEDULER_MAX_PLACEMENTS": env.int("SCHEDULER_MAX_PLACEMENTS", default=200),
-    # CP-SAT places each priority's ready requests together when there are at most this many, within
-    # the time limit, and its plan is used when it places more than the cycle order would.
+    # CP-SAT places each priority's ready requests together when there are at most this many and the
+    # cycle order cannot place them all; its plan is used when it places more. CP-SAT usually runs
+    # to its time limit, so each such priority adds up to that much to a cycle.
     "SCHEDULER_BATCH_SOLVER": env.bool("SCHEDULER_BATCH_SOLVER", default=True),
-    "SCHEDULER_BATCH_MAX_REQUESTS": env.int("SCHEDULER_BATCH_MAX_REQUESTS", default=200),
+    "SCHEDULER_BATCH_MAX_REQUESTS": env.int("SCHEDULER_BATCH_MAX_REQUESTS", default=100),
     "SCHEDULER_BATCH_TIME_LIMIT_SECONDS": env.float("SCHEDULER_BATCH_TIME_LIMIT_SECONDS", default=1.0),
     # Fair share counts each organization's usage of the last window, halving its weight every half-life.
     "FAIR_SHARE_WINDOW_HOURS": env.int("FAIR_SHARE_WINDOW_HOURS", default=7 * 24),

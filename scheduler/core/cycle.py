@@ -11,7 +11,8 @@ window is held in the timeline. A later request may start now only where it fits
 held window, so it never delays a request ahead of it. In a strict first-in-first-out queue, a
 blocked request blocks the rest of its queue instead.
 
-Batch optimization. When one priority has at most ``batch_max_requests`` requests ready, CP-SAT
+Batch optimization. When one priority has at most ``batch_max_requests`` requests ready and the
+greedy plan cannot place them all, CP-SAT
 (``allocation.solvers.batch``) places them together on what is free for their longest window,
 with the greedy plan as its hint. Its plan is used only when it places strictly more GPU milli
 than the greedy plan; then the requests it chose take the nodes it chose, and the ones it left
@@ -88,7 +89,7 @@ class CycleConfig:
     fair_share_weights: dict[int, float] = field(default_factory=dict)
     batch_solver: bool = False
     """Whether CP-SAT places each priority's ready requests together (see the module docstring)."""
-    batch_max_requests: int = 200
+    batch_max_requests: int = 100
     batch_time_limit_seconds: float = 1.0
 
 
@@ -268,8 +269,11 @@ def _batch_band(timeline: Timeline, waiting: Sequence[Waiting], priority: int, p
     fleet = _window_fleet(timeline, max(item.duration for item in items))
     requests = [BatchRequest(request=item.request, priority=1, gpu_models=item.gpu_models,
                              max_price_per_gpu_hour=item.max_price) for item in items]
+    greedy = greedy_plan(fleet, requests, policy)
+    if len(greedy) == len(requests):
+        return {}, set()  # the order places them all; CP-SAT cannot place more
+    greedy_milli = sum(requests[index].request.gpu_milli_total for index in greedy)
     plan = batch_place(fleet, requests, policy, time_limit_seconds=config.batch_time_limit_seconds)
-    greedy_milli = sum(requests[index].request.gpu_milli_total for index in greedy_plan(fleet, requests, policy))
     runs.append({"priority": priority, "requests": len(items), "status": plan.status,
                  "placed_milli": plan.placed_milli(requests), "greedy_milli": greedy_milli,
                  "objective": plan.objective, "seconds": round(plan.wall_seconds, 3), "variables": plan.variables})

@@ -139,7 +139,7 @@ def test_cycle_records_its_batch_optimizer_runs(customer, other_customer, t4_nod
     from allocation.models import SolverRun
 
     blocker = reservation_create(customer=other_customer, spec=spec(gpu_count=2), now=NOW)
-    for _ in range(2):
+    for _ in range(3):
         reservation_create(customer=customer, spec=spec(queue_if_unavailable=True), now=NOW)
     reservation_cancel(reservation_id=blocker.pk, now=NOW)
 
@@ -148,5 +148,6 @@ def test_cycle_records_its_batch_optimizer_runs(customer, other_customer, t4_nod
     assert record.placed == 2
     run = SolverRun.objects.get(kind=SolverRun.Kind.BATCH)
     assert run.policy == "cp_sat/scheduler_cycle"
-    assert run.requests == 2
+    assert run.requests == 3
     assert run.detail["cycle_id"] == record.pk
+    assert run.detail["used"] is False
