@@ -12,11 +12,11 @@ from .alternatives import Alternatives, alternatives_find
 from .approval_policy import approval_reason
 from .budgets import budget_admit, budget_fits, combined_price_cap
 from .models import RejectionReason, Reservation
-from .placement import placement_diagnose, placement_rank
+from .placement import PRICE_STEP, placement_diagnose, placement_rank
 from .pricing import billed_gpu_milli, estimated_cost
 from .quotas import quota_admit
 from .selectors import NodeFilter
-from .services import ReservationSpec, resolve_spec
+from .services import ReservationSpec, interruptible_price_factor, resolve_spec
 from .placement_policy import placement_policy
 from .solvers import PlacementRequest
 
@@ -76,22 +76,25 @@ def reservation_quote(
                        budget.refusal)
 
     price_cap, budget_binds = combined_price_cap(spec.max_price_per_gpu_hour, budget)
-    admitted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, price_cap)
+    factor = interruptible_price_factor() if spec.interruptible else Decimal(1)
+    admitted = NodeFilter(decision.admitted_model_ids, node_filter.region_id,
+                          None if price_cap is None else price_cap / factor)
     ranked = placement_rank(request=request, start_at=spec.start_at, end_at=spec.end_at, node_filter=admitted,
                             policy=policy)
     for placement in ranked:
         node = Node.objects.select_related("gpu_model", "region").get(pk=placement.node_id)
         billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
                                   node_memory_mib=node.memory_mib)
-        if not budget_fits(budget=budget.budget, billed_milli=billed, price_per_gpu_hour=node.price_per_gpu_hour,
+        price = (node.price_per_gpu_hour * factor).quantize(PRICE_STEP)
+        if not budget_fits(budget=budget.budget, billed_milli=billed, price_per_gpu_hour=price,
                            start_at=spec.start_at, end_at=spec.end_at):
             continue
-        cost = estimated_cost(price_per_gpu_hour=node.price_per_gpu_hour, billed_milli=billed,
+        cost = estimated_cost(price_per_gpu_hour=price, billed_milli=billed,
                               start_at=spec.start_at, end_at=spec.end_at)
         needs_approval = approval_reason(customer_id=customer.id, gpu_count=request.gpu_count, estimated_cost=cost)
         return Quote(
             fits=True, start_at=spec.start_at, end_at=spec.end_at, gpu_model=node.gpu_model.name,
-            region=node.region.code, price_per_gpu_hour=node.price_per_gpu_hour, currency=node.currency,
+            region=node.region.code, price_per_gpu_hour=price, currency=node.currency,
             billed_gpu_milli=billed, estimated_cost=cost,
             detail=f"Needs an admin's approval because {needs_approval}." if needs_approval else "",
             needs_approval=bool(needs_approval),

@@ -151,3 +151,13 @@ def test_cycle_records_its_batch_optimizer_runs(customer, other_customer, t4_nod
     assert run.requests == 3
     assert run.detail["cycle_id"] == record.pk
     assert run.detail["used"] is False
+
+
+def test_quote_shows_the_interruptible_price(customer, t4_node, settings):
+    from allocation.quoting import reservation_quote
+
+    settings.MARKETPLACE = {**settings.MARKETPLACE, "INTERRUPTIBLE_PRICE_FACTOR": 0.6}
+
+    quote = reservation_quote(customer=customer, spec=spec(interruptible=True), now=NOW)
+
+    assert str(quote.price_per_gpu_hour) == "0.6000"
