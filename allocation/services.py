@@ -277,6 +277,9 @@ def reservation_place_queued(*, reservation: Reservation, node_id: int, now: dat
     original = (reservation.start_at, reservation.end_at)
     try:
         with transaction.atomic():
+            if connection.features.has_select_for_update:
+                # The same lock as reservation_create takes, so the customer's admissions stay one at a time.
+                Organization.objects.select_for_update().only("id").get(pk=reservation.customer_id)
             reservation.start_at, reservation.end_at = spec.start_at, spec.end_at
             reservation.save(update_fields=["start_at", "end_at", "updated_at"])
             refusal = _admit_and_place(reservation, resolved, placement_policy(), actor=None, now=now,
