@@ -160,7 +160,7 @@ class Refusal:
 
 def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *, actor, now: datetime,
                      workload: Workload | None = None, queue_if_unavailable: bool = False,
-                     only_node_ids: tuple[int, ...] | None = None) -> Refusal | None:
+                     only_node_ids: tuple[int, ...] | None = None, placed_reason: str = "") -> Refusal | None:
     """Admit and place ``reservation``; on refusal, reject it, queue it, or leave it queued.
 
     A ``pending`` reservation that asked to queue and was refused for capacity or quota becomes
@@ -168,7 +168,7 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
     stays queued whatever the refusal. Returns the refusal, or None when it was placed.
     """
     refusal = _place(reservation, resolved, policy, actor=actor, now=now, workload=workload,
-                     only_node_ids=only_node_ids)
+                     only_node_ids=only_node_ids, placed_reason=placed_reason)
     if refusal is None:
         return None
     if reservation.status == ReservationStatus.QUEUED:
@@ -190,7 +190,7 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
 
 
 def _place(reservation: Reservation, resolved: ResolvedSpec, policy, *, actor, now: datetime,
-           workload: Workload | None, only_node_ids: tuple[int, ...] | None) -> Refusal | None:
+           workload: Workload | None, only_node_ids: tuple[int, ...] | None, placed_reason: str) -> Refusal | None:
     """Run quota, budget and placement; on success confirm the reservation, otherwise return why not."""
     model_names = {model.id: model.name for model in resolved.models}
     decision = quota_admit(
@@ -226,12 +226,16 @@ def _place(reservation: Reservation, resolved: ResolvedSpec, policy, *, actor, n
                       f"an admin to raise the budget.")
         return Refusal(reason, detail)
 
-    _confirm(reservation, outcome.allocation, policy, actor=actor, now=now)
+    _confirm(reservation, outcome.allocation, policy, actor=actor, now=now, placed_reason=placed_reason)
     return None
 
 
-def _confirm(reservation: Reservation, allocation: Allocation, policy, *, actor, now: datetime) -> None:
-    """Move a placed reservation to scheduled or active, or to pending approval when its policy says so."""
+def _confirm(reservation: Reservation, allocation: Allocation, policy, *, actor, now: datetime,
+             placed_reason: str = "") -> None:
+    """Move a placed reservation to scheduled or active, or to pending approval when its policy says so.
+
+    Records a ``placed`` decision with ``placed_reason`` added to the placement's own note.
+    """
     placed_note = f"Placed on node {allocation.node.hostname} by policy {policy.name}."
     needs_approval = approval_reason(
         customer_id=reservation.customer_id, gpu_count=reservation.gpu_count,
@@ -243,15 +247,17 @@ def _confirm(reservation: Reservation, allocation: Allocation, policy, *, actor,
         hold = timedelta(seconds=settings.MARKETPLACE["APPROVAL_HOLD_SECONDS"])
         reservation.hold_expires_at = now + hold
         reservation.save(update_fields=["hold_expires_at"])
-        reservation_transition(
-            reservation=reservation, to_status=ReservationStatus.PENDING_APPROVAL, actor=actor, now=now,
-            note=f"{placed_note} Needs an admin's approval because {needs_approval}; the capacity is held until "
-                 f"{reservation.hold_expires_at.isoformat()}.",
-        )
-        return
-
-    placed_status = ReservationStatus.ACTIVE if reservation.start_at <= now else ReservationStatus.SCHEDULED
-    reservation_transition(reservation=reservation, to_status=placed_status, actor=actor, now=now, note=placed_note)
+        note = (f"{placed_note} Needs an admin's approval because {needs_approval}; the capacity is held until "
+                f"{reservation.hold_expires_at.isoformat()}.")
+        reservation_transition(reservation=reservation, to_status=ReservationStatus.PENDING_APPROVAL, actor=actor,
+                               now=now, note=note)
+    else:
+        placed_status = ReservationStatus.ACTIVE if reservation.start_at <= now else ReservationStatus.SCHEDULED
+        note = placed_note
+        reservation_transition(reservation=reservation, to_status=placed_status, actor=actor, now=now, note=note)
+    Decision.objects.create(reservation=reservation, kind=Decision.Kind.PLACED, at=now,
+                            reason=f"{note} {placed_reason}".strip(),
+                            detail={"node_id": allocation.node_id, "status": reservation.status})
 
 
 def interruptible_price_factor() -> Decimal:
@@ -259,11 +265,13 @@ def interruptible_price_factor() -> Decimal:
     return Decimal(str(settings.MARKETPLACE["INTERRUPTIBLE_PRICE_FACTOR"]))
 
 
-def reservation_place_queued(*, reservation: Reservation, node_id: int, now: datetime) -> Refusal | None:
+def reservation_place_queued(*, reservation: Reservation, node_id: int, now: datetime,
+                             reason: str = "") -> Refusal | None:
     """Place a queued reservation on ``node_id`` for ``[now, now + duration)``, as the scheduling cycle decided.
 
     Runs the same quota, budget, placement and approval rules as a new request, in a savepoint:
     on refusal nothing changes, the reservation stays queued, and the refusal is returned.
+    ``reason`` is added to the ``placed`` decision.
     """
     workload = reservation.workload
     models = list(reservation.gpu_models.all()) or list(GpuModel.objects.all())
@@ -283,7 +291,7 @@ def reservation_place_queued(*, reservation: Reservation, node_id: int, now: dat
             reservation.start_at, reservation.end_at = spec.start_at, spec.end_at
             reservation.save(update_fields=["start_at", "end_at", "updated_at"])
             refusal = _admit_and_place(reservation, resolved, placement_policy(), actor=None, now=now,
-                                       workload=workload, only_node_ids=(node_id,))
+                                       workload=workload, only_node_ids=(node_id,), placed_reason=reason)
             if refusal is not None:
                 raise _PlacementRefused(refusal)
     except _PlacementRefused as refused:

@@ -83,7 +83,7 @@ def _fill(now, tasks, customers, generator: random.Random) -> int:
 
     # The overlay's quotas would stop the fill well below 85 %; the cycle's own checks still run.
     Quota.objects.all().delete()
-    fleet, _ = fleet_capacity()
+    fleet, _, _ = fleet_capacity()
     policy = placement_policy("best_fit")
     classes = {cls.name: cls for cls in PriorityClass.objects.all()}
     queue = Queue.objects.get(name="default")

@@ -16,6 +16,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
@@ -61,7 +62,7 @@ def scheduling_cycle(*, now: datetime | None = None, trigger: str = "periodic") 
         logger.info("Scheduling cycle started (%s): %d waiting", trigger, len(workloads))
 
         cycle = SchedulingCycle.objects.create(started_at=now, trigger=trigger, waiting=len(workloads))
-        fleet, gpu_columns = fleet_capacity()
+        fleet, gpu_columns, regions = fleet_capacity()
         running = running_work(now, fleet, gpu_columns)
         busy = _open_preemption_parties()
         waiting = [_waiting(workload, now, busy) for workload in workloads]
@@ -75,7 +76,7 @@ def scheduling_cycle(*, now: datetime | None = None, trigger: str = "periodic") 
             batch_max_requests=settings.MARKETPLACE["SCHEDULER_BATCH_MAX_REQUESTS"],
             batch_time_limit_seconds=settings.MARKETPLACE["SCHEDULER_BATCH_TIME_LIMIT_SECONDS"],
         )
-        timeline = Timeline(fleet, [work.booking for work in running])
+        timeline = Timeline(fleet, [work.booking for work in running], regions=regions)
         result = run_cycle(timeline, waiting, running, placement_policy(), usage=fair_share_usage(now),
                            config=config)
 
@@ -104,8 +105,8 @@ def _take_cycle_lock() -> bool:
         return bool(cursor.fetchone()[0])
 
 
-def fleet_capacity() -> tuple[Fleet, dict[int, tuple[int, int]]]:
-    """Return the active nodes with their healthy GPUs as an idle fleet, and each GPU's (row, column)."""
+def fleet_capacity() -> tuple[Fleet, dict[int, tuple[int, int]], np.ndarray]:
+    """Return the active nodes with their healthy GPUs as an idle fleet, each GPU's (row, column), and each row's region id."""
     nodes = list(Node.objects.filter(status=Node.Status.ACTIVE).select_related("gpu_model").order_by("id"))
     gpus = defaultdict(list)
     for gpu_id, node_id in (Gpu.objects.filter(node__status=Node.Status.ACTIVE, health=Gpu.Health.HEALTHY)
@@ -120,11 +121,11 @@ def fleet_capacity() -> tuple[Fleet, dict[int, tuple[int, int]]]:
         for node in nodes
     ]
     if not states:
-        return Fleet.build(cpu=[], memory=[], gpu_count=[], models=[]), {}
+        return Fleet.build(cpu=[], memory=[], gpu_count=[], models=[]), {}, np.zeros(0, dtype=np.int64)
     fleet = Fleet.from_states(states)
     columns = {gpu_id: (row, column) for row, state in enumerate(states)
                for column, (gpu_id, _) in enumerate(state.gpu_free_milli)}
-    return fleet, columns
+    return fleet, columns, np.array([node.region_id for node in nodes], dtype=np.int64)
 
 
 def running_work(now: datetime, fleet: Fleet, gpu_columns: dict[int, tuple[int, int]]) -> list[Running]:
@@ -219,6 +220,7 @@ def _waiting(workload: Workload, now: datetime, busy: set[int]) -> Waiting:
         gpu_models=tuple(sorted(model.name for model in reservation.gpu_models.all())),
         max_price=max_price,
         can_preempt=workload.priority_class.can_preempt and reservation.pk not in busy,
+        region=reservation.region_id,
     )
 
 
@@ -245,18 +247,19 @@ def _apply_placements(placements, by_key: dict[int, Workload], fleet: Fleet, cyc
             continue
         reservation.workload = workload
         node_id = int(fleet.node_ids[choice.row])
-        refusal = reservation_place_queued(reservation=reservation, node_id=node_id, now=now)
+        how = ("By backfill: it delays no request ahead of it." if choice.backfilled
+               else "It was next in the queue.")
+        refusal = reservation_place_queued(reservation=reservation, node_id=node_id, now=now,
+                                           reason=f"{how} Scheduling cycle {cycle.pk}.")
         if refusal is not None:
-            _wait_decision(workload, cycle, now, refusal.reason, refusal.detail, position=None)
+            logger.info("Cycle %s could not place reservation %s on node %s: %s", cycle.pk, choice.key, node_id,
+                        refusal.reason)
+            if refusal.reason != workload.waiting_reason_code:
+                _wait_decision(workload, cycle, now, refusal.reason, refusal.detail, position=None)
+            workload.waiting_reason_code, workload.waiting_reason = refusal.reason, refusal.detail
             workload.save(update_fields=["waiting_reason_code", "waiting_reason", "position", "estimated_start_at"])
             continue
         placed += 1
-        how = "after waiting behind no one" if not choice.backfilled else "by backfill, delaying no request ahead"
-        Decision.objects.create(
-            reservation_id=choice.key, cycle=cycle, kind=Decision.Kind.PLACED, at=now,
-            reason=f"Started on node {reservation.allocation.node.hostname} {how}; now {reservation.status}.",
-            detail={"node_id": node_id, "backfilled": choice.backfilled},
-        )
         Workload.objects.filter(pk=choice.key).update(position=None, estimated_start_at=None,
                                                        waiting_reason_code="", waiting_reason="")
     return placed

@@ -205,6 +205,8 @@ def _switch(migration: Migration, now: datetime) -> bool:
             outcome=RebalanceMove.Outcome.APPLIED, outcome_detail=note)
     ReservationEvent.objects.create(reservation=reservation, at=now, from_status=reservation.status,
                                     to_status=reservation.status, note=note)
+    reservation.reason_detail = note
+    reservation.save(update_fields=["reason_detail", "updated_at"])
     Decision.objects.create(reservation=reservation, kind=Decision.Kind.MIGRATED, at=now,
                             reason=f"{note} {migration.reason}".strip(),
                             detail={"migration_id": migration.pk, "from_node_id": migration.from_node_id,
@@ -267,8 +269,9 @@ def _request_of(reservation: Reservation) -> PlacementRequest:
 def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: datetime | None = None) -> dict:
     """Stop new placements on the node and plan a move for each reservation it holds; return counts.
 
-    Reservations marked do-not-migrate stay, with a decision that says so; those with no other
-    node of their GPU model free for the rest of their window stay too. The planned moves are
+    Reservations marked do-not-migrate stay, with a decision that records it; those with no other
+    node of their GPU model (and region, when they asked for one) free for the rest of their
+    window stay too. The planned moves are
     advanced by ``scheduler.advance_migration`` tasks once this commits.
     """
     now = now or timezone.now()
@@ -281,7 +284,7 @@ def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: date
             raise InvalidRequest(f"Node {node.hostname} is offline; bring it back before draining it.")
         node.status = Node.Status.DRAINING
         node.save(update_fields=["status", "updated_at"])
-        allocations = list(Allocation.objects.select_related("reservation").filter(
+        allocations = list(Allocation.objects.select_related("reservation__region").filter(
             node=node, released_at__isnull=True, end_at__gt=now, reservation__isnull=False,
             reservation__status__in=[ReservationStatus.SCHEDULED, ReservationStatus.ACTIVE]))
         planned, stayed = [], 0
@@ -290,8 +293,9 @@ def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: date
             target = _drain_target(reservation, allocation, now)
             if reservation.do_not_migrate or target is None:
                 stayed += 1
+                region = f" in region {reservation.region.code}" if reservation.region_id else ""
                 why = ("the customer asked that it never moves" if reservation.do_not_migrate
-                       else "no other node of its GPU model has room for the rest of its window")
+                       else f"no other active node of its GPU model{region} has room for the rest of its window")
                 Decision.objects.create(reservation=reservation, kind=Decision.Kind.NOT_MIGRATED, at=now,
                                         reason=f"Node {node.hostname} is draining, but the reservation stays: {why}.")
                 continue

@@ -2,7 +2,9 @@
 
 from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication, exceptions, permissions
+from rest_framework import authentication, permissions
+
+from marketplace.exceptions import MarketplaceError
 
 from ..agents import node_credential_check
 from ..models import NodeCredential
@@ -20,19 +22,30 @@ class NodeKeyAuthentication(authentication.BaseAuthentication):
             return None
         credential = node_credential_check(key.strip())
         if credential is None:
-            raise exceptions.AuthenticationFailed(
-                "The node key is unknown or was replaced. Ask the provider's admin for the node's current key.")
+            raise NodeKeyMissing("The node key is unknown or was replaced. Issue the node's current key with "
+                                 "'manage.py issue_node_key HOSTNAME' and send 'Authorization: Node <key>'.",
+                                 code="invalid_node_key")
         return AnonymousUser(), credential
 
     def authenticate_header(self, request) -> str:
         return KEYWORD
 
 
+class NodeKeyMissing(MarketplaceError):
+    """No valid node key came with an agent request (HTTP 401)."""
+
+    def __init__(self, detail: str, *, code: str = "node_key_required"):
+        super().__init__(detail=detail, code=code, status=401, title="Node key required")
+
+
 class IsNodeAgent(permissions.BasePermission):
-    message = "Send the header 'Authorization: Node <node key>'; agent endpoints take node keys only."
+    """Allows requests authenticated with a node key only; others get a 401 that names the header to send."""
 
     def has_permission(self, request, view) -> bool:
-        return isinstance(request.auth, NodeCredential)
+        if not isinstance(request.auth, NodeCredential):
+            raise NodeKeyMissing("Agent endpoints take node keys only. Send the header 'Authorization: Node <key>' "
+                                 "with the key that 'manage.py issue_node_key HOSTNAME' printed for this node.")
+        return True
 
 
 class NodeKeyScheme(OpenApiAuthenticationExtension):

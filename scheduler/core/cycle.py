@@ -58,6 +58,8 @@ class Waiting:
     gpu_models: tuple[str, ...] = ()
     max_price: float | None = None
     can_preempt: bool = False
+    region: int | None = None
+    """The only region allowed (see ``Timeline.regions``); None allows every region."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ class _Cycle:
             return self.wait(item, "cycle_limit", "This cycle placed its maximum number of requests; the next "
                                                   "cycle goes on.")
 
-        allowed = _allowed(timeline, item, self.model_masks)
+        allowed = allowed_nodes(timeline, item, self.model_masks)
         choice = None
         if item.key in self.batch_choice:
             choice = _batch_choice(timeline, item, *self.batch_choice[item.key])
@@ -269,6 +271,8 @@ def _batch_band(timeline: Timeline, waiting: Sequence[Waiting], priority: int, p
     fleet = _window_fleet(timeline, max(item.duration for item in items))
     requests = [BatchRequest(request=item.request, priority=1, gpu_models=item.gpu_models,
                              max_price_per_gpu_hour=item.max_price) for item in items]
+    if any(item.region is not None for item in items):
+        return {}, set()  # NOTE: the batch model has no regions, so a priority with a regional request is placed in order
     greedy = greedy_plan(fleet, requests, policy)
     if len(greedy) == len(requests):
         return {}, set()  # the order places them all; CP-SAT cannot place more
@@ -306,15 +310,22 @@ def _batch_choice(timeline: Timeline, item: Waiting, row: int, columns: tuple[in
     return row, tuple(columns)
 
 
-def _allowed(timeline: Timeline, item: Waiting, masks: dict) -> np.ndarray:
-    key = (item.gpu_models, item.max_price)
-    mask = masks.get(key)
+def allowed_nodes(timeline: Timeline, item: Waiting, masks: dict | None = None) -> np.ndarray:
+    """Return (n,) True for the nodes whose GPU model, price and region ``item`` accepts."""
+    key = (item.gpu_models, item.max_price, item.region)
+    mask = masks.get(key) if masks is not None else None
     if mask is None:
         fleet = timeline.capacity
         mask = fleet.model_mask(item.gpu_models or None)
         if item.max_price is not None:
             mask &= fleet.price <= item.max_price
-        masks[key] = mask
+        if item.region is not None:
+            if timeline.regions is None:
+                raise ValueError(f"Request {item.key} names region {item.region}, but the timeline has no regions; "
+                                 "pass regions= to Timeline.")
+            mask &= timeline.regions == item.region
+        if masks is not None:
+            masks[key] = mask
     return mask
 
 
@@ -381,9 +392,7 @@ def priority_inversions(placed: Sequence[Placed], waiting: Sequence[WaitingDecis
             continue
         item = by_key[decision.key]
         request = item.request
-        allowed = timeline.capacity.model_mask(item.gpu_models or None)
-        if item.max_price is not None:
-            allowed &= timeline.capacity.price <= item.max_price
+        allowed = allowed_nodes(timeline, item)
         room = ((shapes[:, 5] < item.priority) & allowed[rows] & (shapes[:, 0] >= request.gpu_count)
                 & ((shapes[:, 1] >= request.gpu_milli_per_gpu) | (request.gpu_count == 0))
                 & (shapes[:, 2] >= request.cpu_millicores) & (shapes[:, 3] >= request.memory_mib)

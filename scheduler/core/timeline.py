@@ -43,13 +43,17 @@ class Timeline:
     """Rows of free capacity per node; ``fleet`` mirrors row 0 of each node for the online policies.
 
     ``capacity`` is the idle fleet (every booking removed), kept to tell whether a request could
-    ever fit.
+    ever fit. ``regions`` gives each node's region id, for requests limited to one region.
     """
 
-    def __init__(self, capacity: Fleet, bookings: Sequence[Booking], *, max_rows_per_node: int = 16):
+    def __init__(self, capacity: Fleet, bookings: Sequence[Booking], *, max_rows_per_node: int = 16,
+                 regions: np.ndarray | None = None):
         if max_rows_per_node < 1:
             raise ValueError(f"max_rows_per_node is {max_rows_per_node}; use 1 or more.")
+        if regions is not None and len(regions) != capacity.size:
+            raise ValueError(f"regions has {len(regions)} entries for {capacity.size} nodes; pass one per node.")
         self.capacity = capacity
+        self.regions = regions
         size = capacity.size
         instants: list[set[float]] = [{0.0} for _ in range(size)]
         for booking in bookings:

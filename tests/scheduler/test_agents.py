@@ -119,7 +119,8 @@ def test_requests_without_a_valid_node_key_get_401(t4_node, header):
     response = client.get("/api/v1/agent/assignments/")
 
     assert response.status_code == 401
-    assert response.json()["code"] in ("not_authenticated", "authentication_failed")
+    assert response.json()["code"] in ("node_key_required", "invalid_node_key")
+    assert "Authorization: Node <key>" in response.json()["detail"]
 
 
 def test_replaced_key_stops_working(t4_node):

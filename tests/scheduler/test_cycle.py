@@ -161,3 +161,35 @@ def test_quote_shows_the_interruptible_price(customer, t4_node, settings):
     quote = reservation_quote(customer=customer, spec=spec(interruptible=True), now=NOW)
 
     assert str(quote.price_per_gpu_hour) == "0.6000"
+
+
+def test_queued_request_stays_in_its_region(customer, other_customer, t4_node):
+    from ..factories import NodeFactory, RegionFactory, gpu_model
+
+    elsewhere = NodeFactory(hostname="t4-far", gpu_model=gpu_model("T4"), gpu_count=2,
+                            region=RegionFactory(code="us-east", name="US East"))
+    blocker = reservation_create(customer=other_customer, spec=spec(gpu_count=2, region="eu-central"), now=NOW)
+    queued = reservation_create(customer=customer, spec=spec(region="eu-central", queue_if_unavailable=True), now=NOW)
+    assert queued.status == ReservationStatus.QUEUED
+
+    scheduling_cycle(now=NOW)
+    queued.workload.refresh_from_db()
+    assert queued.workload.waiting_reason_code == "no_capacity"
+    assert queued.workload.estimated_start_at == NOW + hours(2)
+    assert not Allocation.objects.filter(node=elsewhere).exists()
+
+    reservation_cancel(reservation_id=blocker.pk, now=NOW + hours(1))
+    scheduling_cycle(now=NOW + hours(1))
+    queued.refresh_from_db()
+    assert queued.status == ReservationStatus.ACTIVE
+    assert queued.allocation.node == t4_node
+
+
+def test_repeated_cycles_add_no_duplicate_decisions(customer, other_customer, t4_node):
+    reservation_create(customer=other_customer, spec=spec(gpu_count=2), now=NOW)
+    queued = reservation_create(customer=customer, spec=spec(queue_if_unavailable=True), now=NOW)
+
+    for minute in range(3):
+        scheduling_cycle(now=NOW + timedelta(minutes=minute))
+
+    assert Decision.objects.filter(reservation=queued).count() == 1
