@@ -16,7 +16,8 @@ from .placement import PRICE_STEP, placement_diagnose, placement_rank
 from .pricing import billed_gpu_milli, estimated_cost
 from .quotas import quota_admit
 from .selectors import NodeFilter
-from .services import ReservationSpec, interruptible_price_factor, resolve_spec
+from .services import ReservationSpec, interruptible_price_factor, node_price_cap, resolve_spec
+from scheduler.terms import workload_terms
 from .placement_policy import placement_policy
 from .solvers import PlacementRequest
 
@@ -55,6 +56,7 @@ def reservation_quote(
     now = now or timezone.now()
     policy = placement_policy(policy_name)
     resolved = resolve_spec(spec, now)
+    workload_terms(spec, now)
     request = resolved.request
     model_names = {model.id: model.name for model in resolved.models}
     node_filter = NodeFilter(
@@ -77,8 +79,7 @@ def reservation_quote(
 
     price_cap, budget_binds = combined_price_cap(spec.max_price_per_gpu_hour, budget)
     factor = interruptible_price_factor() if spec.interruptible else Decimal(1)
-    admitted = NodeFilter(decision.admitted_model_ids, node_filter.region_id,
-                          None if price_cap is None else price_cap / factor)
+    admitted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, node_price_cap(price_cap, factor))
     ranked = placement_rank(request=request, start_at=spec.start_at, end_at=spec.end_at, node_filter=admitted,
                             policy=policy)
     for placement in ranked:

@@ -6,11 +6,13 @@ The REST API, the admin, Celery tasks and the trace replay all call these functi
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
@@ -210,7 +212,7 @@ def _place(reservation: Reservation, resolved: ResolvedSpec, policy, *, actor, n
     node_filter = NodeFilter(
         gpu_model_ids=decision.admitted_model_ids,
         region_id=resolved.region.id if resolved.region else None,
-        max_price_per_gpu_hour=None if price_cap is None else price_cap / price_factor,
+        max_price_per_gpu_hour=node_price_cap(price_cap, price_factor),
     )
     outcome = placement_find_and_commit(
         reservation=reservation, request=resolved.request, node_filter=node_filter, policy=policy,
@@ -258,6 +260,13 @@ def _confirm(reservation: Reservation, allocation: Allocation, policy, *, actor,
     Decision.objects.create(reservation=reservation, kind=Decision.Kind.PLACED, at=now,
                             reason=f"{note} {placed_reason}".strip(),
                             detail={"node_id": allocation.node_id, "status": reservation.status})
+
+
+def node_price_cap(price_cap: Decimal | None, price_factor: Decimal) -> Decimal | None:
+    """Return the highest node list price whose share ``price_factor`` stays within ``price_cap``, to 4 places."""
+    if price_cap is None:
+        return None
+    return (price_cap / price_factor).quantize(Decimal("0.0001"), rounding=ROUND_DOWN)
 
 
 def interruptible_price_factor() -> Decimal:
@@ -360,7 +369,7 @@ def reservation_move_after_failed_start(*, reservation: Reservation, exclude_nod
     price_factor = interruptible_price_factor() if workload is not None and workload.interruptible else Decimal(1)
     cap = reservation.max_price_per_gpu_hour
     node_filter = NodeFilter(gpu_model_ids=model_ids, region_id=reservation.region_id,
-                             max_price_per_gpu_hour=None if cap is None else cap / price_factor)
+                             max_price_per_gpu_hour=node_price_cap(cap, price_factor))
     original = (reservation.start_at, reservation.end_at)
     try:
         with transaction.atomic():
@@ -451,7 +460,9 @@ def release_allocation(reservation: Reservation, now: datetime) -> None:
     allocation.end_at = cut
     allocation.released_at = now
     allocation.save(update_fields=["end_at", "released_at"])
-    GpuShare.objects.filter(allocation=allocation).update(end_at=cut)
+    # Only shares that run past the cut change: a migrated allocation keeps its source node's shares
+    # ended at the switch, and its target's shares may start after the cut.
+    GpuShare.objects.filter(allocation=allocation, end_at__gt=cut).update(end_at=Greatest(F("start_at"), Value(cut)))
 
 
 def reservations_advance(*, now: datetime | None = None, batch_size: int = 500) -> dict[str, int]:

@@ -10,10 +10,11 @@ node, up to ``MAX_START_ATTEMPTS`` starts in all.
 
 import logging
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from allocation.models import Reservation, ReservationStatus
@@ -21,7 +22,7 @@ from allocation.services import reservation_finish_early, reservation_move_after
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, NotFound
 from marketplace.models import Node
 
-from .models import Assignment, Decision, NodeCredential, Workload
+from .models import Assignment, Decision, Migration, NodeCredential, Preemption, PreemptionVictim, Workload
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +55,38 @@ def node_credential_check(key: str) -> NodeCredential | None:
 def agent_assignments(*, node: Node, now: datetime | None = None) -> list[Assignment]:
     """Return what ``node``'s agent should start or stop now, creating assignments for newly active work."""
     now = now or timezone.now()
-    active = (Reservation.objects.filter(status=ReservationStatus.ACTIVE, allocation__node=node,
-                                         allocation__start_at__lte=now, allocation__end_at__gt=now)
-              .exclude(assignments__node=node).values_list("id", flat=True))
+    active = list(Reservation.objects.filter(status=ReservationStatus.ACTIVE, allocation__node=node,
+                                             allocation__start_at__lte=now, allocation__end_at__gt=now)
+                  .exclude(assignments__node=node).values_list("id", flat=True))
     Assignment.objects.bulk_create([Assignment(reservation_id=reservation_id, node=node) for reservation_id in active],
                                    ignore_conflicts=True)
+    _stop_new_assignments_of_leaving_work(node, active, now)
+
+    # Work that ended before its agent started it needs no stop: close it.
+    (Assignment.objects.filter(node=node, status=Assignment.Status.ASSIGNED)
+     .filter(~Q(reservation__status=ReservationStatus.ACTIVE) | Q(reservation__end_at__lte=now))
+     .update(status=Assignment.Status.STOPPED, finished_at=now))
     pending = (Assignment.objects.filter(node=node, status__in=[Assignment.Status.ASSIGNED, Assignment.Status.STARTED])
                .select_related("reservation").order_by("id"))
     NodeCredential.objects.filter(node=node).update(last_seen_at=now)
     return list(pending)
+
+
+def _stop_new_assignments_of_leaving_work(node: Node, reservation_ids: list[int], now: datetime) -> None:
+    """Ask the agent to stop new work that a preemption in its grace period, or a migration, is taking away."""
+    if not reservation_ids:
+        return
+    preempted = (PreemptionVictim.objects.filter(reservation_id__in=reservation_ids,
+                                                 preemption__status=Preemption.Status.GRACE)
+                 .values_list("reservation_id", "preemption__grace_ends_at"))
+    for reservation_id, grace_ends_at in preempted:
+        Assignment.objects.filter(reservation_id=reservation_id, node=node, stop_requested_at__isnull=True).update(
+            stop_requested_at=now, stop_by=grace_ends_at)
+    moving = Migration.objects.filter(reservation_id__in=reservation_ids, from_node=node,
+                                      status=Migration.Status.MOVING).values_list("reservation_id", flat=True)
+    grace = timedelta(seconds=settings.MARKETPLACE["MIGRATION_STOP_SECONDS"])
+    Assignment.objects.filter(reservation_id__in=list(moving), node=node, stop_requested_at__isnull=True).update(
+        stop_requested_at=now, stop_by=now + grace)
 
 
 def assignment_action(assignment: Assignment, now: datetime) -> str:
@@ -94,10 +118,17 @@ def agent_report(*, node: Node, assignment_id: int, state: str, exit_code: int |
             raise NotFound(f"Assignment {assignment_id} does not exist on this node.") from None
         reservation = Reservation.objects.select_for_update().get(pk=assignment.reservation_id)
         if assignment.status in (Assignment.Status.EXITED, Assignment.Status.FAILED, Assignment.Status.STOPPED):
-            if assignment.status == {"exited": Assignment.Status.EXITED, "failed": Assignment.Status.FAILED}.get(state):
+            same = assignment.status == {"exited": Assignment.Status.EXITED, "failed": Assignment.Status.FAILED}.get(state)
+            if same and (state != "exited" or exit_code == assignment.exit_code):
                 return assignment  # a retried report changes nothing
-            raise InvalidTransition(f"Assignment {assignment_id} is already {assignment.status}.",
-                                    current=assignment.status, requested=state)
+            raise InvalidTransition(
+                f"Assignment {assignment_id} is already {assignment.status}"
+                f"{f' with exit code {assignment.exit_code}' if assignment.exit_code is not None else ''}; "
+                f"a finished assignment takes no other report.", current=assignment.status, requested=state)
+        if state == "failed" and assignment.status == Assignment.Status.STARTED:
+            raise InvalidTransition(
+                f"Assignment {assignment_id} already started; when its work stops, report exited with the exit code.",
+                current=assignment.status, requested=state)
         assignment.message = message[:500]
         if state == "started":
             _started(assignment, reservation, now)

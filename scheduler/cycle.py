@@ -9,6 +9,7 @@ budget and placement rules as an API request, and the database triggers behind t
 placement leaves the reservation queued with the refusal as its waiting reason.
 """
 
+import dataclasses
 import logging
 import math
 import time
@@ -25,7 +26,9 @@ from django.utils import timezone
 from allocation.lifecycle import HOLDING_STATUSES
 from allocation.models import Allocation, GpuShare, Reservation, ReservationStatus, SolverRun
 from allocation.placement_policy import placement_policy
-from allocation.services import interruptible_price_factor, reservation_place_queued, reservation_transition
+from allocation.services import (
+    interruptible_price_factor, node_price_cap, reservation_place_queued, reservation_transition,
+)
 from allocation.solvers.base import NodeState, PlacementRequest
 from allocation.solvers.fleet import Fleet
 from marketplace.models import Gpu, Node
@@ -141,7 +144,8 @@ def running_work(now: datetime, fleet: Fleet, gpu_columns: dict[int, tuple[int, 
         .only("id", "node_id", "reservation_id", "customer_id", "start_at", "end_at", "cpu_millicores", "memory_mib",
               "borrowed_gpu_milli", "reservation__status", "reservation__workload__interruptible",
               "reservation__workload__priority_class__value", "reservation__workload__priority_class__preemptible",
-              "reservation__workload__priority_class__min_runtime_seconds")
+              "reservation__workload__priority_class__min_runtime_seconds",
+              "reservation__workload__priority_class__grace_period_seconds")
     )
     shares = defaultdict(list)
     for allocation_id, gpu_id, milli in (GpuShare.objects.filter(allocation_id__in=[a.id for a in allocations])
@@ -171,7 +175,7 @@ def running_work(now: datetime, fleet: Fleet, gpu_columns: dict[int, tuple[int, 
             priority=priority_class.value if priority_class else 0, preemptible=preemptible,
             borrowed_milli=allocation.borrowed_gpu_milli,
             protected_for=(priority_class.min_runtime_seconds if priority_class else 0) - elapsed,
-            elapsed=elapsed,
+            elapsed=elapsed, grace=float(priority_class.grace_period_seconds if priority_class else 0),
         ))
     return work
 
@@ -209,7 +213,7 @@ def _waiting(workload: Workload, now: datetime, busy: set[int]) -> Waiting:
     max_price = None
     if reservation.max_price_per_gpu_hour is not None:
         factor = interruptible_price_factor() if workload.interruptible else Decimal(1)
-        max_price = float(reservation.max_price_per_gpu_hour / factor)
+        max_price = float(node_price_cap(reservation.max_price_per_gpu_hour, factor))
     return Waiting(
         key=reservation.pk, organization=reservation.customer_id,
         request=PlacementRequest(gpu_count=reservation.gpu_count, gpu_milli_per_gpu=reservation.gpu_milli_per_gpu,
@@ -225,8 +229,7 @@ def _waiting(workload: Workload, now: datetime, busy: set[int]) -> Waiting:
 
 
 def _not_preemptible(work: Running) -> Running:
-    return Running(booking=work.booking, organization=work.organization, priority=work.priority, preemptible=False,
-                   borrowed_milli=work.borrowed_milli, protected_for=work.protected_for, elapsed=work.elapsed)
+    return dataclasses.replace(work, preemptible=False)
 
 
 def _open_preemption_parties() -> set[int]:

@@ -66,10 +66,12 @@ def migration_plan(*, reservation_id: int, to_node_id: int, kind: str, reason: s
         return None
 
 
-def migration_advance(*, migration_id: int, now: datetime | None = None) -> Migration:
-    """Run the migration's remaining steps; stop early while the source's agent has not stopped yet."""
+def migration_advance(*, migration_id: int, now: datetime | None = None, max_steps: int | None = None) -> Migration:
+    """Run the migration's remaining steps, or at most ``max_steps``; stop early while the source's agent runs."""
     pause = settings.MARKETPLACE["MIGRATION_STEP_PAUSE_SECONDS"]
-    while True:
+    steps = 0
+    while max_steps is None or steps < max_steps:
+        steps += 1
         moment = now or timezone.now()
         with transaction.atomic():
             try:
@@ -97,6 +99,7 @@ def migration_advance(*, migration_id: int, now: datetime | None = None) -> Migr
                     migration.status)
         if pause and migration.status in OPEN_STATUSES:
             time.sleep(pause)
+    return migration
 
 
 def open_migrations() -> list[int]:
@@ -228,6 +231,7 @@ def _roll_back(migration: Migration, reason: str, now: datetime) -> None:
      .update(stop_requested_at=None, stop_by=None))
     migration.status, migration.outcome = Migration.Status.ROLLED_BACK, reason
     migration.save(update_fields=["hold", "status", "outcome", "updated_at"])
+    _not_migrated(migration.reservation_id, f"The move to another node was rolled back: {reason}", now)
     if migration.rebalance_move_id:
         RebalanceMove.objects.filter(pk=migration.rebalance_move_id).update(
             outcome=RebalanceMove.Outcome.SKIPPED, outcome_detail=reason)
@@ -296,12 +300,18 @@ def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: date
                 region = f" in region {reservation.region.code}" if reservation.region_id else ""
                 why = ("the customer asked that it never moves" if reservation.do_not_migrate
                        else f"no other active node of its GPU model{region} has room for the rest of its window")
-                Decision.objects.create(reservation=reservation, kind=Decision.Kind.NOT_MIGRATED, at=now,
-                                        reason=f"Node {node.hostname} is draining, but the reservation stays: {why}.")
+                _not_migrated(reservation.pk, f"Node {node.hostname} is draining, but the reservation stays: {why}.",
+                              now)
                 continue
             migration = migration_plan(reservation_id=reservation.pk, to_node_id=target, kind=Migration.Kind.DRAIN,
                                        reason=f"Node {node.hostname} is draining.", now=now, actor=actor)
-            if migration is not None:
+            if migration is None:
+                continue
+            # Reserve the target at once, so the next reservation's target is chosen with this hold counted.
+            migration = migration_advance(migration_id=migration.pk, now=now, max_steps=1)
+            if migration.status == Migration.Status.ROLLED_BACK:
+                stayed += 1
+            else:
                 planned.append(migration.pk)
 
         from .tasks import advance_migration_task
@@ -310,6 +320,14 @@ def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: date
             transaction.on_commit(lambda migration_id=migration_id: advance_migration_task.delay(migration_id))
     logger.info("Node %s draining: %d moves planned, %d reservations stay", node.hostname, len(planned), stayed)
     return {"planned": len(planned), "stayed": stayed, "migrations": planned}
+
+
+def _not_migrated(reservation_id: int, reason: str, now: datetime) -> None:
+    """Record that a reservation stays where it is, unless its latest decision already says the same."""
+    latest = Decision.objects.filter(reservation_id=reservation_id).order_by("-at", "-id").first()
+    if latest is not None and latest.kind == Decision.Kind.NOT_MIGRATED and latest.reason == reason:
+        return
+    Decision.objects.create(reservation_id=reservation_id, kind=Decision.Kind.NOT_MIGRATED, at=now, reason=reason)
 
 
 def _drain_target(reservation: Reservation, allocation: Allocation, now: datetime) -> int | None:

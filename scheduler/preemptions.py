@@ -52,11 +52,13 @@ def preemption_propose(*, plan, node_id: int, cycle=None, now: datetime) -> Pree
         PreemptionVictim(preemption=preemption, reservation_id=victim, mode=modes.get(victim, PriorityClass.Mode.CANCEL))
         for victim in plan.victims
     )
+    # Customers read decisions, so they name no other organization's reservations; the admin page does.
     Decision.objects.create(
         reservation_id=plan.beneficiary, cycle=cycle, kind=Decision.Kind.PREEMPTION_PROPOSED, at=now,
         reason_code="preemption_proposed",
-        reason=plan.explanation + (" It waits for an admin's approval." if needs_approval else ""),
-        detail={"preemption_id": preemption.pk, "victims": list(plan.victims)},
+        reason=("Lower-priority work on one node will be preempted so that this request can start"
+                + (", once an admin approves." if needs_approval else ", after the work's grace period.")),
+        detail={"preemption_id": preemption.pk},
     )
     logger.info("Preemption %s proposed for reservation %s: victims %s%s", preemption.pk, plan.beneficiary,
                 list(plan.victims), ", awaiting approval" if needs_approval else "")
@@ -68,7 +70,9 @@ def preemption_propose(*, plan, node_id: int, cycle=None, now: datetime) -> Pree
 def _start_grace(preemption: Preemption, now: datetime) -> None:
     """Tell the victims' agents to stop by the end of their grace periods."""
     longest = 0
-    for victim in preemption.victims.all():
+    for victim in preemption.victims.select_related("reservation"):
+        if victim.reservation.status not in (ReservationStatus.ACTIVE, ReservationStatus.SCHEDULED):
+            continue
         grace = (Workload.objects.filter(pk=victim.reservation_id)
                  .values_list("priority_class__grace_period_seconds", flat=True).first() or 0)
         longest = max(longest, grace)
@@ -77,8 +81,8 @@ def _start_grace(preemption: Preemption, now: datetime) -> None:
             stop_requested_at=now, stop_by=stop_by)
         Decision.objects.create(
             reservation_id=victim.reservation_id, kind=Decision.Kind.PREEMPTED, reason_code="preemption_grace",
-            reason=(f"Preempted for reservation {preemption.beneficiary_id} of a higher priority; it has "
-                    f"{grace} s to stop, until {stop_by.isoformat()}, and is then "
+            reason=(f"Preempted for a request of a higher priority; it has {grace} s to stop, until "
+                    f"{stop_by.isoformat()}, and is then "
                     f"{'requeued' if victim.mode == PriorityClass.Mode.REQUEUE else 'cancelled'}."),
             at=now, detail={"preemption_id": preemption.pk},
         )
@@ -131,6 +135,8 @@ def preemption_reject(*, preemption_id: int, actor: AbstractBaseUser, reason: st
 def preemptions_finish(*, now: datetime | None = None) -> int:
     """Stop the victims of preemptions whose grace period is over; return how many preemptions finished.
 
+    A preemption whose beneficiary no longer waits is closed instead, and its victims keep running.
+
     Rows are claimed with ``SKIP LOCKED`` and each victim is checked under its lock, so a second
     run, or a redelivered task, changes nothing.
     """
@@ -138,15 +144,19 @@ def preemptions_finish(*, now: datetime | None = None) -> int:
     finished = 0
     while True:
         with transaction.atomic():
-            batch = list(Preemption.objects.select_for_update(skip_locked=True)
+            batch = list(Preemption.objects.select_for_update(skip_locked=True, of=("self",))
+                         .select_related("beneficiary")
                          .filter(status=Preemption.Status.GRACE, grace_ends_at__lte=now).order_by("id")[:50])
             for preemption in batch:
+                if preemption.beneficiary.status != ReservationStatus.QUEUED:
+                    _close_obsolete(preemption, now)
+                    continue
                 _stop_victims(preemption, now)
                 preemption.status = Preemption.Status.DONE
                 preemption.save(update_fields=["status"])
+                finished += 1
         if not batch:
             break
-        finished += len(batch)
     if finished:
         logger.info("Finished %d preemptions at %s", finished, now.isoformat())
     return finished
@@ -157,16 +167,22 @@ def preemptions_obsolete(*, now: datetime) -> int:
     stale = list(Preemption.objects.select_for_update(skip_locked=True).filter(preemption_open())
                  .exclude(beneficiary__status=ReservationStatus.QUEUED))
     for preemption in stale:
-        if preemption.status == Preemption.Status.GRACE:
-            victims = preemption.victims.values_list("reservation_id", flat=True)
-            Assignment.objects.filter(reservation_id__in=list(victims), reservation__status=ReservationStatus.ACTIVE,
-                                      stop_by__gt=now).update(stop_requested_at=None, stop_by=None)
-        preemption.status = Preemption.Status.OBSOLETE
-        preemption.decision_note = "The beneficiary no longer waited."
-        preemption.save(update_fields=["status", "decision_note"])
+        _close_obsolete(preemption, now)
     if stale:
         logger.info("Closed %d preemptions whose beneficiary no longer waits", len(stale))
     return len(stale)
+
+
+def _close_obsolete(preemption: Preemption, now: datetime) -> None:
+    """Close a preemption whose beneficiary no longer waits and withdraw its victims' stop requests."""
+    if preemption.status == Preemption.Status.GRACE:
+        victims = preemption.victims.values_list("reservation_id", flat=True)
+        Assignment.objects.filter(reservation_id__in=list(victims), reservation__status=ReservationStatus.ACTIVE,
+                                  stop_by__gt=now).update(stop_requested_at=None, stop_by=None)
+    preemption.status = Preemption.Status.OBSOLETE
+    preemption.decision_note = "The beneficiary no longer waited; the victims keep running."
+    preemption.save(update_fields=["status", "decision_note"])
+    logger.info("Preemption %s closed: its beneficiary %s no longer waits", preemption.pk, preemption.beneficiary_id)
 
 
 def _stop_victims(preemption: Preemption, now: datetime) -> None:
@@ -176,7 +192,11 @@ def _stop_victims(preemption: Preemption, now: datetime) -> None:
             victim.outcome = f"Already {reservation.status}; nothing to stop."
             victim.save(update_fields=["outcome"])
             continue
-        note = f"Preempted for reservation {preemption.beneficiary_id}: {preemption.explanation}"
+        if reservation.end_at <= now:
+            victim.outcome = "Its window ended during the grace period; it completes as booked."
+            victim.save(update_fields=["outcome"])
+            continue
+        note = "Preempted for a request of a higher priority after its grace period."
         reservation_transition(reservation=reservation, to_status=ReservationStatus.PREEMPTED, now=now,
                                reason_code="preempted", note=note[:2000])
         Assignment.objects.filter(reservation=reservation, stop_requested_at__isnull=True).update(

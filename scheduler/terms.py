@@ -41,8 +41,9 @@ def workload_terms(spec, now: datetime) -> WorkloadTerms:
     max_wait = timedelta(seconds=settings.MARKETPLACE["QUEUE_MAX_WAIT_SECONDS"])
     if latest is not None:
         if not spec.queue_if_unavailable:
-            problems.append(FieldProblem("latest_start_at", "latest_start_at applies to queued requests; "
-                                                            "also send \"queue\": true, or leave it out.", "unused"))
+            problems.append(FieldProblem("latest_start_at", "latest_start_at applies to queued requests; also "
+                                                            "send \"queue_if_unavailable\": true, or leave it out.",
+                                         "unused"))
         elif latest < spec.start_at:
             problems.append(FieldProblem("latest_start_at", "latest_start_at must be at or after start_at.",
                                          "before_start"))

@@ -1,6 +1,7 @@
 """Agent, decision, priority class and queue endpoints; each view parses, calls a service and renders."""
 
 import django_filters
+from django import forms
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import viewsets
@@ -9,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from allocation.api.views import _check_list_parameters, customer_of
+from allocation.models import GpuShare
 from marketplace.api.serializers import problem_responses
 from marketplace.exceptions import NotFound
 
@@ -39,7 +41,7 @@ class AgentAssignmentsView(APIView):
         node = request.auth.node
         now = timezone.now()
         assignments = agent_assignments(node=node, now=now)
-        shares = _gpu_uuids([assignment.reservation_id for assignment in assignments])
+        shares = _gpu_uuids(node, [assignment.reservation_id for assignment in assignments])
         rows = []
         for assignment in assignments:
             assignment.action = assignment_action(assignment, now)
@@ -50,12 +52,12 @@ class AgentAssignmentsView(APIView):
         }).data)
 
 
-def _gpu_uuids(reservation_ids: list[int]) -> dict[int, list]:
-    from allocation.models import GpuShare
-
+def _gpu_uuids(node, reservation_ids: list[int]) -> dict[int, list]:
+    """Return the UUIDs of the GPUs each reservation holds on ``node`` from now on (a migrated one held others)."""
     uuids: dict[int, list] = {}
-    for reservation_id, uuid in (GpuShare.objects.filter(allocation__reservation_id__in=reservation_ids)
-                                 .order_by("gpu__index").values_list("allocation__reservation_id", "gpu__uuid")):
+    shares = GpuShare.objects.filter(allocation__reservation_id__in=reservation_ids, gpu__node=node,
+                                     end_at__gt=timezone.now())
+    for reservation_id, uuid in shares.order_by("gpu__index").values_list("allocation__reservation_id", "gpu__uuid"):
         uuids.setdefault(reservation_id, []).append(uuid)
     return uuids
 
@@ -81,12 +83,18 @@ class AgentReportView(APIView):
         if data["state"] != "started":
             request_cycle("completion")
         assignment.action = assignment_action(assignment, timezone.now())
-        assignment.gpu_uuids = _gpu_uuids([assignment.reservation_id]).get(assignment.reservation_id, [])
+        assignment.gpu_uuids = _gpu_uuids(node, [assignment.reservation_id]).get(assignment.reservation_id, [])
         return Response(AssignmentSerializer(assignment).data)
 
 
+class IntegerFilter(django_filters.NumberFilter):
+    """A whole number only; django-filter's own number filter also takes 1.9."""
+
+    field_class = forms.IntegerField
+
+
 class DecisionFilter(django_filters.FilterSet):
-    reservation = django_filters.NumberFilter(field_name="reservation_id")
+    reservation = IntegerFilter(field_name="reservation_id")
     kind = django_filters.MultipleChoiceFilter(choices=Decision.Kind.choices)
 
     class Meta:

@@ -233,7 +233,9 @@ class _Cycle:
             if plan is not None:
                 self.preemptions.append(plan)
                 self.taken_victims.update(plan.victims)
-                return self.wait(item, "preemption_proposed", plan.explanation)
+                # The plan's explanation names other organizations' work; the customer's reason does not.
+                return self.wait(item, "preemption_proposed", "Lower-priority work on one node is being "
+                                                              "preempted so that this request can start there.")
 
         if self.held >= config.reserve_depth:
             return self.wait(item, "no_capacity", "No allowed node has this shape free now, and no start time is "
@@ -248,8 +250,8 @@ class _Cycle:
             return self.place(item, row, columns)
         timeline.take(row, columns, item.request, start, start + item.duration)
         self.held += 1
-        return self.wait(item, "no_capacity", "No allowed node has this shape free now without delaying a request "
-                                              "ahead of it; a window is held for it when running work ends.", start)
+        return self.wait(item, "no_capacity", "No allowed node has this shape free for its whole run time now; a "
+                                              "window is held for it from the estimated start.", start)
 
     def place(self, item: Waiting, row: int, columns: tuple[int, ...]) -> None:
         self.timeline.take(row, columns, item.request, 0.0, item.duration)

@@ -3,7 +3,8 @@
 Rules, in the order the search applies them:
 
 - only victims of a strictly lower priority, whose class lets them be preempted, that run on an
-  allowed node and have run their minimum guaranteed time;
+  allowed node, have run their minimum guaranteed time and would not end within their grace
+  period anyway;
 - on each node, victims are added cheapest first (lowest priority, borrowed over-quota usage
   before usage within quota, then least lost work, then fewest GPU milli) until the request
   fits over its whole window; victims that turn out unnecessary are dropped again;
@@ -38,6 +39,8 @@ class Running:
     """Seconds from now until its minimum guaranteed runtime is over; 0 or less when it is over."""
     elapsed: float = 0.0
     """Seconds it has run, the work lost when it is stopped."""
+    grace: float = 0.0
+    """Seconds it gets to stop once preempted; work that ends sooner is never chosen."""
 
     @property
     def lost_work(self) -> float:
@@ -68,7 +71,7 @@ def eligible_victims(running: Sequence[Running], priority: int, taken: set[int])
     by_row: dict[int, list[Running]] = {}
     for work in running:
         if (work.preemptible and work.priority < priority and work.protected_for <= 0
-                and work.booking.key not in taken and work.booking.start <= 0):
+                and work.booking.key not in taken and work.booking.start <= 0 and work.booking.end > work.grace):
             by_row.setdefault(work.booking.row, []).append(work)
     for victims in by_row.values():
         victims.sort(key=lambda work: work.cost)

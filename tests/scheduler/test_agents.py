@@ -163,3 +163,44 @@ def test_customers_read_only_their_own_decisions(api, other_api, customer, other
     assert theirs == []
     assert other_api.get(f"/api/v1/decisions/{mine[0]['id']}/").status_code == 404
     assert blocker.status == ReservationStatus.ACTIVE
+
+
+def test_failed_after_started_is_refused(running, t4_node):
+    client = agent(t4_node)
+    assignment_id = assignments(client)[0]["id"]
+    client.post(f"/api/v1/agent/assignments/{assignment_id}/status/", {"state": "started"}, format="json")
+
+    response = client.post(f"/api/v1/agent/assignments/{assignment_id}/status/", {"state": "failed"}, format="json")
+
+    assert response.status_code == 409
+    running.refresh_from_db()
+    assert running.status == ReservationStatus.ACTIVE
+
+
+def test_second_exit_code_is_refused(running, t4_node):
+    client = agent(t4_node)
+    assignment_id = assignments(client)[0]["id"]
+    url = f"/api/v1/agent/assignments/{assignment_id}/status/"
+    client.post(url, {"state": "exited", "exit_code": 0}, format="json")
+
+    response = client.post(url, {"state": "exited", "exit_code": 7}, format="json")
+
+    assert response.status_code == 409
+    assert Assignment.objects.get(pk=assignment_id).exit_code == 0
+
+
+def test_unstarted_work_of_a_cancelled_reservation_leaves_the_list(running, t4_node):
+    from allocation.services import reservation_cancel
+
+    client = agent(t4_node)
+    assignment_id = assignments(client)[0]["id"]
+    reservation_cancel(reservation_id=running.pk)
+
+    assert assignments(client) == []
+    assert Assignment.objects.get(pk=assignment_id).status == Assignment.Status.STOPPED
+
+
+def test_decision_filter_takes_whole_ids_only(api):
+    response = api.get("/api/v1/decisions/?reservation=1.9")
+
+    assert response.status_code == 400

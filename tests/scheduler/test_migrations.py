@@ -178,3 +178,47 @@ def test_admin_drains_a_node_from_the_node_list(admin_client, customer, nodes):
     assert response.status_code == 200
     assert [str(message) for message in response.context["messages"]][0].startswith("a is draining: 1 moves planned")
     assert Migration.objects.get().reservation == reservation
+
+
+@pytest.mark.django_db
+def test_migrated_reservation_can_still_be_cancelled(customer, other_customer, nodes):
+    from allocation.services import reservation_cancel
+
+    source, target = nodes
+    moved = reserve(customer)
+    migration_advance(migration_id=node_drain(node_id=source.pk)["migrations"][0])
+    Node.objects.filter(pk=source.pk).update(status=Node.Status.ACTIVE)
+    Node.objects.filter(pk=target.pk).update(status=Node.Status.DRAINING)
+    later = reserve(other_customer, gpu_count=2)
+    assert later.allocation.node == source
+
+    reservation_cancel(reservation_id=moved.pk)
+
+    moved.refresh_from_db()
+    assert moved.status == ReservationStatus.CANCELLED
+    source_shares = GpuShare.objects.filter(allocation__reservation=moved, gpu__node=source)
+    assert all(share.end_at <= later.allocation.start_at for share in source_shares)
+
+
+@pytest.mark.django_db
+def test_drain_spreads_moves_over_targets_with_room(customer, region):
+    nodes = [NodeFactory(hostname=name, gpu_model=gpu_model("T4"), gpu_count=1, region=region)
+             for name in ("p", "q", "r")]
+    first = reserve(customer, gpu_milli_per_gpu=500)
+    second = reserve(customer, gpu_milli_per_gpu=500)
+    assert first.allocation.node == second.allocation.node
+    source = first.allocation.node
+    others = [node for node in nodes if node != source]
+    for node in others:
+        # Half of each other node's GPU is taken, so each can take one of the two moves.
+        Node.objects.filter(pk__in=[other.pk for other in others if other != node]).update(status=Node.Status.OFFLINE)
+        assert reserve(customer, gpu_milli_per_gpu=500).allocation.node == node
+        Node.objects.filter(pk__in=[other.pk for other in others]).update(status=Node.Status.ACTIVE)
+
+    summary = node_drain(node_id=source.pk)
+    for migration_id in summary["migrations"]:
+        migration_advance(migration_id=migration_id)
+
+    assert summary["planned"] == 2
+    targets = {live_allocations(reservation)[0].node for reservation in (first, second)}
+    assert targets == set(others)

@@ -134,3 +134,56 @@ def test_preemption_closes_when_its_beneficiary_stops_waiting(customer, victim, 
     assert Preemption.objects.get().status == Preemption.Status.OBSOLETE
     with pytest.raises(InvalidTransition):
         preemption_approve(preemption_id=Preemption.objects.get().pk, actor=admin)
+
+
+def test_finish_closes_preemption_of_cancelled_beneficiary(customer, victim):
+    from allocation.services import reservation_cancel
+
+    beneficiary = queue_request(customer, "standard")
+    scheduling_cycle(now=NOW + MINUTE)
+    reservation_cancel(reservation_id=beneficiary.pk, now=NOW + 2 * MINUTE)
+
+    assert preemptions_finish(now=NOW + hours(1)) == 0
+
+    victim.refresh_from_db()
+    assert victim.status == ReservationStatus.ACTIVE
+    assert Preemption.objects.get().status == Preemption.Status.OBSOLETE
+    assert not Workload.objects.filter(requeued_from=victim).exists()
+
+
+def test_victim_whose_window_ends_in_grace_completes_instead(customer, other_customer, t4_node, admin):
+    short = reservation_create(customer=other_customer, now=NOW,
+                               spec=spec(priority_class="low", interruptible=True, end_at=NOW + MINUTE * 10))
+    queue_request(customer, "high")
+    scheduling_cycle(now=NOW + MINUTE)
+    preemption = Preemption.objects.get()
+    preemption_approve(preemption_id=preemption.pk, actor=admin, now=NOW + 9 * MINUTE)
+
+    preemptions_finish(now=NOW + 11 * MINUTE)
+
+    short.refresh_from_db()
+    assert short.status == ReservationStatus.ACTIVE
+    assert not Workload.objects.filter(requeued_from=short).exists()
+    assert "ended during the grace period" in preemption.victims.get().outcome
+
+
+def test_work_ending_within_its_grace_is_not_chosen(customer, other_customer, t4_node):
+    reservation_create(customer=other_customer, now=NOW,
+                       spec=spec(priority_class="low", interruptible=True, end_at=NOW + MINUTE + timedelta(seconds=30)))
+    queue_request(customer, "standard")
+
+    scheduling_cycle(now=NOW + MINUTE)
+
+    assert not Preemption.objects.exists()
+
+
+def test_customer_decisions_name_no_other_reservation(customer, victim):
+    beneficiary = queue_request(customer, "standard")
+
+    scheduling_cycle(now=NOW + MINUTE)
+
+    for decision in Decision.objects.filter(reservation=beneficiary):
+        assert str(victim.pk) not in decision.reason
+        assert "victims" not in decision.detail
+    for decision in Decision.objects.filter(reservation=victim):
+        assert str(beneficiary.pk) not in decision.reason
