@@ -183,7 +183,7 @@ def test_customer_decisions_name_no_other_reservation(customer, victim):
     scheduling_cycle(now=NOW + MINUTE)
 
     for decision in Decision.objects.filter(reservation=beneficiary):
-        assert str(victim.pk) not in decision.reason
+        assert f"reservation {victim.pk}" not in decision.reason
         assert "victims" not in decision.detail
     for decision in Decision.objects.filter(reservation=victim):
-        assert str(beneficiary.pk) not in decision.reason
+        assert f"reservation {beneficiary.pk}" not in decision.reason
