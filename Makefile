@@ -8,12 +8,12 @@ PORT ?= 8000
 # sets: an empty value wins over .env, and the settings treat it as unset.
 DEMO_ENV := env DATABASE_URL= REDIS_URL=
 
-.PHONY: install demo test bench bench-api bench-forecast bench-placement bench-scheduler serve clean
+.PHONY: install demo test bench bench-api bench-forecast bench-placement bench-scheduler bench-heartbeats serve clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml agent/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -e ./agent
 	touch $@
 
 install: $(VENV)/.installed
@@ -48,6 +48,10 @@ bench-placement: install
 # One scheduling cycle over 10,000 waiting requests on the trace fleet, preemption search included.
 bench-scheduler: install
 	$(BIN)/python -m bench.scheduler --output docs/benchmarks.md
+
+# Heartbeat ingestion with health evaluation on PostgreSQL, for the trace fleet; needs a local PostgreSQL.
+bench-heartbeats: install
+	$(BIN)/python -m bench.heartbeats --output docs/benchmarks.md
 
 # Needs a local PostgreSQL; BENCH_ADMIN_DATABASE_URL names another server with the right to create databases.
 bench-api: install

@@ -42,8 +42,9 @@ class RegionAdmin(admin.ModelAdmin):
 class GpuInline(admin.TabularInline):
     model = Gpu
     extra = 0
-    fields = ["index", "uuid", "health"]
-    readonly_fields = ["index", "uuid"]
+    fields = ["index", "uuid", "model_name", "health", "health_score", "health_reasons", "last_reading_at", "retired_at"]
+    readonly_fields = ["index", "uuid", "model_name", "health_score", "health_reasons", "last_reading_at",
+                       "retired_at"]
     can_delete = False
 
 
@@ -51,9 +52,9 @@ class GpuInline(admin.TabularInline):
 class NodeAdmin(admin.ModelAdmin):
     list_display = [
         "hostname", "provider", "region", "gpu_model", "gpu_count", "cpu_millicores", "memory_mib",
-        "price_per_gpu_hour", "currency", "status",
+        "price_per_gpu_hour", "currency", "status", "health", "last_heartbeat_at",
     ]
-    list_filter = ["status", "gpu_model", "region", "provider", "gpu_count"]
+    list_filter = ["status", "health", "gpu_model", "region", "provider", "gpu_count"]
     search_fields = ["hostname", "provider__slug"]
     list_select_related = ["provider", "region", "gpu_model"]
     autocomplete_fields = ["provider", "region"]
@@ -62,7 +63,7 @@ class NodeAdmin(admin.ModelAdmin):
 
 @admin.register(Gpu)
 class GpuAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "uuid", "health", "node"]
+    list_display = ["__str__", "uuid", "health", "health_score", "last_reading_at", "node"]
     list_filter = ["health", "node__gpu_model"]
     search_fields = ["uuid", "node__hostname"]
     list_select_related = ["node"]

@@ -110,6 +110,17 @@ class Node(models.Model):
     currency = models.CharField(max_length=3, default="USD")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     allocation_version = models.PositiveBigIntegerField(default=0, editable=False)
+    health = models.CharField(
+        max_length=16, choices=[("healthy", "Healthy"), ("degraded", "Degraded"), ("unhealthy", "Unhealthy"),
+                                ("unknown", "Unknown: no recent heartbeat")], default="unknown",
+        help_text="From the agent's readings; unknown until the first heartbeat or after missed ones.",
+    )
+    health_reasons = models.JSONField(default=list, blank=True)
+    unhealthy_since = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    agent_version = models.CharField(max_length=32, blank=True)
+    driver_version = models.CharField(max_length=64, blank=True)
+    cuda_version = models.CharField(max_length=32, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -146,6 +157,15 @@ class Gpu(models.Model):
     uuid = models.UUIDField(unique=True, default=uuid.uuid4)
     health = models.CharField(max_length=16, choices=Health.choices, default=Health.HEALTHY)
     share_version = models.PositiveBigIntegerField(default=0, editable=False)
+    model_name = models.CharField(max_length=128, blank=True, help_text="The name the driver reports.")
+    memory_mib = models.PositiveIntegerField(null=True, blank=True)
+    health_score = models.FloatField(default=100.0, help_text="0 (failed) to 100 (healthy), from the last reading.")
+    health_reasons = models.JSONField(default=list, blank=True)
+    probation_until = models.DateTimeField(
+        null=True, blank=True, help_text="A GPU that recovered stays out of placement until then.",
+    )
+    last_reading_at = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True, help_text="When the GPU disappeared from discovery.")
 
     class Meta:
         ordering = ["node", "index"]
@@ -155,3 +175,44 @@ class Gpu(models.Model):
 
     def __str__(self) -> str:
         return f"{self.node.hostname}/gpu{self.index}"
+
+
+class GpuReading(models.Model):
+    """One reading of one GPU from its node's agent; kept ``READING_RETENTION_HOURS``, then only hourly rollups."""
+
+    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="readings")
+    at = models.DateTimeField()
+    temperature_c = models.FloatField(null=True, blank=True)
+    utilization_pct = models.FloatField(null=True, blank=True)
+    memory_used_mib = models.PositiveIntegerField(null=True, blank=True)
+    power_w = models.FloatField(null=True, blank=True)
+    ecc_uncorrected = models.PositiveIntegerField(default=0)
+    xid_events = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["gpu", "at"], name="reading_gpu_at"),
+                   models.Index(fields=["at"], name="reading_at")]
+
+    def __str__(self) -> str:
+        return f"reading of {self.gpu_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class GpuReadingHour(models.Model):
+    """One GPU's readings rolled up per hour (UTC), kept after the raw readings are deleted."""
+
+    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="reading_hours")
+    hour = models.DateTimeField()
+    samples = models.PositiveIntegerField()
+    temperature_max_c = models.FloatField(null=True, blank=True)
+    utilization_mean_pct = models.FloatField(null=True, blank=True)
+    power_mean_w = models.FloatField(null=True, blank=True)
+    ecc_uncorrected_max = models.PositiveIntegerField(default=0)
+    xid_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-hour", "gpu"]
+        constraints = [models.UniqueConstraint(fields=["gpu", "hour"], name="reading_hour_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.gpu_id} at {self.hour:%Y-%m-%d %H}:00"

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "allocation",
     "capacity",
     "scheduler",
+    "providers",
 ]
 
 MIDDLEWARE = [
@@ -159,6 +160,9 @@ CELERY_BEAT_SCHEDULE = {
     "scheduling-cycle": {"task": "scheduler.run_cycle", "schedule": 30.0},
     "finish-preemptions": {"task": "scheduler.finish_preemptions", "schedule": 15.0},
     "advance-migrations": {"task": "scheduler.advance_migrations", "schedule": 15.0},
+    "check-heartbeats": {"task": "providers.check_heartbeats", "schedule": 30.0},
+    "drain-unhealthy-nodes": {"task": "providers.drain_unhealthy_nodes", "schedule": 60.0},
+    "rollup-gpu-readings": {"task": "providers.rollup_readings", "schedule": 600.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -223,6 +227,15 @@ MARKETPLACE = {
     # (0 in production; the crash drill and its test raise it to kill a worker between steps).
     "MIGRATION_STOP_SECONDS": env.int("MIGRATION_STOP_SECONDS", default=120),
     "MIGRATION_STEP_PAUSE_SECONDS": env.float("MIGRATION_STEP_PAUSE_SECONDS", default=0.0),
+    # Provider health: a node without a heartbeat for this long is unknown (nothing is moved); a
+    # recovered GPU stays out of placement for the probation; a node unhealthy for the drain delay
+    # is drained, after an admin's approval when more reservations than the limit run there. Raw
+    # readings are kept for the retention, hourly rollups for good.
+    "HEARTBEAT_TIMEOUT_SECONDS": env.int("HEARTBEAT_TIMEOUT_SECONDS", default=60),
+    "PROBATION_SECONDS": env.int("PROBATION_SECONDS", default=3600),
+    "UNHEALTHY_DRAIN_AFTER_SECONDS": env.int("UNHEALTHY_DRAIN_AFTER_SECONDS", default=600),
+    "DRAIN_APPROVAL_ABOVE_RESERVATIONS": env.int("DRAIN_APPROVAL_ABOVE_RESERVATIONS", default=5),
+    "READING_RETENTION_HOURS": env.int("READING_RETENTION_HOURS", default=48),
 }
 
 LOGGING = {
@@ -240,5 +253,6 @@ LOGGING = {
         "allocation": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "capacity": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "scheduler": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
+        "providers": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
     },
 }

@@ -275,8 +275,8 @@ def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: date
 
     Reservations marked do-not-migrate stay, with a decision that records it; those with no other
     node of their GPU model (and region, when they asked for one) free for the rest of their
-    window stay too. The planned moves are
-    advanced by ``scheduler.advance_migration`` tasks once this commits.
+    window stay too. Each move's target is reserved at once; the rest of each move runs in a
+    ``scheduler.advance_migration`` task once this commits.
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -288,38 +288,52 @@ def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: date
             raise InvalidRequest(f"Node {node.hostname} is offline; bring it back before draining it.")
         node.status = Node.Status.DRAINING
         node.save(update_fields=["status", "updated_at"])
-        allocations = list(Allocation.objects.select_related("reservation__region").filter(
+        allocations = list(Allocation.objects.select_related("reservation__region", "node").filter(
             node=node, released_at__isnull=True, end_at__gt=now, reservation__isnull=False,
             reservation__status__in=[ReservationStatus.SCHEDULED, ReservationStatus.ACTIVE]))
         planned, stayed = [], 0
         for allocation in allocations:
-            reservation = allocation.reservation
-            target = _drain_target(reservation, allocation, now)
-            if reservation.do_not_migrate or target is None:
-                stayed += 1
-                region = f" in region {reservation.region.code}" if reservation.region_id else ""
-                why = ("the customer asked that it never moves" if reservation.do_not_migrate
-                       else f"no other active node of its GPU model{region} has room for the rest of its window")
-                _not_migrated(reservation.pk, f"Node {node.hostname} is draining, but the reservation stays: {why}.",
-                              now)
-                continue
-            migration = migration_plan(reservation_id=reservation.pk, to_node_id=target, kind=Migration.Kind.DRAIN,
-                                       reason=f"Node {node.hostname} is draining.", now=now, actor=actor)
+            migration = migration_plan_off_node(reservation_id=allocation.reservation_id, actor=actor, now=now,
+                                                reason=f"Node {node.hostname} is draining.", allocation=allocation)
             if migration is None:
-                continue
-            # Reserve the target at once, so the next reservation's target is chosen with this hold counted.
-            migration = migration_advance(migration_id=migration.pk, now=now, max_steps=1)
-            if migration.status == Migration.Status.ROLLED_BACK:
                 stayed += 1
             else:
                 planned.append(migration.pk)
-
-        from .tasks import advance_migration_task
-
-        for migration_id in planned:
-            transaction.on_commit(lambda migration_id=migration_id: advance_migration_task.delay(migration_id))
     logger.info("Node %s draining: %d moves planned, %d reservations stay", node.hostname, len(planned), stayed)
     return {"planned": len(planned), "stayed": stayed, "migrations": planned}
+
+
+def migration_plan_off_node(*, reservation_id: int, reason: str, now: datetime,
+                            actor: AbstractBaseUser | None = None,
+                            allocation: Allocation | None = None) -> Migration | None:
+    """Plan a move of the reservation to the best other node and reserve that node at once; None if it stays.
+
+    It stays, with a ``not_migrated`` decision, when the customer asked it never moves or when no
+    other active node of its GPU model (and region) has room for the rest of its window.
+    """
+    allocation = allocation or (Allocation.objects.select_related("reservation__region", "node")
+                                .get(reservation_id=reservation_id, released_at__isnull=True))
+    reservation, node = allocation.reservation, allocation.node
+    target = None if reservation.do_not_migrate else _drain_target(reservation, allocation, now)
+    if target is None:
+        region = f" in region {reservation.region.code}" if reservation.region_id else ""
+        why = ("the customer asked that it never moves" if reservation.do_not_migrate
+               else f"no other active node of its GPU model{region} has room for the rest of its window")
+        _not_migrated(reservation.pk, f"{reason} The reservation stays on {node.hostname}: {why}.", now)
+        return None
+    migration = migration_plan(reservation_id=reservation.pk, to_node_id=target, kind=Migration.Kind.DRAIN,
+                               reason=reason, now=now, actor=actor)
+    if migration is None:
+        return None
+    # Reserve the target at once, so the next move's target is chosen with this hold counted.
+    migration = migration_advance(migration_id=migration.pk, now=now, max_steps=1)
+    if migration.status == Migration.Status.ROLLED_BACK:
+        return None
+    from .tasks import advance_migration_task
+
+    # The rest of the move runs in a task once the caller's transaction commits.
+    transaction.on_commit(lambda: advance_migration_task.delay(migration.pk))
+    return migration
 
 
 def _not_migrated(reservation_id: int, reason: str, now: datetime) -> None:

@@ -1,8 +1,10 @@
 """Request and response shapes of the agent, decision, priority class and queue endpoints."""
 
+import uuid as uuid_module
+
 from rest_framework import serializers
 
-from allocation.api.serializers import StrictIntegerField, StrictSerializer
+from allocation.api.serializers import AwareDateTimeField, StrictIntegerField, StrictSerializer
 
 from ..agents import REPORT_STATES
 from ..models import Decision, PriorityClass, Queue
@@ -56,3 +58,64 @@ class QueueSerializer(serializers.ModelSerializer):
         model = Queue
         fields = ["name", "strict_fifo", "description"]
         read_only_fields = fields
+
+
+MAX_GPUS_PER_NODE = 64
+MAX_SNAPSHOTS_PER_HEARTBEAT = 360
+
+
+class GpuUuidField(serializers.CharField):
+    """An NVIDIA GPU UUID, with or without its ``GPU-`` prefix."""
+
+    def to_internal_value(self, data):
+        text = super().to_internal_value(data).strip()
+        bare = text[4:] if text.lower().startswith("gpu-") else text
+        try:
+            uuid_module.UUID(bare)
+        except ValueError:
+            raise serializers.ValidationError(
+                f"{text[:64]!r} is not a GPU UUID; send the form GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx.") from None
+        return text
+
+
+class DiscoveredGpuSerializer(StrictSerializer):
+    index = StrictIntegerField(min_value=0, max_value=MAX_GPUS_PER_NODE - 1)
+    uuid = GpuUuidField(max_length=64)
+    model = serializers.CharField(max_length=128, allow_blank=True)
+    memory_mib = StrictIntegerField(min_value=0, max_value=1 << 24)
+
+
+class AgentRegisterSerializer(StrictSerializer):
+    agent_version = serializers.CharField(max_length=32)
+    backend = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
+    driver_version = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    cuda_version = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
+    gpus = DiscoveredGpuSerializer(many=True, max_length=MAX_GPUS_PER_NODE)
+
+    def validate_gpus(self, gpus):
+        for key in ("index", "uuid"):
+            values = [str(gpu[key]).lower() for gpu in gpus]
+            if len(values) != len(set(values)):
+                raise serializers.ValidationError(f"Two GPUs have the same {key}; each GPU needs its own.")
+        return gpus
+
+
+class GpuReadingSerializer(StrictSerializer):
+    uuid = GpuUuidField(max_length=64)
+    temperature_c = serializers.FloatField(required=False, allow_null=True, min_value=-50, max_value=200)
+    utilization_pct = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=100)
+    memory_used_mib = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=1 << 24)
+    power_w = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=10_000)
+    ecc_uncorrected = StrictIntegerField(required=False, default=0, min_value=0, max_value=1 << 31)
+    xid_events = serializers.ListField(child=StrictIntegerField(min_value=0, max_value=100_000), required=False,
+                                       default=list, max_length=100)
+
+
+class SnapshotSerializer(StrictSerializer):
+    at = AwareDateTimeField()
+    gpus = GpuReadingSerializer(many=True, max_length=MAX_GPUS_PER_NODE)
+
+
+class HeartbeatSerializer(StrictSerializer):
+    agent_version = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
+    snapshots = SnapshotSerializer(many=True, min_length=1, max_length=MAX_SNAPSHOTS_PER_HEARTBEAT)

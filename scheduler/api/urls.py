@@ -1,7 +1,10 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from .views import AgentAssignmentsView, AgentReportView, DecisionViewSet, PriorityClassViewSet, QueueViewSet
+from .views import (
+    AgentAssignmentsView, AgentHeartbeatView, AgentRegisterView, AgentReportView, DecisionViewSet,
+    PriorityClassViewSet, QueueViewSet,
+)
 
 router = SimpleRouter()
 router.register("decisions", DecisionViewSet, basename="decision")
@@ -9,6 +12,8 @@ router.register("priority-classes", PriorityClassViewSet, basename="priority-cla
 router.register("queues", QueueViewSet, basename="queue")
 
 urlpatterns = [
+    path("agent/register/", AgentRegisterView.as_view(), name="agent-register"),
+    path("agent/heartbeats/", AgentHeartbeatView.as_view(), name="agent-heartbeats"),
     path("agent/assignments/", AgentAssignmentsView.as_view(), name="agent-assignments"),
     path("agent/assignments/<int:assignment_id>/status/", AgentReportView.as_view(), name="agent-report"),
     *router.urls,

@@ -12,14 +12,17 @@ from rest_framework.views import APIView
 from allocation.api.views import _check_list_parameters, customer_of
 from allocation.models import GpuShare
 from marketplace.api.serializers import problem_responses
-from marketplace.exceptions import NotFound
+from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound
+from providers.telemetry import heartbeats_ingest, node_register
 
 from ..agents import agent_assignments, agent_report, assignment_action
 from ..models import Decision, PriorityClass, Queue
 from ..tasks import request_cycle
 from .authentication import IsNodeAgent, NodeKeyAuthentication
 from .serializers import (
+    AgentRegisterSerializer,
     AgentReportSerializer,
+    HeartbeatSerializer,
     AssignmentListSerializer,
     AssignmentSerializer,
     DecisionSerializer,
@@ -91,6 +94,53 @@ class IntegerFilter(django_filters.NumberFilter):
     """A whole number only; django-filter's own number filter also takes 1.9."""
 
     field_class = forms.IntegerField
+
+
+class AgentRegisterView(APIView):
+    """Registration of the calling node: the GPUs its agent discovered, with driver and CUDA versions."""
+
+    authentication_classes = [NodeKeyAuthentication]
+    permission_classes = [IsNodeAgent]
+
+    @extend_schema(request=AgentRegisterSerializer, responses={
+        200: dict, **problem_responses({400: "Invalid inventory; errors[] names the field.",
+                                        401: "Missing or unknown node key."}),
+    })
+    def post(self, request: Request) -> Response:
+        serializer = _valid(AgentRegisterSerializer, request)
+        data = serializer.validated_data
+        summary = node_register(node=request.auth.node, inventory=data, agent_version=data["agent_version"])
+        return Response({**summary, "node": request.auth.node.hostname,
+                         "detail": f"{summary['gpus']} GPUs registered; {summary['retired']} retired."})
+
+
+class AgentHeartbeatView(APIView):
+    """Readings of the calling node's GPUs: one or more snapshots, oldest first."""
+
+    authentication_classes = [NodeKeyAuthentication]
+    permission_classes = [IsNodeAgent]
+
+    @extend_schema(request=HeartbeatSerializer, responses={
+        200: dict, **problem_responses({400: "Invalid readings; errors[] names the field.",
+                                        401: "Missing or unknown node key."}),
+    })
+    def post(self, request: Request) -> Response:
+        serializer = _valid(HeartbeatSerializer, request)
+        node = request.auth.node
+        summary = heartbeats_ingest(heartbeats=[(node, serializer.validated_data["snapshots"])])
+        node.refresh_from_db(fields=["health", "health_reasons"])
+        return Response({"readings": summary.readings, "unknown_gpus": summary.unknown_gpus,
+                         "node_health": node.health, "health_reasons": node.health_reasons,
+                         "poll_after_seconds": POLL_AFTER_SECONDS})
+
+
+def _valid(serializer_class, request: Request):
+    if not isinstance(request.data, dict):
+        raise InvalidRequest("Send a JSON object, as /api/docs/ shows.",
+                             errors=[FieldProblem("body", "Send a JSON object.", "not_an_object")])
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer
 
 
 class DecisionFilter(django_filters.FilterSet):

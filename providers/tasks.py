@@ -1,0 +1,25 @@
+"""Celery tasks of the providers app; each one is thin and calls a service."""
+
+from celery import shared_task
+
+from .health import heartbeats_check, readings_purge, readings_rollup, unhealthy_nodes_drain
+
+
+@shared_task(name="providers.check_heartbeats", acks_late=True)
+def check_heartbeats_task() -> int:
+    """Mark nodes that missed their heartbeats unknown; safe to run twice."""
+    return heartbeats_check()
+
+
+@shared_task(name="providers.drain_unhealthy_nodes", acks_late=True)
+def drain_unhealthy_nodes_task() -> dict:
+    """Drain nodes unhealthy past the threshold, or ask an admin; a rerun finds them draining or requested."""
+    return unhealthy_nodes_drain()
+
+
+@shared_task(name="providers.rollup_readings", acks_late=True)
+def rollup_readings_task() -> int:
+    """Recompute the recent hourly rollups, then purge raw readings past their retention."""
+    written = readings_rollup()
+    readings_purge()
+    return written

@@ -1,0 +1,145 @@
+"""Node registration and heartbeat ingestion: what each node's agent discovers and reads.
+
+Registration reconciles the node's GPUs with discovery. A GPU is matched by UUID; a listed GPU
+that never reported is adopted by the discovered GPU at its index; a GPU that reported before
+and is missing now is retired, and the reservations on it move to other nodes. Heartbeats
+store the readings and update each GPU's health and its node's (``providers.health``).
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from allocation.models import Allocation, ReservationStatus
+from marketplace.models import Gpu, GpuReading, Node
+from scheduler.migrating import migration_plan_off_node
+
+from .health import apply_readings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestSummary:
+    heartbeats: int = 0
+    readings: int = 0
+    unknown_gpus: int = 0
+    health_changes: int = 0
+
+
+def node_register(*, node: Node, inventory: dict, agent_version: str, now: datetime | None = None) -> dict:
+    """Reconcile ``node``'s GPUs with ``inventory`` (validated by the API) and return counts."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        existing = list(Gpu.objects.filter(node=node, retired_at__isnull=True).order_by("index"))
+        by_uuid = {str(gpu.uuid).lower(): gpu for gpu in existing}
+        by_index = {gpu.index: gpu for gpu in existing}
+        seen, created, adopted = set(), 0, 0
+        for item in inventory["gpus"]:
+            uuid = _uuid(item["uuid"])
+            gpu = by_uuid.get(uuid)
+            if gpu is None:
+                placeholder = by_index.get(item["index"])
+                if placeholder is not None and placeholder.last_reading_at is None and placeholder.pk not in seen:
+                    gpu, adopted = placeholder, adopted + 1
+                    gpu.uuid = uuid
+                else:
+                    index = item["index"] if item["index"] not in by_index else _free_index(node)
+                    gpu = Gpu.objects.create(node=node, index=index, uuid=uuid)
+                    by_index[index] = gpu
+                    created += 1
+            gpu.model_name, gpu.memory_mib = item["model"][:128], item["memory_mib"]
+            gpu.save(update_fields=["uuid", "model_name", "memory_mib"])
+            seen.add(gpu.pk)
+
+        missing = [gpu for gpu in existing if gpu.pk not in seen]
+        retired = [gpu for gpu in missing if gpu.last_reading_at is not None]
+        for gpu in retired:
+            gpu.retired_at, gpu.health = now, Gpu.Health.FAILED
+            gpu.health_reasons = ["no longer found by the node's GPU discovery; retired"]
+            gpu.save(update_fields=["retired_at", "health", "health_reasons"])
+        node.gpu_count = Gpu.objects.filter(node=node, retired_at__isnull=True).count()
+        node.agent_version = agent_version[:32]
+        node.driver_version = inventory.get("driver_version", "")[:64]
+        node.cuda_version = inventory.get("cuda_version", "")[:32]
+        node.save(update_fields=["gpu_count", "agent_version", "driver_version", "cuda_version", "updated_at"])
+        moved = _move_work_off(node, retired, now) if retired else 0
+    logger.info("Node %s registered %d GPUs: %d adopted, %d new, %d retired, %d reservations moving",
+                node.hostname, len(inventory["gpus"]), adopted, created, len(retired), moved)
+    return {"gpus": len(inventory["gpus"]), "adopted": adopted, "created": created, "retired": len(retired),
+            "reservations_moving": moved}
+
+
+def _move_work_off(node: Node, retired: list[Gpu], now: datetime) -> int:
+    """Plan moves for the reservations holding shares on retired GPUs; return how many."""
+    affected = (Allocation.objects.filter(node=node, released_at__isnull=True, end_at__gt=now,
+                                          shares__gpu__in=retired, shares__end_at__gt=now,
+                                          reservation__status__in=[ReservationStatus.SCHEDULED,
+                                                                   ReservationStatus.ACTIVE])
+                .values_list("reservation_id", flat=True).distinct())
+    return sum(1 for reservation_id in affected
+               if migration_plan_off_node(reservation_id=reservation_id, reason="A GPU it used was retired.", now=now))
+
+
+def heartbeats_ingest(*, heartbeats: list[tuple[Node, list[dict]]], now: datetime | None = None) -> IngestSummary:
+    """Store the snapshots of many nodes at once and update their GPUs' and nodes' health.
+
+    Each heartbeat is a node with its snapshots (validated by the API): ``{"at", "gpus": [{uuid,
+    temperature_c, utilization_pct, memory_used_mib, power_w, ecc_uncorrected, xid_events}]}``.
+    Readings of GPUs the node did not register are counted and skipped.
+    """
+    now = now or timezone.now()
+    summary = IngestSummary(heartbeats=len(heartbeats))
+    node_ids = [node.pk for node, _ in heartbeats]
+    gpus = {(gpu.node_id, str(gpu.uuid).lower()): gpu
+            for gpu in Gpu.objects.filter(node_id__in=node_ids, retired_at__isnull=True)}
+    rows, latest = [], {}
+    for node, snapshots in heartbeats:
+        for snapshot in snapshots:
+            at = snapshot["at"]
+            for reading in snapshot["gpus"]:
+                gpu = gpus.get((node.pk, _uuid(reading["uuid"])))
+                if gpu is None:
+                    summary.unknown_gpus += 1
+                    continue
+                rows.append(GpuReading(
+                    gpu=gpu, at=at, temperature_c=reading.get("temperature_c"),
+                    utilization_pct=reading.get("utilization_pct"), memory_used_mib=reading.get("memory_used_mib"),
+                    power_w=reading.get("power_w"), ecc_uncorrected=reading.get("ecc_uncorrected") or 0,
+                    xid_events=list(reading.get("xid_events") or []),
+                ))
+                previous = latest.get(gpu.pk)
+                if previous is None or previous[0] <= at:
+                    xids = list(reading.get("xid_events") or []) + (previous[2] if previous else [])
+                    latest[gpu.pk] = (at, reading, xids)
+    with transaction.atomic():
+        GpuReading.objects.bulk_create(rows, batch_size=2000)
+        summary.readings = len(rows)
+        summary.health_changes = apply_readings(gpus=gpus, latest=latest, node_ids=node_ids, now=now)
+    return summary
+
+
+def heartbeat_parse_time(value: str) -> datetime | None:
+    parsed = parse_datetime(value)
+    return parsed if parsed is not None and parsed.tzinfo is not None else None
+
+
+def _uuid(value: str) -> str:
+    """Return a GPU UUID in the form stored: without NVIDIA's ``GPU-`` prefix, lower case."""
+    text = value.strip().lower()
+    return text[4:] if text.startswith("gpu-") else text
+
+
+def _free_index(node: Node) -> int:
+    used = set(Gpu.objects.filter(node=node).values_list("index", flat=True))
+    return next(index for index in range(len(used) + 1) if index not in used)
+
+
+def reading_retention() -> timedelta:
+    return timedelta(hours=settings.MARKETPLACE["READING_RETENTION_HOURS"])

@@ -1,0 +1,248 @@
+"""Registration and heartbeats through the agent API: GPUs reconciled, readings stored, health applied."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from allocation.models import Allocation, ReservationStatus
+from allocation.services import ReservationSpec, reservation_create
+from marketplace.models import Gpu, GpuReading, GpuReadingHour, Node
+from providers.health import heartbeats_check, readings_purge, readings_rollup, unhealthy_nodes_drain
+from providers.models import NodeDrainRequest
+from scheduler.agents import node_credential_issue
+from scheduler.models import Migration
+
+from ..factories import NodeFactory, gpu_model
+
+pytestmark = pytest.mark.django_db
+
+
+def agent(node) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Node {node_credential_issue(node=node)}")
+    return client
+
+
+def inventory(uuids: list[str]) -> dict:
+    return {"agent_version": "0.1.0", "driver_version": "550.54.15", "cuda_version": "12.4",
+            "gpus": [{"index": index, "uuid": f"GPU-{uuid}", "model": "Tesla T4", "memory_mib": 15360}
+                     for index, uuid in enumerate(uuids)]}
+
+
+def snapshot(uuids: list[str], **reading) -> dict:
+    return {"at": timezone.now().isoformat(),
+            "gpus": [{"uuid": f"GPU-{uuid}", "temperature_c": 55, "utilization_pct": 40, **reading} for uuid in uuids]}
+
+
+def uuids_of(node) -> list[str]:
+    return [str(uuid) for uuid in node.gpus.order_by("index").values_list("uuid", flat=True)]
+
+
+def register(client, uuids):
+    response = client.post("/api/v1/agent/register/", inventory(uuids), format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def beat(client, uuids, **reading):
+    response = client.post("/api/v1/agent/heartbeats/", {"snapshots": [snapshot(uuids, **reading)]}, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_register_adopts_listed_gpus_then_keeps_their_uuids(t4_node):
+    client = agent(t4_node)
+    discovered = ["11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"]
+
+    summary = register(client, discovered)
+
+    assert summary["adopted"] == 2
+    assert summary["created"] == 0
+    assert uuids_of(t4_node) == discovered
+    t4_node.refresh_from_db()
+    assert t4_node.driver_version == "550.54.15"
+
+
+def test_heartbeat_stores_readings_and_health(t4_node):
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+
+    answer = beat(client, uuids)
+
+    assert answer["readings"] == 2
+    assert answer["node_health"] == "healthy"
+    assert GpuReading.objects.count() == 2
+    assert set(Gpu.objects.values_list("health", flat=True)) == {"healthy"}
+
+
+def test_failing_gpu_leaves_placement(customer, t4_node):
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    client.post("/api/v1/agent/heartbeats/", {"snapshots": [{"at": timezone.now().isoformat(), "gpus": [
+        {"uuid": f"GPU-{uuids[0]}", "temperature_c": 55, "xid_events": [79]},
+        {"uuid": f"GPU-{uuids[1]}", "temperature_c": 55}]}]}, format="json")
+
+    failed = Gpu.objects.get(uuid=uuids[0])
+    assert failed.health == Gpu.Health.FAILED
+    assert "fallen off the bus" in failed.health_reasons[0]
+    now = timezone.now()
+    two = reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=2, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
+        end_at=now + timedelta(hours=1)))
+    one = reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
+        end_at=now + timedelta(hours=1)))
+    assert two.status == ReservationStatus.REJECTED
+    assert one.allocation.shares.get().gpu.uuid != failed.uuid
+
+
+def test_recovered_gpu_stays_out_on_probation(t4_node):
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    beat(client, uuids, ecc_uncorrected=3)
+    assert Gpu.objects.get(uuid=uuids[0]).health == Gpu.Health.DEGRADED
+
+    beat(client, uuids, ecc_uncorrected=0)
+
+    gpu = Gpu.objects.get(uuid=uuids[0])
+    assert gpu.health == Gpu.Health.DEGRADED
+    assert gpu.probation_until is not None
+    assert "probation" in gpu.health_reasons[0]
+
+
+def test_missed_heartbeats_make_the_node_unknown_and_move_nothing(customer, t4_node):
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    beat(client, uuids)
+    now = timezone.now()
+    reservation = reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
+        end_at=now + timedelta(hours=1)))
+
+    assert heartbeats_check(now=now + timedelta(minutes=5)) == 1
+    assert heartbeats_check(now=now + timedelta(minutes=6)) == 0
+
+    t4_node.refresh_from_db()
+    assert t4_node.health == "unknown"
+    assert unhealthy_nodes_drain(now=now + timedelta(hours=1)) == {"drained": 0, "approval_requested": 0}
+    reservation.refresh_from_db()
+    assert reservation.status == ReservationStatus.ACTIVE
+    assert set(Gpu.objects.values_list("health", flat=True)) == {"healthy"}
+
+
+def test_unhealthy_node_drains_after_the_threshold(customer, t4_node, region):
+    NodeFactory(hostname="t4-spare", gpu_model=gpu_model("T4"), gpu_count=2, region=region)
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    now = timezone.now()
+    reservation = reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
+        end_at=now + timedelta(hours=2)))
+    beat(client, uuids, temperature_c=99)
+    t4_node.refresh_from_db()
+    assert t4_node.health == "unhealthy"
+
+    assert unhealthy_nodes_drain(now=now + timedelta(minutes=5))["drained"] == 0
+    assert unhealthy_nodes_drain(now=now + timedelta(minutes=11))["drained"] == 1
+
+    t4_node.refresh_from_db()
+    assert t4_node.status == Node.Status.DRAINING
+    assert Migration.objects.get().reservation == reservation
+
+
+def test_unhealthy_node_with_many_reservations_waits_for_an_admin(customer, t4_node, settings):
+    settings.MARKETPLACE = {**settings.MARKETPLACE, "DRAIN_APPROVAL_ABOVE_RESERVATIONS": 0}
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    now = timezone.now()
+    reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
+        end_at=now + timedelta(hours=2)))
+    beat(client, uuids, temperature_c=99)
+
+    summary = unhealthy_nodes_drain(now=now + timedelta(minutes=11))
+    unhealthy_nodes_drain(now=now + timedelta(minutes=12))
+
+    assert summary == {"drained": 0, "approval_requested": 1}
+    assert NodeDrainRequest.objects.get().status == NodeDrainRequest.Status.PENDING
+    t4_node.refresh_from_db()
+    assert t4_node.status == Node.Status.ACTIVE
+
+
+def test_gpu_missing_from_discovery_is_retired_and_its_work_moves(customer, t4_node, region):
+    NodeFactory(hostname="t4-spare", gpu_model=gpu_model("T4"), gpu_count=2, region=region)
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    beat(client, uuids)
+    now = timezone.now()
+    reservation = reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
+        end_at=now + timedelta(hours=2)))
+    used = str(reservation.allocation.shares.get().gpu.uuid)
+
+    summary = register(client, [uuid for uuid in uuids if uuid != used])
+
+    assert summary["retired"] == 1
+    assert summary["reservations_moving"] == 1
+    gpu = Gpu.objects.get(uuid=used)
+    assert gpu.retired_at is not None
+    assert gpu.health == Gpu.Health.FAILED
+    t4_node.refresh_from_db()
+    assert t4_node.gpu_count == 1
+    assert Migration.objects.get().reservation == reservation
+
+
+def test_readings_of_unregistered_gpus_are_counted_not_stored(t4_node):
+    client = agent(t4_node)
+    register(client, uuids_of(t4_node))
+
+    answer = beat(client, ["33333333-3333-3333-3333-333333333333"])
+
+    assert answer["readings"] == 0
+    assert answer["unknown_gpus"] == 1
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"snapshots": []}, "snapshots"),
+    ({"snapshots": [{"at": "2026-06-01T12:00:00", "gpus": []}]}, "snapshots"),
+    ({"snapshots": [{"at": "2026-06-01T12:00:00Z", "gpus": [{"uuid": "not-a-uuid"}]}]}, "snapshots"),
+    ({"snapshots": [{"at": "2026-06-01T12:00:00Z", "gpus": [{"uuid": "GPU-11111111-1111-1111-1111-111111111111",
+                                                             "temperature_c": "hot"}]}]}, "snapshots"),
+])
+def test_bad_heartbeats_name_the_field(t4_node, body, field):
+    response = agent(t4_node).post("/api/v1/agent/heartbeats/", body, format="json")
+
+    assert response.status_code == 400
+    assert any(problem["field"].startswith(field) for problem in response.json()["errors"])
+
+
+def test_duplicate_gpu_uuids_are_rejected(t4_node):
+    same = "11111111-1111-1111-1111-111111111111"
+
+    response = agent(t4_node).post("/api/v1/agent/register/", inventory([same, same]), format="json")
+
+    assert response.status_code == 400
+
+
+def test_rollup_then_purge_keeps_the_hours(t4_node):
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    beat(client, uuids, xid_events=[13])
+    beat(client, uuids)
+
+    assert readings_rollup() == 2
+    assert readings_purge(now=timezone.now() + timedelta(days=3)) == 4
+
+    hour = GpuReadingHour.objects.get(gpu__uuid=uuids[0])
+    assert hour.samples == 2
+    assert hour.xid_count == 1
