@@ -163,6 +163,7 @@ CELERY_BEAT_SCHEDULE = {
     "check-heartbeats": {"task": "providers.check_heartbeats", "schedule": 30.0},
     "drain-unhealthy-nodes": {"task": "providers.drain_unhealthy_nodes", "schedule": 60.0},
     "rollup-gpu-readings": {"task": "providers.rollup_readings", "schedule": 600.0},
+    "ingest-heartbeats": {"task": "providers.ingest_heartbeats", "schedule": 5.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -236,6 +237,10 @@ MARKETPLACE = {
     "UNHEALTHY_DRAIN_AFTER_SECONDS": env.int("UNHEALTHY_DRAIN_AFTER_SECONDS", default=600),
     "DRAIN_APPROVAL_ABOVE_RESERVATIONS": env.int("DRAIN_APPROVAL_ABOVE_RESERVATIONS", default=5),
     "READING_RETENTION_HOURS": env.int("READING_RETENTION_HOURS", default=48),
+    # With Redis, heartbeats can wait in a list and be stored in batches of this size (202 answers);
+    # off, each request stores its heartbeat at once (200 with the node's health).
+    "HEARTBEAT_QUEUE": env.bool("HEARTBEAT_QUEUE", default=False),
+    "HEARTBEAT_BATCH": env.int("HEARTBEAT_BATCH", default=500),
 }
 
 LOGGING = {

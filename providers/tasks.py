@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from .health import heartbeats_check, readings_purge, readings_rollup, unhealthy_nodes_drain
+from .heartbeat_queue import heartbeats_drain, queue_enabled
 
 
 @shared_task(name="providers.check_heartbeats", acks_late=True)
@@ -23,3 +24,11 @@ def rollup_readings_task() -> int:
     written = readings_rollup()
     readings_purge()
     return written
+
+
+@shared_task(name="providers.ingest_heartbeats", acks_late=True)
+def ingest_heartbeats_task() -> int:
+    """Store the queued heartbeats in batches; return how many. Does nothing when the queue is off."""
+    if not queue_enabled():
+        return 0
+    return heartbeats_drain().heartbeats

@@ -6,14 +6,14 @@ and is missing now is retired, and the reservations on it move to other nodes. H
 store the readings and update each GPU's health and its node's (``providers.health``).
 """
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from allocation.models import Allocation, ReservationStatus
 from marketplace.models import Gpu, GpuReading, Node
@@ -119,15 +119,30 @@ def heartbeats_ingest(*, heartbeats: list[tuple[Node, list[dict]]], now: datetim
                     xids = list(reading.get("xid_events") or []) + (previous[2] if previous else [])
                     latest[gpu.pk] = (at, reading, xids)
     with transaction.atomic():
-        GpuReading.objects.bulk_create(rows, batch_size=2000)
+        _insert_readings(rows)
         summary.readings = len(rows)
-        summary.health_changes = apply_readings(gpus=gpus, latest=latest, node_ids=node_ids, now=now)
+        summary.health_changes = apply_readings(gpus=gpus, latest=latest, nodes=[node for node, _ in heartbeats],
+                                                now=now)
     return summary
 
 
-def heartbeat_parse_time(value: str) -> datetime | None:
-    parsed = parse_datetime(value)
-    return parsed if parsed is not None and parsed.tzinfo is not None else None
+READING_COLUMNS = ("gpu_id", "at", "temperature_c", "utilization_pct", "memory_used_mib", "power_w",
+                   "ecc_uncorrected", "xid_events")
+
+
+def _insert_readings(rows: list[GpuReading]) -> None:
+    """Insert readings with PostgreSQL's COPY (several times faster than INSERT), or bulk_create elsewhere."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        GpuReading.objects.bulk_create(rows, batch_size=2000)
+        return
+    table = GpuReading._meta.db_table
+    with connection.cursor() as cursor:
+        with cursor.cursor.copy(f"COPY {table} ({', '.join(READING_COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((row.gpu_id, row.at, row.temperature_c, row.utilization_pct, row.memory_used_mib,
+                                row.power_w, row.ecc_uncorrected, json.dumps(row.xid_events)))
 
 
 def _uuid(value: str) -> str:

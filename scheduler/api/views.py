@@ -13,6 +13,8 @@ from allocation.api.views import _check_list_parameters, customer_of
 from allocation.models import GpuShare
 from marketplace.api.serializers import problem_responses
 from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound
+from providers.heartbeat_queue import heartbeat_enqueue, queue_enabled
+from providers.tasks import ingest_heartbeats_task
 from providers.telemetry import heartbeats_ingest, node_register
 
 from ..agents import agent_assignments, agent_report, assignment_action
@@ -121,13 +123,18 @@ class AgentHeartbeatView(APIView):
     permission_classes = [IsNodeAgent]
 
     @extend_schema(request=HeartbeatSerializer, responses={
-        200: dict, **problem_responses({400: "Invalid readings; errors[] names the field.",
+        200: dict, 202: dict, **problem_responses({400: "Invalid readings; errors[] names the field.",
                                         401: "Missing or unknown node key."}),
     })
     def post(self, request: Request) -> Response:
         serializer = _valid(HeartbeatSerializer, request)
         node = request.auth.node
-        summary = heartbeats_ingest(heartbeats=[(node, serializer.validated_data["snapshots"])])
+        snapshots = serializer.validated_data["snapshots"]
+        if queue_enabled():
+            if heartbeat_enqueue(node_id=node.pk, snapshots=snapshots) == 1:
+                ingest_heartbeats_task.apply_async(countdown=0.5)
+            return Response({"queued": len(snapshots), "poll_after_seconds": POLL_AFTER_SECONDS}, status=202)
+        summary = heartbeats_ingest(heartbeats=[(node, snapshots)])
         node.refresh_from_db(fields=["health", "health_reasons"])
         return Response({"readings": summary.readings, "unknown_gpus": summary.unknown_gpus,
                          "node_health": node.health, "health_reasons": node.health_reasons,

@@ -246,3 +246,27 @@ def test_rollup_then_purge_keeps_the_hours(t4_node):
     hour = GpuReadingHour.objects.get(gpu__uuid=uuids[0])
     assert hour.samples == 2
     assert hour.xid_count == 1
+
+
+def test_queued_heartbeats_are_stored_in_batches(t4_node, settings):
+    from providers.heartbeat_queue import QUEUE_KEY, _redis, heartbeats_drain
+
+    if not settings.REDIS_URL:
+        pytest.skip("needs Redis: set REDIS_URL")
+    _redis().delete(QUEUE_KEY)
+    settings.MARKETPLACE = {**settings.MARKETPLACE, "HEARTBEAT_QUEUE": True, "HEARTBEAT_BATCH": 2}
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+
+    for _ in range(3):
+        response = client.post("/api/v1/agent/heartbeats/", {"snapshots": [snapshot(uuids)]}, format="json")
+        assert response.status_code == 202
+    assert GpuReading.objects.count() == 0
+
+    summary = heartbeats_drain()
+
+    assert summary.heartbeats == 3
+    assert GpuReading.objects.count() == 6
+    t4_node.refresh_from_db()
+    assert t4_node.health == "healthy"
