@@ -237,9 +237,10 @@ MARKETPLACE = {
     "UNHEALTHY_DRAIN_AFTER_SECONDS": env.int("UNHEALTHY_DRAIN_AFTER_SECONDS", default=600),
     "DRAIN_APPROVAL_ABOVE_RESERVATIONS": env.int("DRAIN_APPROVAL_ABOVE_RESERVATIONS", default=5),
     "READING_RETENTION_HOURS": env.int("READING_RETENTION_HOURS", default=48),
-    # With Redis, heartbeats can wait in a list and be stored in batches of this size (202 answers);
-    # off, each request stores its heartbeat at once (200 with the node's health).
-    "HEARTBEAT_QUEUE": env.bool("HEARTBEAT_QUEUE", default=False),
+    # With Redis, heartbeats wait in a list and are stored in batches of this size (202 answers);
+    # without it, or with HEARTBEAT_QUEUE=false, each request stores its heartbeat at once (200 with
+    # the node's health).
+    "HEARTBEAT_QUEUE": env.bool("HEARTBEAT_QUEUE", default=bool(REDIS_URL)),
     "HEARTBEAT_BATCH": env.int("HEARTBEAT_BATCH", default=500),
 }
 
