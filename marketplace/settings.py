@@ -164,6 +164,7 @@ CELERY_BEAT_SCHEDULE = {
     "drain-unhealthy-nodes": {"task": "providers.drain_unhealthy_nodes", "schedule": 60.0},
     "rollup-gpu-readings": {"task": "providers.rollup_readings", "schedule": 600.0},
     "ingest-heartbeats": {"task": "providers.ingest_heartbeats", "schedule": 5.0},
+    "close-open-assignments": {"task": "providers.close_open_assignments", "schedule": 300.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -242,6 +243,8 @@ MARKETPLACE = {
     # the node's health).
     "HEARTBEAT_QUEUE": env.bool("HEARTBEAT_QUEUE", default=bool(REDIS_URL)),
     "HEARTBEAT_BATCH": env.int("HEARTBEAT_BATCH", default=500),
+    # The marketplace's share of metered usage; providers earn the rest.
+    "PLATFORM_FEE_RATE": env.float("PLATFORM_FEE_RATE", default=0.10),
 }
 
 LOGGING = {

@@ -29,3 +29,38 @@ class NodeDrainRequest(models.Model):
 
     def __str__(self) -> str:
         return f"drain request {self.pk} for {self.node_id} ({self.status})"
+
+
+class UsageEntry(models.Model):
+    """Metered usage of one reservation on one node, from the start and stop its agent reported, priced in Decimal.
+
+    ``gpu_milli_seconds`` is the billed GPU milli times the seconds run; ``amount`` is that at the
+    booked price per GPU-hour, to a millionth of the currency (rounded half up). Invoices and
+    earnings add amounts and round the sum to cents once.
+    """
+
+    assignment = models.OneToOneField("scheduler.Assignment", on_delete=models.PROTECT, related_name="usage")
+    reservation = models.ForeignKey("allocation.Reservation", on_delete=models.PROTECT, related_name="usage")
+    customer = models.ForeignKey("marketplace.Organization", on_delete=models.PROTECT, related_name="+")
+    provider = models.ForeignKey("marketplace.Organization", on_delete=models.PROTECT, related_name="+")
+    node = models.ForeignKey("marketplace.Node", on_delete=models.PROTECT, related_name="+")
+    started_at = models.DateTimeField()
+    stopped_at = models.DateTimeField()
+    billed_gpu_milli = models.PositiveIntegerField()
+    gpu_milli_seconds = models.PositiveBigIntegerField()
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    amount = models.DecimalField(max_digits=18, decimal_places=6)
+    provider_share = models.DecimalField(max_digits=18, decimal_places=6,
+                                         help_text="The amount less the marketplace's fee.")
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-stopped_at", "-id"]
+        indexes = [models.Index(fields=["customer", "stopped_at"], name="usage_customer_stopped"),
+                   models.Index(fields=["provider", "stopped_at"], name="usage_provider_stopped")]
+        constraints = [models.CheckConstraint(condition=models.Q(stopped_at__gte=models.F("started_at")),
+                                              name="usage_window_ordered")]
+
+    def __str__(self) -> str:
+        return f"usage of reservation {self.reservation_id}: {self.amount} {self.currency}"

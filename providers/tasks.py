@@ -4,6 +4,7 @@ from celery import shared_task
 
 from .health import heartbeats_check, readings_purge, readings_rollup, unhealthy_nodes_drain
 from .heartbeat_queue import heartbeats_drain, queue_enabled
+from .metering import open_assignments_close
 
 
 @shared_task(name="providers.check_heartbeats", acks_late=True)
@@ -32,3 +33,9 @@ def ingest_heartbeats_task() -> int:
     if not queue_enabled():
         return 0
     return heartbeats_drain().heartbeats
+
+
+@shared_task(name="providers.close_open_assignments", acks_late=True)
+def close_open_assignments_task() -> int:
+    """Meter started work whose reservation ended without a stop report; safe to run twice."""
+    return open_assignments_close()

@@ -21,6 +21,7 @@ from allocation.models import Reservation, ReservationStatus
 from allocation.services import reservation_finish_early, reservation_move_after_failed_start
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, NotFound
 from marketplace.models import Node
+from providers.metering import usage_record
 
 from .models import Assignment, Decision, Migration, NodeCredential, Preemption, PreemptionVictim, Workload
 
@@ -152,6 +153,7 @@ def _started(assignment: Assignment, reservation: Reservation, now: datetime) ->
 
 def _exited(assignment: Assignment, reservation: Reservation, exit_code: int, now: datetime) -> None:
     assignment.status, assignment.finished_at, assignment.exit_code = Assignment.Status.EXITED, now, exit_code
+    usage_record(assignment=assignment, stopped_at=now)
     if assignment.stop_requested_at is not None or reservation.status != ReservationStatus.ACTIVE:
         return  # stopped on the marketplace's request; the reservation's status already records why
     succeeded = exit_code == 0

@@ -124,6 +124,9 @@ def test_second_cycle_does_nothing_while_one_holds_the_lock(require_postgres, cu
 
         assert scheduling_cycle(now=NOW) is None
 
+        # Closing a connection frees its locks only when the server has ended the session; unlock first.
+        other.execute("SELECT pg_advisory_unlock(%s)", [CYCLE_LOCK_KEY])
+
     assert scheduling_cycle(now=NOW) is not None
 
 
