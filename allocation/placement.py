@@ -86,7 +86,8 @@ def placement_find_and_commit(
 
     for _round in range(SHORTLIST_ROUNDS):
         if only_node_ids is not None:
-            ranked = policy.rank(request, node_states(_filtered(only_node_ids, node_filter), start_at, end_at))
+            ranked = policy.rank(request, node_states(_filtered(only_node_ids, node_filter, start_at, end_at),
+                                                      start_at, end_at))
         else:
             ranked = placement_rank(request=request, start_at=start_at, end_at=end_at, node_filter=node_filter,
                                     policy=policy)
@@ -130,9 +131,10 @@ def placement_find_and_commit(
     return placement_diagnose(request, start_at, end_at, node_filter)
 
 
-def _filtered(node_ids: tuple[int, ...], node_filter: NodeFilter) -> list[int]:
-    """Return those of ``node_ids`` that are active and pass ``node_filter``."""
-    nodes = Node.objects.filter(pk__in=node_ids, status=Node.Status.ACTIVE, gpu_model_id__in=node_filter.gpu_model_ids)
+def _filtered(node_ids: tuple[int, ...], node_filter: NodeFilter, start_at: datetime, end_at: datetime) -> list[int]:
+    """Return those of ``node_ids`` that are active, pass ``node_filter`` and have no maintenance in the window."""
+    nodes = (Node.objects.filter(pk__in=node_ids, status=Node.Status.ACTIVE, gpu_model_id__in=node_filter.gpu_model_ids)
+             .exclude(maintenance_windows__start_at__lt=end_at, maintenance_windows__end_at__gt=start_at))
     if node_filter.region_id is not None:
         nodes = nodes.filter(region_id=node_filter.region_id)
     if node_filter.max_price_per_gpu_hour is not None:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from django.db import connection, models
 
-from marketplace.models import GPU_MILLI_PER_GPU, Gpu, GpuModel, Node, Region
+from marketplace.models import GPU_MILLI_PER_GPU, Gpu, GpuModel, MaintenanceWindow, Node, Region
 
 from .models import Allocation, CohortMembership, GpuShare
 from .solvers import NodeState, PlacementRequest
@@ -37,10 +37,18 @@ def _when(value: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
-def _node_conditions(alias: str, node_filter: NodeFilter, *, with_price: bool = True) -> tuple[str, list[Any]]:
-    """Return the SQL conditions and parameters for ``node_filter`` on the node table ``alias``."""
+def _node_conditions(alias: str, node_filter: NodeFilter, *, with_price: bool = True,
+                     window: tuple[datetime, datetime] | None = None) -> tuple[str, list[Any]]:
+    """Return the SQL conditions and parameters for ``node_filter`` on the node table ``alias``.
+
+    With ``window``, nodes with a maintenance window overlapping it are left out.
+    """
     conditions = [f"{alias}.status = %s"]
     params: list[Any] = [Node.Status.ACTIVE]
+    if window is not None:
+        conditions.append(f"NOT EXISTS (SELECT 1 FROM {_table(MaintenanceWindow)} mw WHERE mw.node_id = {alias}.id "
+                          f"AND mw.start_at < %s AND mw.end_at > %s)")
+        params += [_when(window[1]), _when(window[0])]
 
     placeholders = ", ".join(["%s"] * len(node_filter.gpu_model_ids))
     conditions.append(f"{alias}.gpu_model_id IN ({placeholders})")
@@ -143,8 +151,8 @@ def candidate_ids(
     skips a node whose healthy GPUs are too few. If unhealthy GPUs became common, the shortlist
     could fill with such nodes and the request would be rejected although a healthy node was free.
     """
-    used_sql, used_params = _node_conditions("n", node_filter, with_price=with_price)
-    free_sql, free_params = _node_conditions("e", node_filter, with_price=with_price)
+    used_sql, used_params = _node_conditions("n", node_filter, with_price=with_price, window=(start_at, end_at))
+    free_sql, free_params = _node_conditions("e", node_filter, with_price=with_price, window=(start_at, end_at))
     blocked_above = GPU_MILLI_PER_GPU - request.gpu_milli_per_gpu
     sql = f"""
         WITH {_gpu_use_cte(exact=exact)}, {_node_use_cte(exact=exact)},
@@ -319,7 +327,7 @@ class Offer:
 
 def offers(start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> list[Offer]:
     """Aggregate free capacity in the window by GPU model, region and price, cheapest first."""
-    node_sql, node_params = _node_conditions("n", node_filter)
+    node_sql, node_params = _node_conditions("n", node_filter, window=(start_at, end_at))
     sql = f"""
         WITH {_gpu_use_cte()}
         SELECT m.name, r.code, n.price_per_gpu_hour, n.currency,

@@ -216,3 +216,24 @@ class GpuReadingHour(models.Model):
 
     def __str__(self) -> str:
         return f"{self.gpu_id} at {self.hour:%Y-%m-%d %H}:00"
+
+
+class MaintenanceWindow(models.Model):
+    """A period when a provider takes a node out of service: no new booking may overlap it."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="maintenance_windows")
+    start_at = models.DateTimeField()
+    end_at = models.DateTimeField()
+    reason = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["start_at", "id"]
+        indexes = [models.Index(fields=["node", "end_at"], name="maintenance_node_end")]
+        constraints = [models.CheckConstraint(condition=Q(end_at__gt=models.F("start_at")),
+                                              name="maintenance_window_not_empty")]
+
+    def __str__(self) -> str:
+        return f"maintenance of {self.node_id} from {self.start_at:%Y-%m-%d %H:%M}"

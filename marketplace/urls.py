@@ -14,6 +14,7 @@ urlpatterns = [
     path("ops/capacity/", include("capacity.urls")),
     path("ops/", include("allocation.urls")),
     path("ops/", include("scheduler.urls")),
+    path("provider/", include("providers.urls")),
     path("api/v1/ping/", PingView.as_view(), name="ping"),
     path("api/v1/", include("allocation.api.urls")),
     path("api/v1/", include("scheduler.api.urls")),

@@ -64,3 +64,16 @@ class UsageEntry(models.Model):
 
     def __str__(self) -> str:
         return f"usage of reservation {self.reservation_id}: {self.amount} {self.currency}"
+
+
+class ProviderProfile(models.Model):
+    """A provider's own settings: the lowest price per GPU-hour it accepts for any of its nodes."""
+
+    organization = models.OneToOneField("marketplace.Organization", on_delete=models.CASCADE,
+                                        related_name="provider_profile")
+    min_price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4, default=0,
+                                                 help_text="Node prices below this are rejected.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"profile of {self.organization_id}"

@@ -31,7 +31,7 @@ from allocation.services import (
 )
 from allocation.solvers.base import NodeState, PlacementRequest
 from allocation.solvers.fleet import Fleet
-from marketplace.models import Gpu, Node
+from marketplace.models import Gpu, MaintenanceWindow, Node
 
 from .core import Booking, CycleConfig, Running, Timeline, Waiting, run_cycle
 from .models import Decision, Preemption, PreemptionVictim, Queue, SchedulingCycle, Workload
@@ -152,7 +152,8 @@ def running_work(now: datetime, fleet: Fleet, gpu_columns: dict[int, tuple[int, 
                                          .values_list("allocation_id", "gpu_id", "gpu_milli")):
         shares[allocation_id].append((gpu_id, milli))
 
-    work = []
+    work = [_maintenance(window, rows[window.node_id], fleet, now)
+            for window in MaintenanceWindow.objects.filter(end_at__gt=now, node_id__in=rows.keys())]
     for allocation in allocations:
         row = rows[allocation.node_id]
         columns = tuple(gpu_columns[gpu_id][1] for gpu_id, _ in shares[allocation.id] if gpu_id in gpu_columns)
@@ -178,6 +179,15 @@ def running_work(now: datetime, fleet: Fleet, gpu_columns: dict[int, tuple[int, 
             elapsed=elapsed, grace=float(priority_class.grace_period_seconds if priority_class else 0),
         ))
     return work
+
+
+def _maintenance(window: MaintenanceWindow, row: int, fleet: Fleet, now: datetime) -> Running:
+    """Return a maintenance window as a booking of the whole node that nothing can preempt."""
+    columns = tuple(range(int(fleet.gpu_count[row])))
+    booking = Booking(key=-(10**12 + window.pk), row=row, columns=columns, gpu_milli_per_gpu=1000 if columns else 0,
+                      cpu_millicores=int(fleet.cpu_capacity[row]), memory_mib=int(fleet.memory_free[row]),
+                      start=(window.start_at - now).total_seconds(), end=(window.end_at - now).total_seconds())
+    return Running(booking=booking, organization=0, priority=10**9, preemptible=False)
 
 
 def fair_share_usage(now: datetime) -> dict[int, tuple[float, float, float]]:

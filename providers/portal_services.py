@@ -1,0 +1,145 @@
+"""What the provider portal changes: prices, the minimum price, maintenance windows; and the payouts report."""
+
+import csv
+import io
+import logging
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.db import transaction
+from django.utils import timezone
+
+from allocation.models import Allocation, ReservationStatus
+from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound
+from marketplace.models import MaintenanceWindow, Node, Organization
+from scheduler.migrating import migration_plan_off_node
+
+from .models import ProviderProfile, UsageEntry
+
+logger = logging.getLogger(__name__)
+
+MAX_PRICE = Decimal("9999.9999")
+MAX_MAINTENANCE = timedelta(days=30)
+
+
+def parse_price(raw: str, field: str) -> Decimal:
+    """Return ``raw`` as a price per GPU-hour; raise ``InvalidRequest`` naming ``field`` otherwise."""
+    try:
+        price = Decimal(str(raw).strip())
+    except InvalidOperation:
+        price = None
+    if price is None or not price.is_finite() or price < 0 or price > MAX_PRICE or price.as_tuple().exponent < -4:
+        raise InvalidRequest(f"{str(raw)[:20]!r} is not a price; use an amount from 0 to {MAX_PRICE} with at most "
+                             f"4 decimals, such as 2.50.", errors=[FieldProblem(field, "Use an amount such as 2.50.")])
+    return price
+
+
+def provider_node(provider: Organization, node_id: int) -> Node:
+    node = Node.objects.filter(pk=node_id, provider=provider).first()
+    if node is None:
+        raise NotFound(f"Node {node_id} does not exist or belongs to another provider.")
+    return node
+
+
+def minimum_price(provider: Organization) -> Decimal:
+    return (ProviderProfile.objects.filter(organization=provider).values_list("min_price_per_gpu_hour", flat=True)
+            .first() or Decimal(0))
+
+
+def node_price_set(*, provider: Organization, node_id: int, price: Decimal) -> Node:
+    """Set one node's price; new bookings pay it, existing ones keep their booked price."""
+    floor = minimum_price(provider)
+    if price < floor:
+        raise InvalidRequest(f"{price} is below your minimum price of {floor} per GPU-hour; raise the price or "
+                             f"lower the minimum.", errors=[FieldProblem("price", f"Use {floor} or more.")])
+    node = provider_node(provider, node_id)
+    node.price_per_gpu_hour = price
+    node.save(update_fields=["price_per_gpu_hour", "updated_at"])
+    logger.info("Provider %s set the price of %s to %s", provider.slug, node.hostname, price)
+    return node
+
+
+def model_price_set(*, provider: Organization, gpu_model_id: int, price: Decimal) -> int:
+    """Set the price of every node of one GPU model; return how many changed."""
+    floor = minimum_price(provider)
+    if price < floor:
+        raise InvalidRequest(f"{price} is below your minimum price of {floor} per GPU-hour.",
+                             errors=[FieldProblem("price", f"Use {floor} or more.")])
+    count = Node.objects.filter(provider=provider, gpu_model_id=gpu_model_id).update(price_per_gpu_hour=price,
+                                                                                     updated_at=timezone.now())
+    if not count:
+        raise InvalidRequest("You have no node of that GPU model.", errors=[FieldProblem("gpu_model", "Choose a "
+                                                                                          "model of your nodes.")])
+    logger.info("Provider %s set the price of %d nodes of model %s to %s", provider.slug, count, gpu_model_id, price)
+    return count
+
+
+def minimum_price_set(*, provider: Organization, price: Decimal) -> ProviderProfile:
+    """Set the provider's minimum price; nodes priced below it keep their price until changed."""
+    profile, _ = ProviderProfile.objects.update_or_create(organization=provider,
+                                                          defaults={"min_price_per_gpu_hour": price})
+    return profile
+
+
+def maintenance_create(*, provider: Organization, node_id: int, start_at: datetime, end_at: datetime, reason: str,
+                       actor=None, now: datetime | None = None) -> tuple[MaintenanceWindow, dict]:
+    """Book a maintenance window: no new booking may overlap it, and the reservations it overlaps move away.
+
+    A reservation that cannot move (do-not-migrate, or no room elsewhere) stays and its customer gets a
+    decision saying so. Returns the window and ``{"moving": n, "staying": n}``.
+    """
+    now = now or timezone.now()
+    problems = []
+    if start_at < now - timedelta(minutes=5):
+        problems.append(FieldProblem("start_at", "The window must start now or later."))
+    if end_at <= start_at:
+        problems.append(FieldProblem("end_at", "end_at must be after start_at."))
+    elif end_at - start_at > MAX_MAINTENANCE:
+        problems.append(FieldProblem("end_at", f"A window lasts at most {MAX_MAINTENANCE.days} days."))
+    if problems:
+        raise InvalidRequest("The maintenance window is invalid. " + " ".join(p.message for p in problems),
+                             errors=problems)
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=provider_node(provider, node_id).pk)
+        window = MaintenanceWindow.objects.create(node=node, start_at=start_at, end_at=end_at, reason=reason[:300],
+                                                  created_by=actor)
+        overlapping = (Allocation.objects.filter(node=node, released_at__isnull=True, start_at__lt=end_at,
+                                                 end_at__gt=max(start_at, now),
+                                                 reservation__status__in=[ReservationStatus.SCHEDULED,
+                                                                          ReservationStatus.ACTIVE])
+                       .values_list("reservation_id", flat=True))
+        moving = staying = 0
+        for reservation_id in list(overlapping):
+            migration = migration_plan_off_node(
+                reservation_id=reservation_id, now=now, actor=actor,
+                reason=f"Node {node.hostname} has maintenance from {start_at:%Y-%m-%d %H:%M} to "
+                       f"{end_at:%Y-%m-%d %H:%M} UTC.")
+            moving, staying = (moving + 1, staying) if migration else (moving, staying + 1)
+    logger.info("Maintenance on %s from %s to %s: %d reservations moving, %d staying", node.hostname,
+                start_at.isoformat(), end_at.isoformat(), moving, staying)
+    return window, {"moving": moving, "staying": staying}
+
+
+def maintenance_delete(*, provider: Organization, window_id: int) -> None:
+    deleted, _ = MaintenanceWindow.objects.filter(pk=window_id, node__provider=provider).delete()
+    if not deleted:
+        raise NotFound(f"Maintenance window {window_id} does not exist or belongs to another provider.")
+
+
+def payouts_csv(*, provider: Organization, start: datetime, end: datetime) -> str:
+    """Return the provider's metered usage stopped in ``[start, end)`` as CSV, one line per entry and a total."""
+    output = io.StringIO()
+    writer = csv.writer(output)
+    writer.writerow(["reservation", "node", "started_at", "stopped_at", "gpu_hours", "price_per_gpu_hour",
+                     "amount", "provider_share", "currency"])
+    total = Decimal(0)
+    entries = (UsageEntry.objects.filter(provider=provider, stopped_at__gte=start, stopped_at__lt=end)
+               .select_related("node").order_by("stopped_at", "id"))
+    for entry in entries:
+        writer.writerow([entry.reservation_id, entry.node.hostname, entry.started_at.isoformat(),
+                         entry.stopped_at.isoformat(), f"{Decimal(entry.gpu_milli_seconds) / 3_600_000:.6f}",
+                         entry.price_per_gpu_hour, entry.amount, entry.provider_share, entry.currency])
+        total += entry.provider_share
+    writer.writerow(["total", "", start.isoformat(), end.isoformat(), "", "", "",
+                     total.quantize(Decimal("0.01")), ""])
+    return output.getvalue()
