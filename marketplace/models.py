@@ -116,6 +116,10 @@ class Node(models.Model):
         help_text="From the agent's readings; unknown until the first heartbeat or after missed ones.",
     )
     health_reasons = models.JSONField(default=list, blank=True)
+    failure_risk = models.FloatField(
+        null=True, blank=True, help_text="Fitted probability that a GPU of the node fails within a day; empty "
+                                         "until the risk model has been fitted.",
+    )
     unhealthy_since = models.DateTimeField(null=True, blank=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     agent_version = models.CharField(max_length=32, blank=True)
@@ -237,3 +241,22 @@ class MaintenanceWindow(models.Model):
 
     def __str__(self) -> str:
         return f"maintenance of {self.node_id} from {self.start_at:%Y-%m-%d %H:%M}"
+
+
+class GpuHealthEvent(models.Model):
+    """A change of one GPU's health state, with the reasons; the history the failure-risk model learns from."""
+
+    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="health_events")
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="health_events")
+    at = models.DateTimeField()
+    from_state = models.CharField(max_length=16)
+    to_state = models.CharField(max_length=16)
+    reasons = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["node", "at"], name="health_event_node_at"),
+                   models.Index(fields=["at"], name="health_event_at")]
+
+    def __str__(self) -> str:
+        return f"{self.gpu_id}: {self.from_state} -> {self.to_state}"

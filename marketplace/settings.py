@@ -165,6 +165,7 @@ CELERY_BEAT_SCHEDULE = {
     "rollup-gpu-readings": {"task": "providers.rollup_readings", "schedule": 600.0},
     "ingest-heartbeats": {"task": "providers.ingest_heartbeats", "schedule": 5.0},
     "close-open-assignments": {"task": "providers.close_open_assignments", "schedule": 300.0},
+    "fit-failure-risk": {"task": "providers.fit_failure_risk", "schedule": 24 * 3600.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -245,6 +246,8 @@ MARKETPLACE = {
     "HEARTBEAT_BATCH": env.int("HEARTBEAT_BATCH", default=500),
     # The marketplace's share of metered usage; providers earn the rest.
     "PLATFORM_FEE_RATE": env.float("PLATFORM_FEE_RATE", default=0.10),
+    # Days of GPU health history the daily failure-risk fit learns from.
+    "RISK_HISTORY_DAYS": env.int("RISK_HISTORY_DAYS", default=30),
 }
 
 LOGGING = {

@@ -20,7 +20,7 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from allocation.models import Allocation, ReservationStatus
-from marketplace.models import Gpu, GpuReading, GpuReadingHour, Node
+from marketplace.models import Gpu, GpuHealthEvent, GpuReading, GpuReadingHour, Node
 from scheduler.migrating import node_drain
 
 from . import health_rules
@@ -54,6 +54,8 @@ def apply_readings(*, gpus: dict, latest: dict, nodes: list[Node], now: datetime
                 changes += 1
                 logger.info("GPU %s of node %s: %s -> %s (%s)", gpu.pk, gpu.node_id, gpu.health, state,
                             "; ".join(reasons) or "readings normal")
+                GpuHealthEvent.objects.create(gpu=gpu, node_id=gpu.node_id, at=at, from_state=gpu.health,
+                                              to_state=state, reasons=reasons)
             Gpu.objects.filter(pk=gpu.pk).update(**values)
             for field, value in values.items():
                 setattr(gpu, field, value)

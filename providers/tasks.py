@@ -5,6 +5,7 @@ from celery import shared_task
 from .health import heartbeats_check, readings_purge, readings_rollup, unhealthy_nodes_drain
 from .heartbeat_queue import heartbeats_drain, queue_enabled
 from .metering import open_assignments_close
+from .risk import failure_risk_fit
 
 
 @shared_task(name="providers.check_heartbeats", acks_late=True)
@@ -39,3 +40,9 @@ def ingest_heartbeats_task() -> int:
 def close_open_assignments_task() -> int:
     """Meter started work whose reservation ended without a stop report; safe to run twice."""
     return open_assignments_close()
+
+
+@shared_task(name="providers.fit_failure_risk", acks_late=True)
+def fit_failure_risk_task() -> str:
+    """Refit the failure-risk model on the health history and store every node's risk; return its status."""
+    return failure_risk_fit().status

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from allocation.models import Allocation, ReservationStatus
+from allocation.models import ReservationStatus
 from allocation.services import ReservationSpec, reservation_create
 from marketplace.models import Gpu, GpuReading, GpuReadingHour, Node
 from providers.health import heartbeats_check, readings_purge, readings_rollup, unhealthy_nodes_drain
