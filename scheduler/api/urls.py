@@ -2,7 +2,7 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from .views import (
-    AgentAssignmentsView, AgentHeartbeatView, AgentRegisterView, AgentReportView, DecisionViewSet,
+    AgentAssignmentsView, AgentHeartbeatView, AgentRegisterView, AgentReportView, DecisionViewSet, InvoiceView,
     PriorityClassViewSet, QueueViewSet,
 )
 
@@ -16,5 +16,6 @@ urlpatterns = [
     path("agent/heartbeats/", AgentHeartbeatView.as_view(), name="agent-heartbeats"),
     path("agent/assignments/", AgentAssignmentsView.as_view(), name="agent-assignments"),
     path("agent/assignments/<int:assignment_id>/status/", AgentReportView.as_view(), name="agent-report"),
+    path("invoices/", InvoiceView.as_view(), name="invoices"),
     *router.urls,
 ]

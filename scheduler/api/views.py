@@ -1,9 +1,11 @@
 """Agent, decision, priority class and queue endpoints; each view parses, calls a service and renders."""
 
+from datetime import datetime, timedelta, timezone as dt_timezone
+
 import django_filters
 from django import forms
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,6 +16,8 @@ from allocation.models import GpuShare
 from marketplace.api.serializers import problem_responses
 from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound
 from providers.heartbeat_queue import heartbeat_enqueue, queue_enabled
+from providers.metering import invoice
+from providers.models import UsageEntry
 from providers.tasks import ingest_heartbeats_task
 from providers.telemetry import heartbeats_ingest, node_register
 
@@ -204,3 +208,31 @@ class QueueViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = QueueSerializer
     pagination_class = None
     lookup_field = "name"
+
+
+class InvoiceView(APIView):
+    """The caller's organization's metered usage for one month, from its agents' start and stop reports."""
+
+    @extend_schema(parameters=[OpenApiParameter("month", str, description="YYYY-MM; default: this month (UTC).")],
+                   responses={200: dict, **problem_responses({400: "month is not of the form YYYY-MM."})})
+    def get(self, request: Request) -> Response:
+        customer = customer_of(request)
+        _check_list_parameters(request, frozenset({"month"}))
+        month = request.query_params.get("month") or timezone.now().strftime("%Y-%m")
+        try:
+            start = datetime.strptime(month, "%Y-%m").replace(tzinfo=dt_timezone.utc)
+        except ValueError:
+            raise InvalidRequest(f"month {month[:20]!r} is not a month; use the form 2026-05.",
+                                 errors=[FieldProblem("month", "Use the form YYYY-MM.", "invalid")]) from None
+        end = (start + timedelta(days=32)).replace(day=1)
+        statement = invoice(customer_id=customer.pk, start=start, end=end)
+        lines = (UsageEntry.objects.filter(customer=customer, stopped_at__gte=start, stopped_at__lt=end)
+                 .order_by("stopped_at", "id"))
+        return Response({
+            "month": month, "currency": statement.currency, "total": str(statement.total),
+            "gpu_hours": str(statement.gpu_hours), "entries": statement.entries,
+            "lines": [{"reservation": line.reservation_id, "started_at": line.started_at,
+                       "stopped_at": line.stopped_at, "gpu_milli_seconds": line.gpu_milli_seconds,
+                       "price_per_gpu_hour": str(line.price_per_gpu_hour), "amount": str(line.amount)}
+                      for line in lines[:1000]],
+        })

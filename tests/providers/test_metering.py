@@ -97,3 +97,15 @@ def test_work_without_a_stop_report_is_closed_at_the_window_end(customer, priced
 
     entry = UsageEntry.objects.get(reservation=reservation)
     assert entry.stopped_at == NOW + timedelta(hours=2)
+
+
+def test_customer_reads_the_monthly_invoice(api, customer, priced_node):
+    run(customer, priced_node, hours=2, exit_after=2)
+
+    body = api.get(f"/api/v1/invoices/?month={NOW:%Y-%m}").json()
+
+    assert body["total"] == "5.94"
+    assert body["entries"] == 1
+    assert body["gpu_hours"] == "2.000000"
+    assert api.get("/api/v1/invoices/?month=June").status_code == 400
+    assert api.get("/api/v1/invoices/?monthly=1").status_code == 400

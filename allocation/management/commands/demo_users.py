@@ -1,4 +1,4 @@
-"""``python manage.py demo_users``: create the demo admin and a demo customer user, and print their credentials."""
+"""``python manage.py demo_users``: create the demo admin, customer and provider users, and print their credentials."""
 
 import os
 
@@ -6,9 +6,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 
-from marketplace.models import Membership, Organization
+from marketplace.models import Membership, Node, Organization
 
 DEMO_CUSTOMER_SLUG = "orbit-vision"
+DEMO_PROVIDER_NODE = "openb-node-0022"
+"""The demo provider user belongs to this node's provider; the README runs the demo agent on it."""
 
 
 class Command(BaseCommand):
@@ -40,6 +42,14 @@ class Command(BaseCommand):
             user.save()
         Membership.objects.get_or_create(user=user, defaults={"organization": customer, "role": Membership.Role.OWNER})
         token, _ = Token.objects.get_or_create(user=user)
+        provider = Node.objects.filter(hostname=DEMO_PROVIDER_NODE).values_list("provider", flat=True).first()
+        if provider is not None:
+            provider_user, provider_created = User.objects.get_or_create(username="provider")
+            if provider_created:
+                provider_user.set_password(password)
+                provider_user.save()
+            Membership.objects.get_or_create(user=provider_user,
+                                             defaults={"organization_id": provider, "role": Membership.Role.OWNER})
 
         if token_only:
             self.stdout.write(token.key)
@@ -52,3 +62,6 @@ class Command(BaseCommand):
         self.stdout.write(f"Admin:     {base_url}/admin/  {login}")
         self.stdout.write(f"API token of customer user 'orbit' ({DEMO_CUSTOMER_SLUG}): {token.key}")
         self.stdout.write(f"API docs:  {base_url}/api/docs/")
+        if provider is not None:
+            self.stdout.write(f"Provider portal: {base_url}/provider/  user 'provider', the admin's password; it "
+                              f"owns {DEMO_PROVIDER_NODE} among others")
