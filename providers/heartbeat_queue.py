@@ -1,7 +1,7 @@
 """A Redis list between the heartbeat endpoint and the ingestion, so readings are stored in batches.
 
 With ``HEARTBEAT_QUEUE`` on, ``POST /api/v1/agent/heartbeats/`` validates a heartbeat, appends it
-to the list and answers 202. The ``providers.ingest_heartbeats`` task takes up to
+to the list and responds 202. The ``providers.ingest_heartbeats`` task takes up to
 ``HEARTBEAT_BATCH`` heartbeats at a time and stores them with one COPY and one node update, which
 is several times cheaper per heartbeat than a transaction per request. The first heartbeat that
 finds the list empty schedules the task; beat also runs it every few seconds.

@@ -90,7 +90,7 @@ def open_assignments_close(*, now: datetime | None = None) -> int:
 
 @dataclass(frozen=True)
 class Statement:
-    """What an organization owes (customer) or earned (provider) in a period, in cents."""
+    """An organization's total for a period in cents: what a customer owes or what a provider earned."""
 
     organization_id: int
     start: datetime

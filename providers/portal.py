@@ -121,7 +121,7 @@ def maintenance_remove(request: HttpRequest, window_id: int) -> HttpResponse:
 @require_GET
 @provider_required
 def payouts(request: HttpRequest) -> HttpResponse:
-    """The payouts report of one month (``?month=YYYY-MM``, default this month) as CSV."""
+    """Return the payouts report of one month (``?month=YYYY-MM``, default this month) as CSV."""
     month = request.GET.get("month") or timezone.now().strftime("%Y-%m")
     try:
         start = datetime.strptime(month, "%Y-%m").replace(tzinfo=dt_timezone.utc)

@@ -1,4 +1,4 @@
-"""What the provider portal changes: prices, the minimum price, maintenance windows; and the payouts report."""
+"""Provider portal services: prices, the minimum price, maintenance windows and the payouts report."""
 
 import csv
 import io

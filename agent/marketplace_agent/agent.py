@@ -1,7 +1,7 @@
 """The agent's loop: register, then read the GPUs every interval and send the readings.
 
 Outages of the marketplace never stop the agent. Readings wait in a bounded buffer (the oldest
-are dropped when it is full) and are sent, oldest first, once the marketplace answers again.
+are dropped when it is full) and are sent, oldest first, once the marketplace responds again.
 Failed calls are retried with exponential backoff and jitter, capped at ``max_backoff_seconds``.
 An error the agent does not expect is logged and the loop goes on.
 """
@@ -105,7 +105,7 @@ class Agent:
             for _ in batch:
                 self.buffer.popleft()
         if self.failures:
-            logger.info("The marketplace answers again after %d failed attempts", self.failures)
+            logger.info("The marketplace responds again after %d failed attempts", self.failures)
         self.failures = 0
 
     def _back_off(self, error: Exception) -> None:

@@ -29,7 +29,7 @@ class GpuInfo:
 
 @dataclass(frozen=True)
 class Inventory:
-    """What discovery found on the node."""
+    """The GPUs and driver versions that discovery found on the node."""
 
     gpus: tuple[GpuInfo, ...]
     driver_version: str = ""
