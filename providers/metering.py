@@ -7,8 +7,9 @@ Amounts keep six decimals; invoices and earnings round their sums to cents, half
 """
 
 import logging
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone as dt_timezone
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
@@ -121,3 +122,19 @@ def _statement(entries, organization_id: int, start: datetime, end: datetime, cu
         gpu_hours=(Decimal(milli_seconds) / (MILLI_PER_GPU * SECONDS_PER_HOUR)).quantize(MICRO),
         total=(totals["total"] or Decimal(0)).quantize(CENT, rounding=ROUND_HALF_UP),
     )
+
+
+MONTH = re.compile(r"(\d{4})-(\d{2})")
+
+
+def month_bounds(text: str) -> tuple[datetime, datetime] | None:
+    """Return the UTC start and end of a ``YYYY-MM`` month from 1970 to 9000, or None for anything else."""
+    match = MONTH.fullmatch(text.strip())
+    if match is None:
+        return None
+    year, month = int(match.group(1)), int(match.group(2))
+    if not (1970 <= year <= 9000 and 1 <= month <= 12):
+        return None
+    start = datetime(year, month, 1, tzinfo=dt_timezone.utc)
+    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=dt_timezone.utc)
+    return start, end

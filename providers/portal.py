@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from marketplace.exceptions import MarketplaceError
 from marketplace.models import GpuModel, GpuReadingHour, MaintenanceWindow, Node, Organization
 
-from .metering import earnings
+from .metering import earnings, month_bounds
 from .portal_services import (
     maintenance_create, maintenance_delete, minimum_price, minimum_price_set, model_price_set, node_price_set,
     parse_price, payouts_csv,
@@ -123,12 +123,11 @@ def maintenance_remove(request: HttpRequest, window_id: int) -> HttpResponse:
 def payouts(request: HttpRequest) -> HttpResponse:
     """Return the payouts report of one month (``?month=YYYY-MM``, default this month) as CSV."""
     month = request.GET.get("month") or timezone.now().strftime("%Y-%m")
-    try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=dt_timezone.utc)
-    except ValueError:
+    bounds = month_bounds(month)
+    if bounds is None:
         return HttpResponse(f"month {month[:20]!r} is not a month; use the form 2026-05.", status=400,
                             content_type="text/plain")
-    end = _next_month(start)
+    start, end = bounds
     response = HttpResponse(payouts_csv(provider=request.provider, start=start, end=end), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="payouts-{request.provider.slug}-{month}.csv"'
     return response
@@ -145,7 +144,10 @@ def _change(request: HttpRequest, template: str, context, change) -> HttpRespons
 
 
 def _aware(text: str) -> datetime:
-    parsed = parse_datetime(text.strip()) if text else None
+    try:
+        parsed = parse_datetime(text.strip()) if text else None
+    except ValueError:  # a date that does not exist, such as February 30
+        parsed = None
     if parsed is None:
         raise MarketplaceError(detail=f"{text[:30]!r} is not a date and time; use the form 2026-05-01T10:00.",
                                code="invalid_request", status=400)

@@ -2,9 +2,10 @@
 
 import csv
 import io
+import re
 import logging
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from django.db import transaction
 from django.utils import timezone
@@ -19,16 +20,18 @@ from .models import ProviderProfile, UsageEntry
 logger = logging.getLogger(__name__)
 
 MAX_PRICE = Decimal("9999.9999")
+PRICE = re.compile(r"[0-9]{1,4}(\.[0-9]{1,4})?", re.ASCII)
 MAX_MAINTENANCE = timedelta(days=30)
 
 
 def parse_price(raw: str, field: str) -> Decimal:
     """Return ``raw`` as a price per GPU-hour; raise ``InvalidRequest`` naming ``field`` otherwise."""
+    text = str(raw).strip()
     try:
-        price = Decimal(str(raw).strip())
+        price = Decimal(text) if PRICE.fullmatch(text) else None
     except InvalidOperation:
         price = None
-    if price is None or not price.is_finite() or price < 0 or price > MAX_PRICE or price.as_tuple().exponent < -4:
+    if price is None or price > MAX_PRICE:
         raise InvalidRequest(f"{str(raw)[:20]!r} is not a price; use an amount from 0 to {MAX_PRICE} with at most "
                              f"4 decimals, such as 2.50.", errors=[FieldProblem(field, "Use an amount such as 2.50.")])
     return price
@@ -90,6 +93,8 @@ def maintenance_create(*, provider: Organization, node_id: int, start_at: dateti
     """
     now = now or timezone.now()
     problems = []
+    if "\x00" in reason or len(reason) > 300:
+        problems.append(FieldProblem("reason", "Use plain text of at most 300 characters."))
     if start_at < now - timedelta(minutes=5):
         problems.append(FieldProblem("start_at", "The window must start now or later."))
     if end_at <= start_at:
@@ -141,5 +146,5 @@ def payouts_csv(*, provider: Organization, start: datetime, end: datetime) -> st
                          entry.price_per_gpu_hour, entry.amount, entry.provider_share, entry.currency])
         total += entry.provider_share
     writer.writerow(["total", "", start.isoformat(), end.isoformat(), "", "", "",
-                     total.quantize(Decimal("0.01")), ""])
+                     total.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP), ""])
     return output.getvalue()

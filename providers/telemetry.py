@@ -1,8 +1,9 @@
 """Node registration and heartbeat ingestion: what each node's agent discovers and reads.
 
-Registration reconciles the node's GPUs with discovery. A GPU is matched by UUID; a listed GPU
-that never reported is adopted by the discovered GPU at its index; a GPU that reported before
-and is missing now is retired, and the reservations on it move to other nodes. Heartbeats
+Registration reconciles the node's GPUs with discovery. A GPU is matched by UUID, and a listed
+GPU that never reported is adopted by the discovered GPU at its index. Every GPU that discovery
+no longer finds is retired, and the reservations on it move to other nodes (or fail when no
+node has room). Heartbeats
 store the readings and update each GPU's health and its node's (``providers.health``).
 """
 
@@ -15,9 +16,12 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from allocation.models import Allocation, ReservationStatus
+from allocation.models import Allocation, Reservation, ReservationStatus
+from allocation.services import reservation_finish_early
+from marketplace.exceptions import FieldProblem, InvalidRequest
 from marketplace.models import Gpu, GpuReading, Node
 from scheduler.migrating import migration_plan_off_node
+from scheduler.models import Migration
 
 from .health import apply_readings
 
@@ -37,6 +41,7 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
     now = now or timezone.now()
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node.pk)
+        _reject_foreign_uuids(node, inventory["gpus"])
         existing = list(Gpu.objects.filter(node=node, retired_at__isnull=True).order_by("index"))
         by_uuid = {str(gpu.uuid).lower(): gpu for gpu in existing}
         by_index = {gpu.index: gpu for gpu in existing}
@@ -58,8 +63,7 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
             gpu.save(update_fields=["uuid", "model_name", "memory_mib"])
             seen.add(gpu.pk)
 
-        missing = [gpu for gpu in existing if gpu.pk not in seen]
-        retired = [gpu for gpu in missing if gpu.last_reading_at is not None]
+        retired = [gpu for gpu in existing if gpu.pk not in seen]
         for gpu in retired:
             gpu.retired_at, gpu.health = now, Gpu.Health.FAILED
             gpu.health_reasons = ["no longer found by the node's GPU discovery; retired"]
@@ -76,6 +80,19 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
             "reservations_moving": moved}
 
 
+def _reject_foreign_uuids(node: Node, gpus: list[dict]) -> None:
+    """Raise ``InvalidRequest`` naming each discovered GPU whose UUID another node registered."""
+    wanted = {_uuid(item["uuid"]): position for position, item in enumerate(gpus)}
+    taken = Gpu.objects.filter(uuid__in=list(wanted)).exclude(node=node).values_list("uuid", "node__hostname")
+    problems = [FieldProblem(f"gpus.{wanted[str(uuid)]}.uuid",
+                             f"GPU {uuid} is registered on node {hostname}; a GPU belongs to one node. Run the agent "
+                             f"with this node's own GPUs, or ask an admin to remove it from {hostname}.", "taken")
+                for uuid, hostname in taken]
+    if problems:
+        raise InvalidRequest("Some discovered GPUs belong to other nodes. " + " ".join(p.message for p in problems),
+                             errors=problems)
+
+
 def _move_work_off(node: Node, retired: list[Gpu], now: datetime) -> int:
     """Plan moves for the reservations holding shares on retired GPUs; return how many."""
     affected = (Allocation.objects.filter(node=node, released_at__isnull=True, end_at__gt=now,
@@ -83,8 +100,17 @@ def _move_work_off(node: Node, retired: list[Gpu], now: datetime) -> int:
                                           reservation__status__in=[ReservationStatus.SCHEDULED,
                                                                    ReservationStatus.ACTIVE])
                 .values_list("reservation_id", flat=True).distinct())
-    return sum(1 for reservation_id in affected
-               if migration_plan_off_node(reservation_id=reservation_id, reason="A GPU it used was retired.", now=now))
+    moving = 0
+    for reservation_id in list(affected):
+        if migration_plan_off_node(reservation_id=reservation_id, reason="A GPU it used was retired.", now=now,
+                                   kind=Migration.Kind.GPU_RETIRED):
+            moving += 1
+            continue
+        # Nowhere to go and its GPU is gone: the reservation cannot run, so it fails and frees its quota.
+        reservation = Reservation.objects.select_for_update().get(pk=reservation_id)
+        reservation_finish_early(reservation=reservation, succeeded=False, now=now,
+                                 note="A GPU it used was retired and no other node has room for it.")
+    return moving
 
 
 def heartbeats_ingest(*, heartbeats: list[tuple[Node, list[dict]]], now: datetime | None = None) -> IngestSummary:

@@ -120,7 +120,7 @@ def _reserve_target(migration: Migration, now: datetime) -> bool:
         raise MoveSkipped("The reservation is no longer scheduled or active, so it stays where it is.")
     if allocation.node_id != migration.from_node_id:
         raise MoveSkipped("The reservation's allocation changed since the move was planned.")
-    if reservation.do_not_migrate:
+    if reservation.do_not_migrate and migration.kind != Migration.Kind.GPU_RETIRED:
         raise MoveSkipped("The customer asked that the reservation never moves.")
     if migration.kind == Migration.Kind.REBALANCE and (reservation.status != ReservationStatus.SCHEDULED
                                                        or allocation.start_at <= now):
@@ -304,25 +304,27 @@ def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: date
 
 
 def migration_plan_off_node(*, reservation_id: int, reason: str, now: datetime,
-                            actor: AbstractBaseUser | None = None,
-                            allocation: Allocation | None = None) -> Migration | None:
+                            actor: AbstractBaseUser | None = None, allocation: Allocation | None = None,
+                            kind: str = Migration.Kind.DRAIN) -> Migration | None:
     """Plan a move of the reservation to the best other node and reserve that node at once; None if it stays.
 
     It stays, with a ``not_migrated`` decision, when the customer asked it never moves or when no
-    other active node of its GPU model (and region) has room for the rest of its window.
+    other active node of its GPU model (and region) has room for the rest of its window. A move
+    off a retired GPU (``kind`` ``gpu_retired``) ignores do-not-migrate: the hardware is gone.
     """
     allocation = allocation or (Allocation.objects.select_related("reservation__region", "node")
                                 .get(reservation_id=reservation_id, released_at__isnull=True))
     reservation, node = allocation.reservation, allocation.node
-    target = None if reservation.do_not_migrate else _drain_target(reservation, allocation, now)
+    pinned = reservation.do_not_migrate and kind != Migration.Kind.GPU_RETIRED
+    target = None if pinned else _drain_target(reservation, allocation, now)
     if target is None:
         region = f" in region {reservation.region.code}" if reservation.region_id else ""
-        why = ("the customer asked that it never moves" if reservation.do_not_migrate
+        why = ("the customer asked that it never moves" if pinned
                else f"no other active node of its GPU model{region} has room for the rest of its window")
         _not_migrated(reservation.pk, f"{reason} The reservation stays on {node.hostname}: {why}.", now)
         return None
-    migration = migration_plan(reservation_id=reservation.pk, to_node_id=target, kind=Migration.Kind.DRAIN,
-                               reason=reason, now=now, actor=actor)
+    migration = migration_plan(reservation_id=reservation.pk, to_node_id=target, kind=kind, reason=reason, now=now,
+                               actor=actor)
     if migration is None:
         return None
     # Reserve the target at once, so the next move's target is chosen with this hold counted.
@@ -350,4 +352,5 @@ def _drain_target(reservation: Reservation, allocation: Allocation, now: datetim
                              max_price_per_gpu_hour=None)
     ranked = placement_rank(request=_request_of(reservation), start_at=start, end_at=allocation.end_at,
                             node_filter=node_filter, policy=placement_policy())
-    return ranked[0].node_id if ranked else None
+    others = [placement.node_id for placement in ranked if placement.node_id != allocation.node_id]
+    return others[0] if others else None

@@ -261,6 +261,7 @@ class Migration(models.Model):
     class Kind(models.TextChoices):
         REBALANCE = "rebalance", "Rebalancing plan"
         DRAIN = "drain", "Node drain"
+        GPU_RETIRED = "gpu_retired", "GPU retired"
 
     reservation = models.ForeignKey("allocation.Reservation", on_delete=models.CASCADE, related_name="migrations")
     kind = models.CharField(max_length=16, choices=Kind.choices)

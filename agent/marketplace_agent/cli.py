@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ def main(argv=None) -> int:
                         help="How to read the GPUs: NVML, then nvidia-smi (auto), or a recording (fake).")
     parser.add_argument("--recording", type=Path, help="Recording for the fake backend (default: 8 healthy GPUs).")
     parser.add_argument("--uuid", action="append", default=[],
-                        help="GPU UUID to use in place of the recording's, in order; repeat per GPU.")
+                        help="GPU UUID to use in place of the recording's, in order; repeat per GPU. Without it the "
+                             "fake backend derives UUIDs from the node key, so each node's GPUs differ.")
     parser.add_argument("--interval", type=float, default=10.0, help="Seconds between readings (default 10).")
     parser.add_argument("--buffer", type=int, default=360, help="Readings kept while the marketplace is down.")
     parser.add_argument("--iterations", type=int, default=None, help="Stop after this many intervals.")
@@ -32,7 +34,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=arguments.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     try:
-        backend = open_backend(arguments.backend, recording=arguments.recording, uuids=arguments.uuid or None)
+        seed = arguments.key.split("_")[1] if arguments.key and arguments.key.count("_") >= 2 else None
+        backend = open_backend(arguments.backend, recording=arguments.recording, uuids=arguments.uuid or None,
+                               uuid_seed=seed)
     except DiscoveryError as error:
         print(f"marketplace-agent: {error}", file=sys.stderr)
         return 2
@@ -42,12 +46,17 @@ def main(argv=None) -> int:
     if not arguments.key:
         print("marketplace-agent: no node key; pass --key or set MARKETPLACE_NODE_KEY.", file=sys.stderr)
         return 2
-    if arguments.interval <= 0 or arguments.buffer < 1:
-        print("marketplace-agent: --interval must be positive and --buffer at least 1.", file=sys.stderr)
+    if not math.isfinite(arguments.interval) or not 0 < arguments.interval <= 86400 or arguments.buffer < 1:
+        print("marketplace-agent: --interval must be 0 to 86400 seconds and --buffer at least 1.", file=sys.stderr)
+        return 2
+    try:
+        client = MarketplaceClient(arguments.url, arguments.key)
+    except ValueError as error:
+        print(f"marketplace-agent: --url: {error}", file=sys.stderr)
         return 2
 
     config = AgentConfig(interval_seconds=arguments.interval, buffer_size=arguments.buffer)
-    agent = Agent(backend, MarketplaceClient(arguments.url, arguments.key), config)
+    agent = Agent(backend, client, config)
     try:
         agent.run(iterations=arguments.iterations)
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 import json
 import logging
 import urllib.error
+import urllib.parse
 import urllib.request
 
 logger = logging.getLogger(__name__)
@@ -13,11 +14,19 @@ class TransientError(Exception):
 
 
 class RejectedError(Exception):
-    """The marketplace rejected the request (4xx other than 408 and 429); retrying the same data will not help."""
+    """The marketplace rejected the data (400, 413, 422); retrying the same data will not help."""
+
+
+class ConfigurationError(TransientError):
+    """The key or URL is wrong (401, 403, 404): nothing is dropped, the agent retries until an operator fixes it."""
 
 
 class MarketplaceClient:
     def __init__(self, base_url: str, key: str, *, timeout_seconds: float = 10.0):
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"{base_url!r} is not an http(s) URL; pass the marketplace's address, such as "
+                             f"https://marketplace.example.com.")
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.timeout_seconds = timeout_seconds
@@ -39,9 +48,11 @@ class MarketplaceClient:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as error:
             detail = _detail(error)
-            if error.code in (408, 429) or error.code >= 500:
-                raise TransientError(f"HTTP {error.code} from {path}: {detail}") from error
-            raise RejectedError(f"HTTP {error.code} from {path}: {detail}") from error
+            if error.code in (401, 403, 404):
+                raise ConfigurationError(f"HTTP {error.code} from {path}: {detail} Check --url and --key.") from error
+            if error.code in (400, 413, 422):
+                raise RejectedError(f"HTTP {error.code} from {path}: {detail}") from error
+            raise TransientError(f"HTTP {error.code} from {path}: {detail}") from error
         except (urllib.error.URLError, OSError, ValueError) as error:
             raise TransientError(f"{path} failed: {error}") from error
 

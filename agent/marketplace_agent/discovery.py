@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 import subprocess
+import uuid as uuid_module
 import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,11 +194,22 @@ class FakeBackend:
 
     name = "fake"
 
-    def __init__(self, path: Path, uuids: list[str] | None = None):
+    def __init__(self, path: Path, uuids: list[str] | None = None, *, uuid_seed: str | None = None):
         try:
             recording = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as error:
-            raise DiscoveryError(f"Cannot read the recording {path}: {error}") from error
+            if not uuids and uuid_seed:
+                # Each node replaying the same recording gets its own GPU UUIDs, stable across restarts.
+                uuids = [f"GPU-{uuid_module.uuid5(uuid_module.NAMESPACE_URL, f'marketplace-agent/{uuid_seed}/{index}')}"
+                         for index in range(len(recording["gpus"]))]
+            self._load(recording, uuids)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+            raise DiscoveryError(f"Cannot read the recording {path}: {type(error).__name__}: {error}. A recording "
+                                 f"is a JSON object with gpus (index, uuid, model, memory_mib) and a non-empty "
+                                 f"list of readings.") from error
+
+    def _load(self, recording: dict, uuids: list[str] | None) -> None:
+        if not recording.get("readings"):
+            raise ValueError("the recording has no readings")
         if uuids:
             recording["gpus"] = recording["gpus"][:len(uuids)]
         recorded = [gpu["uuid"] for gpu in recording["gpus"]]
@@ -221,10 +233,11 @@ class FakeBackend:
         return next(self._steps)
 
 
-def open_backend(name: str = "auto", *, recording: Path | None = None, uuids: list[str] | None = None):
+def open_backend(name: str = "auto", *, recording: Path | None = None, uuids: list[str] | None = None,
+                 uuid_seed: str | None = None):
     """Return the backend called ``name``; "auto" tries NVML, then nvidia-smi. Raise ``DiscoveryError`` if none works."""
     if name == "fake":
-        return FakeBackend(recording or RECORDINGS / "healthy-8gpu.json", uuids)
+        return FakeBackend(recording or RECORDINGS / "healthy-8gpu.json", uuids, uuid_seed=uuid_seed)
     failures = []
     for candidate in ((NvmlBackend, NvidiaSmiBackend) if name == "auto" else
                       (NvmlBackend,) if name == "nvml" else (NvidiaSmiBackend,)):

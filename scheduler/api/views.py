@@ -1,7 +1,5 @@
 """Agent, decision, priority class and queue endpoints; each view parses, calls a service and renders."""
 
-from datetime import datetime, timedelta, timezone as dt_timezone
-
 import django_filters
 from django import forms
 from django.utils import timezone
@@ -16,7 +14,7 @@ from allocation.models import GpuShare
 from marketplace.api.serializers import problem_responses
 from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound
 from providers.heartbeat_queue import heartbeat_enqueue, queue_enabled
-from providers.metering import invoice
+from providers.metering import invoice, month_bounds
 from providers.models import UsageEntry
 from providers.tasks import ingest_heartbeats_task
 from providers.telemetry import heartbeats_ingest, node_register
@@ -218,13 +216,13 @@ class InvoiceView(APIView):
     def get(self, request: Request) -> Response:
         customer = customer_of(request)
         _check_list_parameters(request, frozenset({"month"}))
-        month = request.query_params.get("month") or timezone.now().strftime("%Y-%m")
-        try:
-            start = datetime.strptime(month, "%Y-%m").replace(tzinfo=dt_timezone.utc)
-        except ValueError:
-            raise InvalidRequest(f"month {month[:20]!r} is not a month; use the form 2026-05.",
-                                 errors=[FieldProblem("month", "Use the form YYYY-MM.", "invalid")]) from None
-        end = (start + timedelta(days=32)).replace(day=1)
+        months = request.query_params.getlist("month")
+        month = months[0] if months else timezone.now().strftime("%Y-%m")
+        bounds = month_bounds(month) if len(months) <= 1 else None
+        if bounds is None:
+            raise InvalidRequest(f"month {month[:20]!r} is not one month; send one, of the form 2026-05.",
+                                 errors=[FieldProblem("month", "Use one month of the form YYYY-MM.", "invalid")])
+        start, end = bounds
         statement = invoice(customer_id=customer.pk, start=start, end=end)
         lines = (UsageEntry.objects.filter(customer=customer, stopped_at__gte=start, stopped_at__lt=end)
                  .order_by("stopped_at", "id"))

@@ -141,3 +141,43 @@ def test_agent_command_without_a_key_explains_how_to_get_one():
 
     assert completed.returncode == 2
     assert "--key" in completed.stderr
+
+
+@pytest.mark.parametrize("content", ["[]", '{"gpus": []}', '{"gpus": [{"index": 0}], "readings": [[]]}',
+                                     '{"gpus": [], "readings": []}'])
+def test_malformed_recording_is_a_discovery_error(tmp_path, content):
+    from marketplace_agent.discovery import DiscoveryError
+
+    path = tmp_path / "recording.json"
+    path.write_text(content)
+
+    with pytest.raises(DiscoveryError):
+        FakeBackend(path)
+
+
+def test_fake_gpus_differ_per_node_key():
+    first = FakeBackend(RECORDINGS / "healthy-8gpu.json", uuid_seed="aaa").inventory()
+    second = FakeBackend(RECORDINGS / "healthy-8gpu.json", uuid_seed="bbb").inventory()
+
+    assert not {gpu.uuid for gpu in first.gpus} & {gpu.uuid for gpu in second.gpus}
+
+
+class WrongKeyClient(FlakyClient):
+    def register(self, inventory, agent_version):
+        from marketplace_agent.client import ConfigurationError
+
+        raise ConfigurationError("HTTP 401")
+
+
+def test_wrong_key_keeps_the_buffered_readings():
+    agent = run_agent(WrongKeyClient(), iterations=4, buffer_size=10)
+
+    assert len(agent.buffer) == 4
+
+
+@pytest.mark.parametrize("arguments", [["--url", "127.0.0.1:8000"], ["--interval", "inf"], ["--interval", "nan"]])
+def test_bad_command_line_values_exit_with_2(arguments):
+    completed = subprocess.run([sys.executable, "-m", "marketplace_agent.cli", "--backend", "fake", "--key",
+                                "mpn_a_b", *arguments], capture_output=True, text=True, timeout=30)
+
+    assert completed.returncode == 2

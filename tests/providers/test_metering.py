@@ -109,3 +109,8 @@ def test_customer_reads_the_monthly_invoice(api, customer, priced_node):
     assert body["gpu_hours"] == "2.000000"
     assert api.get("/api/v1/invoices/?month=June").status_code == 400
     assert api.get("/api/v1/invoices/?monthly=1").status_code == 400
+
+
+@pytest.mark.parametrize("query", ["month=9999-12", "month=2026-1", "month=2026-05&month=2026-06"])
+def test_invoice_month_must_be_one_valid_month(api, query):
+    assert api.get(f"/api/v1/invoices/?{query}").status_code == 400

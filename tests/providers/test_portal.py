@@ -136,3 +136,25 @@ def test_payouts_report_is_csv_with_a_total(provider_client, t4_node):
     assert lines[0].startswith("reservation,node,started_at")
     assert lines[-1].startswith("total,")
     assert provider_client.get("/provider/payouts.csv?month=May").status_code == 400
+
+
+@pytest.mark.parametrize("price", ["1e3", "-0", "1_000", "١٢", "10000"])
+def test_price_must_be_plain_digits(provider_client, t4_node, price):
+    assert provider_client.post(f"/provider/nodes/{t4_node.pk}/price/", {"price": price}).status_code == 400
+
+
+@pytest.mark.parametrize("fields", [
+    {"start_at": "2030-02-30T10:00", "end_at": "2030-03-01T10:00"},
+    {"start_at": "2030-01-01T25:00", "end_at": "2030-01-02T10:00"},
+    {"start_at": "2030-01-01T10:00", "end_at": "2030-01-01T12:00", "reason": "a\x00b"},
+])
+def test_bad_maintenance_input_is_a_400(provider_client, t4_node, fields):
+    response = provider_client.post("/provider/maintenance/", {"node": t4_node.pk, **fields})
+
+    assert response.status_code == 400
+    assert not MaintenanceWindow.objects.exists()
+
+
+@pytest.mark.parametrize("month", ["9999-12", "2026-1", "2026-13"])
+def test_payouts_month_out_of_range_is_a_400(provider_client, month):
+    assert provider_client.get(f"/provider/payouts.csv?month={month}").status_code == 400

@@ -270,3 +270,81 @@ def test_queued_heartbeats_are_stored_in_batches(t4_node, settings):
     assert GpuReading.objects.count() == 6
     t4_node.refresh_from_db()
     assert t4_node.health == "healthy"
+
+
+def test_gpu_of_another_node_is_refused_by_name(t4_node, region):
+    other = NodeFactory(hostname="t4-other", gpu_model=gpu_model("T4"), gpu_count=2, region=region)
+    register(agent(t4_node), uuids_of(t4_node))
+
+    response = agent(other).post("/api/v1/agent/register/", inventory(uuids_of(t4_node)[:1]), format="json")
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "gpus.0.uuid"
+
+
+def test_registration_needs_at_least_one_gpu(t4_node):
+    response = agent(t4_node).post("/api/v1/agent/register/", {"agent_version": "1", "gpus": []}, format="json")
+
+    assert response.status_code == 400
+    t4_node.refresh_from_db()
+    assert t4_node.gpu_count == 2
+
+
+def test_undiscovered_listed_gpus_are_retired(t4_node):
+    summary = register(agent(t4_node), uuids_of(t4_node)[:1])
+
+    assert summary["retired"] == 1
+    t4_node.refresh_from_db()
+    assert t4_node.gpu_count == 1
+
+
+def test_do_not_migrate_work_still_leaves_a_retired_gpu(customer, t4_node, region):
+    spare = NodeFactory(hostname="t4-spare", gpu_model=gpu_model("T4"), gpu_count=2, region=region)
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    now = timezone.now()
+    pinned = reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
+        end_at=now + timedelta(hours=2), do_not_migrate=True))
+    used = str(pinned.allocation.shares.get().gpu.uuid)
+
+    register(client, [uuid for uuid in uuids if uuid != used])
+
+    migration = Migration.objects.get(reservation=pinned)
+    assert migration.to_node == spare
+    assert migration.kind == Migration.Kind.GPU_RETIRED
+
+
+def test_work_on_a_retired_gpu_fails_when_nowhere_else_fits(customer, t4_node):
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    now = timezone.now()
+    reservation = reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
+        end_at=now + timedelta(hours=2)))
+    used = str(reservation.allocation.shares.get().gpu.uuid)
+
+    register(client, [uuid for uuid in uuids if uuid != used])
+
+    reservation.refresh_from_db()
+    assert reservation.status == ReservationStatus.FAILED
+
+
+@pytest.mark.parametrize("at", ["1970-01-01T00:00:00Z", "8999-01-01T00:00:00Z"])
+def test_readings_from_a_wrong_clock_are_refused(t4_node, at):
+    uuid = uuids_of(t4_node)[0]
+    body = {"snapshots": [{"at": at, "gpus": [{"uuid": f"GPU-{uuid}", "temperature_c": 50}]}]}
+
+    response = agent(t4_node).post("/api/v1/agent/heartbeats/", body, format="json")
+
+    assert response.status_code == 400
+    assert not GpuReading.objects.exists()
+
+
+def test_same_gpu_twice_in_a_snapshot_is_refused(t4_node):
+    uuid = uuids_of(t4_node)[0]
+    body = {"snapshots": [{"at": timezone.now().isoformat(), "gpus": [{"uuid": f"GPU-{uuid}"}, {"uuid": uuid}]}]}
+
+    assert agent(t4_node).post("/api/v1/agent/heartbeats/", body, format="json").status_code == 400

@@ -40,7 +40,7 @@ def test_agent_gets_the_active_work_on_its_node(running, t4_node):
     rows = assignments(agent(t4_node))
 
     assert [(row["reservation"], row["action"]) for row in rows] == [(running.pk, "start")]
-    assert rows[0]["gpu_uuids"] == [str(running.allocation.shares.get().gpu.uuid)]
+    assert rows[0]["gpu_uuids"] == [f"GPU-{running.allocation.shares.get().gpu.uuid}"]
 
 
 def test_exit_zero_completes_the_reservation_and_frees_the_rest(running, t4_node):
