@@ -42,8 +42,8 @@ class RegionAdmin(admin.ModelAdmin):
 class GpuInline(admin.TabularInline):
     model = Gpu
     extra = 0
-    fields = ["index", "uuid", "model_name", "health", "health_score", "health_reasons", "last_reading_at", "retired_at"]
-    readonly_fields = ["index", "uuid", "model_name", "health_score", "health_reasons", "last_reading_at",
+    fields = ["index", "uuid", "model_name", "health", "health_score", "health_reasons", "first_reading_at", "retired_at"]
+    readonly_fields = ["index", "uuid", "model_name", "health_score", "health_reasons", "first_reading_at",
                        "retired_at"]
     can_delete = False
 
@@ -63,7 +63,7 @@ class NodeAdmin(admin.ModelAdmin):
 
 @admin.register(Gpu)
 class GpuAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "uuid", "health", "health_score", "last_reading_at", "node"]
+    list_display = ["__str__", "uuid", "health", "health_score", "first_reading_at", "node"]
     list_filter = ["health", "node__gpu_model"]
     search_fields = ["uuid", "node__hostname"]
     list_select_related = ["node"]

@@ -168,7 +168,9 @@ class Gpu(models.Model):
     probation_until = models.DateTimeField(
         null=True, blank=True, help_text="A GPU that recovered stays out of placement until then.",
     )
-    last_reading_at = models.DateTimeField(null=True, blank=True)
+    first_reading_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the GPU first reported; a listed GPU that never reported can be adopted.",
+    )
     retired_at = models.DateTimeField(null=True, blank=True, help_text="When the GPU disappeared from discovery.")
 
     class Meta:

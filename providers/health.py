@@ -47,8 +47,8 @@ def apply_readings(*, gpus: dict, latest: dict, nodes: list[Node], now: datetime
                                                            probation_until=gpu.probation_until, now=now,
                                                            probation=probation)
         values = {"health": state, "probation_until": until, "health_reasons": reasons, "health_score": observed.score}
-        if gpu.last_reading_at is None:
-            values["last_reading_at"] = at
+        if gpu.first_reading_at is None:
+            values["first_reading_at"] = at
         if any(getattr(gpu, field) != value for field, value in values.items()):
             if state != gpu.health:
                 changes += 1

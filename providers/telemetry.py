@@ -51,7 +51,7 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
             gpu = by_uuid.get(uuid)
             if gpu is None:
                 placeholder = by_index.get(item["index"])
-                if placeholder is not None and placeholder.last_reading_at is None and placeholder.pk not in seen:
+                if placeholder is not None and placeholder.first_reading_at is None and placeholder.pk not in seen:
                     gpu, adopted = placeholder, adopted + 1
                     gpu.uuid = uuid
                 else:
