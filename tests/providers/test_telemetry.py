@@ -36,6 +36,14 @@ def snapshot(uuids: list[str], **reading) -> dict:
             "gpus": [{"uuid": f"GPU-{uuid}", "temperature_c": 55, "utilization_pct": 40, **reading} for uuid in uuids]}
 
 
+def book(customer, *, gpus: int = 1, hours: int = 2, do_not_migrate: bool = False):
+    """Reserve whole GPUs from now for ``hours``."""
+    now = timezone.now()
+    return reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=gpus, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
+        end_at=now + timedelta(hours=hours), do_not_migrate=do_not_migrate))
+
+
 def uuids_of(node) -> list[str]:
     return [str(uuid) for uuid in node.gpus.order_by("index").values_list("uuid", flat=True)]
 
@@ -89,13 +97,8 @@ def test_failing_gpu_leaves_placement(customer, t4_node):
     failed = Gpu.objects.get(uuid=uuids[0])
     assert failed.health == Gpu.Health.FAILED
     assert "fallen off the bus" in failed.health_reasons[0]
-    now = timezone.now()
-    two = reservation_create(customer=customer, spec=ReservationSpec(
-        gpu_count=2, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
-        end_at=now + timedelta(hours=1)))
-    one = reservation_create(customer=customer, spec=ReservationSpec(
-        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
-        end_at=now + timedelta(hours=1)))
+    two = book(customer, gpus=2, hours=1)
+    one = book(customer, gpus=1, hours=1)
     assert two.status == ReservationStatus.REJECTED
     assert one.allocation.shares.get().gpu.uuid != failed.uuid
 
@@ -121,9 +124,7 @@ def test_missed_heartbeats_make_the_node_unknown_and_move_nothing(customer, t4_n
     register(client, uuids)
     beat(client, uuids)
     now = timezone.now()
-    reservation = reservation_create(customer=customer, spec=ReservationSpec(
-        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
-        end_at=now + timedelta(hours=1)))
+    reservation = book(customer, gpus=1, hours=1)
 
     assert heartbeats_check(now=now + timedelta(minutes=5)) == 1
     assert heartbeats_check(now=now + timedelta(minutes=6)) == 0
@@ -142,9 +143,7 @@ def test_unhealthy_node_drains_after_the_threshold(customer, t4_node, region):
     uuids = uuids_of(t4_node)
     register(client, uuids)
     now = timezone.now()
-    reservation = reservation_create(customer=customer, spec=ReservationSpec(
-        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
-        end_at=now + timedelta(hours=2)))
+    reservation = book(customer, gpus=1, hours=2)
     beat(client, uuids, temperature_c=99)
     t4_node.refresh_from_db()
     assert t4_node.health == "unhealthy"
@@ -163,9 +162,7 @@ def test_unhealthy_node_with_many_reservations_waits_for_an_admin(customer, t4_n
     uuids = uuids_of(t4_node)
     register(client, uuids)
     now = timezone.now()
-    reservation_create(customer=customer, spec=ReservationSpec(
-        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
-        end_at=now + timedelta(hours=2)))
+    book(customer)
     beat(client, uuids, temperature_c=99)
 
     summary = unhealthy_nodes_drain(now=now + timedelta(minutes=11))
@@ -183,10 +180,7 @@ def test_gpu_missing_from_discovery_is_retired_and_its_work_moves(customer, t4_n
     uuids = uuids_of(t4_node)
     register(client, uuids)
     beat(client, uuids)
-    now = timezone.now()
-    reservation = reservation_create(customer=customer, spec=ReservationSpec(
-        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
-        end_at=now + timedelta(hours=2)))
+    reservation = book(customer, gpus=1, hours=2)
     used = str(reservation.allocation.shares.get().gpu.uuid)
 
     summary = register(client, [uuid for uuid in uuids if uuid != used])
@@ -303,10 +297,7 @@ def test_do_not_migrate_work_still_leaves_a_retired_gpu(customer, t4_node, regio
     client = agent(t4_node)
     uuids = uuids_of(t4_node)
     register(client, uuids)
-    now = timezone.now()
-    pinned = reservation_create(customer=customer, spec=ReservationSpec(
-        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
-        end_at=now + timedelta(hours=2), do_not_migrate=True))
+    pinned = book(customer, gpus=1, hours=2, do_not_migrate=True)
     used = str(pinned.allocation.shares.get().gpu.uuid)
 
     register(client, [uuid for uuid in uuids if uuid != used])
@@ -320,10 +311,7 @@ def test_work_on_a_retired_gpu_fails_when_nowhere_else_fits(customer, t4_node):
     client = agent(t4_node)
     uuids = uuids_of(t4_node)
     register(client, uuids)
-    now = timezone.now()
-    reservation = reservation_create(customer=customer, spec=ReservationSpec(
-        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0, start_at=now,
-        end_at=now + timedelta(hours=2)))
+    reservation = book(customer, gpus=1, hours=2)
     used = str(reservation.allocation.shares.get().gpu.uuid)
 
     register(client, [uuid for uuid in uuids if uuid != used])
