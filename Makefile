@@ -8,7 +8,7 @@ PORT ?= 8000
 # sets: an empty value wins over .env, and the settings treat it as unset.
 DEMO_ENV := env DATABASE_URL= REDIS_URL=
 
-.PHONY: install demo test bench bench-api bench-forecast bench-placement bench-scheduler bench-heartbeats serve clean
+.PHONY: install demo test up down bench bench-api bench-forecast bench-placement bench-scheduler bench-heartbeats serve clean
 
 $(VENV)/.installed: pyproject.toml agent/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,28 @@ serve: install
 
 test: install
 	$(BIN)/pytest
+
+# The deployment shape on this machine: gunicorn, two Celery workers and beat against PostgreSQL and
+# Redis (the local servers unless DATABASE_URL and REDIS_URL name others), with debug off.
+UP_ENV := env DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/marketplace} \
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} DEBUG=false SECURE_SSL_REDIRECT=false SECURE_COOKIES=false \
+	SECRET_KEY=$$(cat var/secret_key)
+
+up: install
+	mkdir -p var
+	test -s var/secret_key || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(50))" > var/secret_key
+	$(UP_ENV) $(BIN)/python bin/ensure_database.py
+	$(UP_ENV) $(BIN)/python manage.py migrate --noinput
+	$(UP_ENV) $(BIN)/python manage.py collectstatic --noinput -v 0
+	$(UP_ENV) HOST=$(HOST) PORT=$(PORT) bin/up || test $$? -eq 143
+
+# Stops exactly the processes that `make up` started: honcho passes the signal on to each of them.
+down:
+	@if test -s var/up.pid && kill -0 $$(cat var/up.pid) 2>/dev/null; then \
+		kill -TERM $$(cat var/up.pid); \
+		for i in $$(seq 1 60); do kill -0 $$(cat var/up.pid) 2>/dev/null || break; sleep 0.5; done; \
+		rm -f var/up.pid; echo "Stopped."; \
+	else echo "Nothing to stop: no stack started by make up is running."; rm -f var/up.pid; fi
 
 bench: install
 	$(DEMO_ENV) $(BIN)/python -m bench.replay --output docs/benchmarks.md

@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "django_filters",
     "django_htmx",
     "django_celery_beat",
+    "health_check",
     "marketplace",
     "allocation",
     "capacity",
@@ -44,6 +45,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "marketplace.middleware.RejectNulCharactersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -124,7 +126,20 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "marketplace.api.parsers.JSONOnlyNegotiation",
     "URL_FORMAT_OVERRIDE": None,
+    # Requests per caller and minute; over the rate the API answers 429 with Retry-After. Agents are
+    # counted per node key, customers per user, anonymous callers per address.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "marketplace.api.throttling.AgentRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "agent": env.str("THROTTLE_AGENT_RATE", default="600/minute"),
+        "user": env.str("THROTTLE_USER_RATE", default="6000/minute"),
+        "anon": env.str("THROTTLE_ANON_RATE", default="300/minute"),
+    },
 }
+
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "GPU marketplace API",
@@ -148,6 +163,25 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=30 * 60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}
 CELERY_TIMEZONE = "UTC"
+
+# Throttle counters and other short-lived values: Redis when configured, so every web process
+# shares them; otherwise memory of the one demo process.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="marketplace")}}
+
+# Production (DEBUG off): HTTPS only, secure cookies, HSTS. TLS may end at a proxy that sets
+# X-Forwarded-Proto; SECURE_SSL_REDIRECT=false leaves redirects to it.
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    # Only a local stack served over plain HTTP (make up) turns secure cookies off.
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=True)
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    X_FRAME_OPTIONS = "DENY"
 # Beat keeps its schedule in the database (django-celery-beat); the entries below are synced into it.
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {

@@ -6,6 +6,7 @@ from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from marketplace.api.errors import json_not_found
+from marketplace import health
 from marketplace.api.views import PingView
 
 urlpatterns = [
@@ -16,6 +17,8 @@ urlpatterns = [
     path("ops/", include("scheduler.urls")),
     path("provider/", include("providers.urls")),
     path("api/v1/ping/", PingView.as_view(), name="ping"),
+    path("health/live/", health.live, name="health-live"),
+    path("health/ready/", health.ReadinessView.as_view(), name="health-ready"),
     path("api/v1/", include("allocation.api.urls")),
     path("api/v1/", include("scheduler.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

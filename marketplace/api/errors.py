@@ -6,6 +6,7 @@ it) and ``code`` (stable, machine-readable); input errors add ``errors``, a list
 """
 
 import logging
+import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -90,7 +91,7 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
         if getattr(exc, "auth_header", None):
             headers["WWW-Authenticate"] = exc.auth_header
         if getattr(exc, "wait", None) is not None:
-            headers["Retry-After"] = str(int(exc.wait))
+            headers["Retry-After"] = str(max(1, math.ceil(exc.wait)))
         body = problem(status=exc.status_code, code=code, title=_title(code), detail=detail)
         response = problem_response(body, headers)
         if exc.status_code == 401 and "WWW-Authenticate" not in headers:

@@ -1,0 +1,39 @@
+"""Liveness and readiness endpoints for load balancers and orchestrators.
+
+``/health/live/`` answers 200 while the process serves requests and checks nothing else.
+``/health/ready/`` runs django-health-check's checks: the database, and with ``REDIS_URL`` also
+Redis and a ping of the Celery workers. It answers 503 when one fails, so a load balancer stops
+sending traffic. No check reaches beyond the configured servers.
+"""
+
+import datetime
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+from health_check.checks import Database
+from health_check.contrib.celery import Ping
+from health_check.contrib.redis import Redis
+from health_check.views import HealthCheckView
+from redis.asyncio import Redis as RedisClient
+
+
+@require_GET
+def live(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+class ReadinessView(HealthCheckView):
+    """django-health-check's view with this deployment's checks, answering 503 rather than 500 on failure."""
+
+    def get_checks(self):
+        yield Database()
+        if settings.REDIS_URL:
+            yield Redis(client_factory=lambda: RedisClient.from_url(settings.REDIS_URL))
+            yield Ping(timeout=datetime.timedelta(seconds=2), limit=1)
+
+    async def get(self, request, *args, **kwargs):
+        response = await super().get(request, *args, **kwargs)
+        if response.status_code == 500:
+            response.status_code = 503
+        return response

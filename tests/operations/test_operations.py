@@ -1,0 +1,97 @@
+"""Operations: liveness and readiness, throttling with Retry-After, and the production settings' deploy check."""
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from scheduler.agents import node_credential_issue
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_liveness_needs_nothing(client):
+    response = client.get("/health/live/")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_readiness_checks_the_database(client, settings):
+    settings.REDIS_URL = ""
+
+    response = client.get("/health/ready/?format=json")
+
+    assert response.status_code == 200
+    assert list(response.json()) == ["Database(alias='default')"]
+
+
+@pytest.mark.django_db
+def test_readiness_fails_without_workers(client, settings):
+    if not settings.REDIS_URL:
+        pytest.skip("needs Redis: set REDIS_URL")
+
+    response = client.get("/health/ready/?format=json")
+
+    assert response.status_code == 503
+    assert "OK" not in response.json()[next(name for name in response.json() if name.startswith("Ping"))]
+
+
+@pytest.mark.django_db
+def test_customer_over_the_rate_gets_429_with_retry_after(api, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
+                               "DEFAULT_THROTTLE_RATES": {"agent": "3/minute", "user": "3/minute", "anon": "3/minute"}}
+    from rest_framework.settings import api_settings
+    from rest_framework.throttling import SimpleRateThrottle
+
+    api_settings.reload()
+    SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+    try:
+        statuses = [api.get("/api/v1/reservations/").status_code for _ in range(4)]
+        response = api.get("/api/v1/reservations/")
+    finally:
+        settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK}
+        api_settings.reload()
+        SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+
+    assert statuses[:3] == [200, 200, 200]
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) >= 1
+    assert response.json()["code"] == "throttled"
+
+
+@pytest.mark.django_db
+def test_agents_are_throttled_per_node_key(t4_node, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
+                               "DEFAULT_THROTTLE_RATES": {"agent": "2/minute", "user": "100/minute",
+                                                          "anon": "100/minute"}}
+    from rest_framework.settings import api_settings
+    from rest_framework.throttling import SimpleRateThrottle
+
+    api_settings.reload()
+    SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Node {node_credential_issue(node=t4_node)}")
+    try:
+        statuses = [client.get("/api/v1/agent/assignments/").status_code for _ in range(3)]
+    finally:
+        settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK}
+        api_settings.reload()
+        SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+
+    assert statuses == [200, 200, 429]
+
+
+def test_production_settings_pass_the_deploy_check():
+    environment = {**os.environ, "DEBUG": "false", "SECRET_KEY": secrets.token_urlsafe(50),
+                   "ALLOWED_HOSTS": "marketplace.example.com"}
+    completed = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                               cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=120)
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "no issues" in completed.stdout
