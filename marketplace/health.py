@@ -1,8 +1,8 @@
 """Liveness and readiness endpoints for load balancers and orchestrators.
 
-``/health/live/`` answers 200 while the process serves requests and checks nothing else.
+``/health/live/`` returns 200 while the process serves requests and checks nothing else.
 ``/health/ready/`` runs django-health-check's checks: the database, and with ``REDIS_URL`` also
-Redis and a ping of the Celery workers. It answers 503 when one fails, so a load balancer stops
+Redis and a ping of the Celery workers. It returns 503 when one fails, so a load balancer stops
 sending traffic. No check reaches beyond the configured servers.
 """
 
@@ -24,7 +24,7 @@ def live(request: HttpRequest) -> JsonResponse:
 
 
 class ReadinessView(HealthCheckView):
-    """django-health-check's view with this deployment's checks, answering 503 rather than 500 on failure."""
+    """django-health-check's view with this deployment's checks, returning 503 rather than 500 on failure."""
 
     def get_checks(self):
         yield Database()
