@@ -38,6 +38,7 @@ test: install
 # Redis (the local servers unless DATABASE_URL and REDIS_URL name others), with debug off.
 UP_ENV := env DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/marketplace} \
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} DEBUG=false SECURE_SSL_REDIRECT=false SECURE_COOKIES=false \
+	LOG_FORMAT=$${LOG_FORMAT:-json} \
 	SECRET_KEY=$$(cat var/secret_key)
 
 up: install

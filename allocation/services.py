@@ -15,6 +15,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from marketplace.logs import bind_reservation
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
 from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Node, Organization, Region
 
@@ -132,6 +133,7 @@ def reservation_create(
             currency=settings.MARKETPLACE["DEFAULT_CURRENCY"], status=ReservationStatus.PENDING,
             do_not_migrate=spec.do_not_migrate,
         )
+        bind_reservation(reservation.pk)
         if spec.gpu_models:
             reservation.gpu_models.set(resolved.models)
         _record_event(reservation, from_status="", to_status=ReservationStatus.PENDING, actor=actor, at=now,
@@ -282,6 +284,7 @@ def reservation_place_queued(*, reservation: Reservation, node_id: int, now: dat
     on refusal nothing changes, the reservation stays queued, and the refusal is returned.
     ``reason`` is added to the ``placed`` decision.
     """
+    bind_reservation(reservation.pk)
     workload = reservation.workload
     models = list(reservation.gpu_models.all()) or list(GpuModel.objects.all())
     spec = ReservationSpec(

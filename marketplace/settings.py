@@ -8,6 +8,8 @@ from pathlib import Path
 
 import environ
 
+from marketplace.logs import configure_structlog, formatter
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -46,6 +48,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "marketplace.logs.RequestIdMiddleware",
     "marketplace.middleware.RejectNulCharactersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -287,11 +290,12 @@ MARKETPLACE = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # One structlog formatter for every record: JSON lines with LOG_FORMAT=json, key=value text otherwise.
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "structured": formatter(json_lines=env.str("LOG_FORMAT", default="text") == "json"),
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": "structured"},
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
     "loggers": {
@@ -302,3 +306,5 @@ LOGGING = {
         "providers": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
     },
 }
+
+configure_structlog()
