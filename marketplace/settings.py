@@ -166,6 +166,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=30 * 60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}
 CELERY_TIMEZONE = "UTC"
+# Workers log through LOGGING below (structlog), not through Celery's own root handler.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Throttle counters and other short-lived values: Redis when configured, so every web process
 # shares them; otherwise memory of the one demo process.
@@ -304,6 +306,7 @@ LOGGING = {
         "capacity": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "scheduler": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "providers": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
+        "celery": {"level": env.str("CELERY_LOG_LEVEL", default="INFO")},
     },
 }
 
