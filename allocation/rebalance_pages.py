@@ -4,13 +4,13 @@ import logging
 
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
 from marketplace.exceptions import MarketplaceError
+from marketplace.permissions import require_permission
 
 from .models import RebalancePlan, SolverRun
 from .rebalancing import rebalance_decide, rebalance_propose
@@ -24,7 +24,7 @@ RUNS_SHOWN = 10
 @require_GET
 @staff_member_required
 def rebalancing_page(request: HttpRequest) -> HttpResponse:
-    _require(request, "allocation.view_rebalanceplan", "Seeing rebalancing plans needs the 'view rebalance plan' permission.")
+    require_permission(request, "allocation.view_rebalanceplan", "Seeing rebalancing plans needs the 'view rebalance plan' permission.")
     return render(request, "rebalancing/page.html", _context())
 
 
@@ -32,7 +32,7 @@ def rebalancing_page(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def rebalancing_propose(request: HttpRequest) -> HttpResponse:
     """Run the planner now and show the refreshed plans."""
-    _require(request, "allocation.add_rebalanceplan", "Proposing a plan needs the 'add rebalance plan' permission.")
+    require_permission(request, "allocation.add_rebalanceplan", "Proposing a plan needs the 'add rebalance plan' permission.")
     try:
         plan = rebalance_propose()
     except MarketplaceError as error:
@@ -56,7 +56,7 @@ def rebalancing_propose(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def rebalancing_decide(request: HttpRequest, plan_id: int) -> HttpResponse:
     """Apply or reject one proposed plan; a rejection needs a reason."""
-    _require(request, "allocation.change_rebalanceplan", "Deciding on plans needs the 'change rebalance plan' permission.")
+    require_permission(request, "allocation.change_rebalanceplan", "Deciding on plans needs the 'change rebalance plan' permission.")
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return render(request, "rebalancing/_plans.html", _context(failed="Choose Approve or Reject."), status=400)
@@ -79,10 +79,6 @@ def _database_failed(request: HttpRequest, action: str, error: DatabaseError) ->
     return render(request, "rebalancing/_plans.html", {"messages_failed": [message], "plans": [], "runs": []},
                   status=503)
 
-
-def _require(request: HttpRequest, permission: str, message: str) -> None:
-    if not request.user.has_perm(permission):
-        raise PermissionDenied(message)
 
 
 def _context(*, done: str = "", failed: str = "") -> dict:

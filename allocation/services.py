@@ -236,7 +236,7 @@ def _place(reservation: Reservation, resolved: ResolvedSpec, policy, *, actor, n
 
 def _confirm(reservation: Reservation, allocation: Allocation, policy, *, actor, now: datetime,
              placed_reason: str = "") -> None:
-    """Move a placed reservation to scheduled or active, or to pending approval when its policy says so.
+    """Move a placed reservation to scheduled or active, or to pending approval when its policy requires it.
 
     Records a ``placed`` decision with ``placed_reason`` added to the placement's own note.
     """
@@ -272,7 +272,7 @@ def node_price_cap(price_cap: Decimal | None, price_factor: Decimal) -> Decimal 
 
 
 def interruptible_price_factor() -> Decimal:
-    """The share of a node's price that interruptible reservations pay, from the settings."""
+    """Return the share of a node's price that interruptible reservations pay, from the settings."""
     return Decimal(str(settings.MARKETPLACE["INTERRUPTIBLE_PRICE_FACTOR"]))
 
 

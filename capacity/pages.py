@@ -4,13 +4,13 @@ import logging
 
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from marketplace.exceptions import MarketplaceError
+from marketplace.permissions import require_permission
 
 from .charts import ForecastChart, forecast_svg
 from .models import CapacityPlan, DemandForecast
@@ -48,7 +48,7 @@ def capacity_preview(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def capacity_propose(request: HttpRequest) -> HttpResponse:
     """Save the plan for the posted settings as a proposal and show the refreshed list of plans."""
-    _require(request, "capacity.add_capacityplan", "Proposing a plan needs the 'add capacity plan' permission.")
+    require_permission(request, "capacity.add_capacityplan", "Proposing a plan needs the 'add capacity plan' permission.")
     try:
         plan = capacity_plan_propose(plan_settings=PlanSettings.parse(request.POST), actor=request.user)
     except MarketplaceError as error:
@@ -62,7 +62,7 @@ def capacity_propose(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def capacity_decide(request: HttpRequest, plan_id: int) -> HttpResponse:
     """Approve or reject one proposed plan; a rejection needs a reason."""
-    _require(request, "capacity.change_capacityplan", "Deciding on plans needs the 'change capacity plan' permission.")
+    require_permission(request, "capacity.change_capacityplan", "Deciding on plans needs the 'change capacity plan' permission.")
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return render(request, "capacity/_plans.html", {**_plans_context(), "messages_failed": [
@@ -90,17 +90,13 @@ def capacity_plan_detail(request: HttpRequest, plan_id: int) -> HttpResponse:
 @staff_member_required
 def capacity_refresh(request: HttpRequest) -> HttpResponse:
     """Queue the rollup and forecast refresh. Without a broker (the demo) it runs before the response."""
-    _require(request, "capacity.add_demandforecast", "Refreshing forecasts needs the 'add demand forecast' permission.")
+    require_permission(request, "capacity.add_demandforecast", "Refreshing forecasts needs the 'add demand forecast' permission.")
     result = refresh_capacity_forecasts_task.delay()
     message = ("Forecasts refreshed." if result.ready() else
                "Forecast refresh queued; reload the page in a minute to see the new forecasts.")
     logger.info("Forecast refresh requested by %s: %s", request.user, message)
     return HttpResponse(f'<p class="ok" role="status">{message}</p>')
 
-
-def _require(request: HttpRequest, permission: str, message: str) -> None:
-    if not request.user.has_perm(permission):
-        raise PermissionDenied(message)
 
 
 def _preview_context(plan_settings: PlanSettings) -> dict:

@@ -129,7 +129,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "marketplace.api.parsers.JSONOnlyNegotiation",
     "URL_FORMAT_OVERRIDE": None,
-    # Requests per caller and minute; over the rate the API answers 429 with Retry-After. Agents are
+    # Requests per caller and minute. Over the rate the API returns 429 with Retry-After. Agents are
     # counted per node key, customers per user, anonymous callers per address.
     "DEFAULT_THROTTLE_CLASSES": [
         "marketplace.api.throttling.AgentRateThrottle",
@@ -278,7 +278,7 @@ MARKETPLACE = {
     "UNHEALTHY_DRAIN_AFTER_SECONDS": env.int("UNHEALTHY_DRAIN_AFTER_SECONDS", default=600),
     "DRAIN_APPROVAL_ABOVE_RESERVATIONS": env.int("DRAIN_APPROVAL_ABOVE_RESERVATIONS", default=5),
     "READING_RETENTION_HOURS": env.int("READING_RETENTION_HOURS", default=48),
-    # With Redis, heartbeats wait in a list and are stored in batches of this size (202 answers);
+    # With Redis, heartbeats wait in a list and are stored in batches of this size (202 responses);
     # without it, or with HEARTBEAT_QUEUE=false, each request stores its heartbeat at once (200 with
     # the node's health).
     "HEARTBEAT_QUEUE": env.bool("HEARTBEAT_QUEUE", default=bool(REDIS_URL)),

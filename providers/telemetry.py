@@ -82,12 +82,12 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
 
 def _reject_foreign_uuids(node: Node, gpus: list[dict]) -> None:
     """Raise ``InvalidRequest`` naming each discovered GPU whose UUID another node registered."""
-    wanted = {_uuid(item["uuid"]): position for position, item in enumerate(gpus)}
-    taken = Gpu.objects.filter(uuid__in=list(wanted)).exclude(node=node).values_list("uuid", "node__hostname")
-    problems = [FieldProblem(f"gpus.{wanted[str(uuid)]}.uuid",
+    positions = {_uuid(item["uuid"]): position for position, item in enumerate(gpus)}
+    elsewhere = Gpu.objects.filter(uuid__in=list(positions)).exclude(node=node).values_list("uuid", "node__hostname")
+    problems = [FieldProblem(f"gpus.{positions[str(uuid)]}.uuid",
                              f"GPU {uuid} is registered on node {hostname}; a GPU belongs to one node. Run the agent "
                              f"with this node's own GPUs, or ask an admin to remove it from {hostname}.", "taken")
-                for uuid, hostname in taken]
+                for uuid, hostname in elsewhere]
     if problems:
         raise InvalidRequest("Some discovered GPUs belong to other nodes. " + " ".join(p.message for p in problems),
                              errors=problems)

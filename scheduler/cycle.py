@@ -132,7 +132,7 @@ def fleet_capacity() -> tuple[Fleet, dict[int, tuple[int, int]], np.ndarray]:
 
 
 def running_work(now: datetime, fleet: Fleet, gpu_columns: dict[int, tuple[int, int]]) -> list[Running]:
-    """Return every allocation that holds capacity from ``now`` on, as bookings with their preemption terms.
+    """Return every allocation that uses capacity from ``now`` on, as bookings with their preemption terms.
 
     Migration holds are included and can never be preempted.
     """

@@ -220,7 +220,7 @@ def _switch(migration: Migration, now: datetime) -> bool:
 
 
 def _roll_back(migration: Migration, reason: str, now: datetime) -> None:
-    """Undo what the migration holds and mark it rolled back; runs inside the caller's transaction."""
+    """Delete the migration's hold and mark it rolled back, inside the caller's transaction."""
     hold = migration.hold
     if hold is not None:
         migration.hold = None
@@ -339,7 +339,7 @@ def migration_plan_off_node(*, reservation_id: int, reason: str, now: datetime,
 
 
 def _not_migrated(reservation_id: int, reason: str, now: datetime) -> None:
-    """Record that a reservation stays where it is, unless its latest decision already says the same."""
+    """Record that a reservation stays where it is, unless its latest decision already records the same."""
     latest = Decision.objects.filter(reservation_id=reservation_id).order_by("-at", "-id").first()
     if latest is not None and latest.kind == Decision.Kind.NOT_MIGRATED and latest.reason == reason:
         return

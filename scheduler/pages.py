@@ -3,13 +3,13 @@
 import logging
 
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
 from marketplace.exceptions import MarketplaceError
+from marketplace.permissions import require_permission
 
 from .models import Preemption, SchedulingCycle
 from .preemptions import preemption_approve, preemption_reject
@@ -24,7 +24,7 @@ CYCLES_SHOWN = 10
 @require_GET
 @staff_member_required
 def preemptions_page(request: HttpRequest) -> HttpResponse:
-    _require(request, "scheduler.view_preemption", "Seeing preemptions needs the 'view preemption' permission.")
+    require_permission(request, "scheduler.view_preemption", "Seeing preemptions needs the 'view preemption' permission.")
     return render(request, "preemptions/page.html", _context())
 
 
@@ -32,7 +32,7 @@ def preemptions_page(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def preemptions_list(request: HttpRequest) -> HttpResponse:
     """Render the pending preemptions, history and cycles, which the page polls."""
-    _require(request, "scheduler.view_preemption", "Seeing preemptions needs the 'view preemption' permission.")
+    require_permission(request, "scheduler.view_preemption", "Seeing preemptions needs the 'view preemption' permission.")
     return render(request, "preemptions/_list.html", _context())
 
 
@@ -40,7 +40,7 @@ def preemptions_list(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def preemptions_decide(request: HttpRequest, preemption_id: int) -> HttpResponse:
     """Approve a pending preemption (its grace period starts) or reject it with a reason."""
-    _require(request, "scheduler.change_preemption", "Deciding on preemptions needs the 'change preemption' permission.")
+    require_permission(request, "scheduler.change_preemption", "Deciding on preemptions needs the 'change preemption' permission.")
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return render(request, "preemptions/_list.html", _context(failed="Choose Approve or Reject."), status=400)
@@ -69,14 +69,10 @@ def preemptions_decide(request: HttpRequest, preemption_id: int) -> HttpResponse
 @staff_member_required
 def cycle_now(request: HttpRequest) -> HttpResponse:
     """Ask for a scheduling cycle now (it runs in a worker, or at once without one)."""
-    _require(request, "scheduler.change_preemption", "Running a cycle needs the 'change preemption' permission.")
+    require_permission(request, "scheduler.change_preemption", "Running a cycle needs the 'change preemption' permission.")
     request_cycle("admin")
     return render(request, "preemptions/_list.html", _context(done="A scheduling cycle was requested."))
 
-
-def _require(request: HttpRequest, permission: str, message: str) -> None:
-    if not request.user.has_perm(permission):
-        raise PermissionDenied(message)
 
 
 def _context(*, done: str = "", failed: str = "") -> dict:

@@ -188,7 +188,7 @@ class _Cycle:
         self.decisions: list[WaitingDecision] = []
         self.preemptions: list[PreemptionPlan] = []
         self.order: list[int] = []
-        self.held = 0
+        self.held_windows = 0
         self.batch_choice: dict[int, tuple[int, tuple[int, ...]]] = {}
         self.batch_left_out: set[int] = set()
         self.batch_runs: list[dict] = []
@@ -237,7 +237,7 @@ class _Cycle:
                 return self.wait(item, "preemption_proposed", "Lower-priority work on one node is being "
                                                               "preempted so that this request can start there.")
 
-        if self.held >= config.reserve_depth:
+        if self.held_windows >= config.reserve_depth:
             return self.wait(item, "no_capacity", "No allowed node has this shape free now, and no start time is "
                                                   "known yet: requests ahead of it hold the capacity that frees up.")
         slot = timeline.earliest_start(item.request, allowed, item.duration)
@@ -246,10 +246,10 @@ class _Cycle:
                                                   "known yet: requests ahead of it hold the capacity that frees up.")
         start, row, columns = slot
         if start <= 0:
-            # A node beyond the policy's best few holds it now.
+            # A node beyond the policy's best few can take it now.
             return self.place(item, row, columns)
         timeline.take(row, columns, item.request, start, start + item.duration)
-        self.held += 1
+        self.held_windows += 1
         return self.wait(item, "no_capacity", "No allowed node has this shape free for its whole run time now; a "
                                               "window is held for it from the estimated start.", start)
 
@@ -302,7 +302,7 @@ def _window_fleet(timeline: Timeline, horizon: float) -> Fleet:
 
 
 def _batch_choice(timeline: Timeline, item: Waiting, row: int, columns: tuple[int, ...]) -> tuple[int, tuple] | None:
-    """Return CP-SAT's choice if it still holds ``item`` over its window, else None."""
+    """Return CP-SAT's choice if that node still fits ``item`` over its window, else None."""
     rows = timeline.window(row, 0.0, item.duration)
     request = item.request
     if timeline.cpu_free[rows].min() < request.cpu_millicores or timeline.memory_free[rows].min() < request.memory_mib:
@@ -332,7 +332,7 @@ def allowed_nodes(timeline: Timeline, item: Waiting, masks: dict | None = None) 
 
 
 def _dominated(item: Waiting, allowed: np.ndarray, blocked: list[tuple[PlacementRequest, np.ndarray, float]]) -> bool:
-    """Whether a request that is no smaller, on no more nodes and no shorter, already failed to fit now.
+    """Return whether a request that is no smaller, on no more nodes and no shorter, already failed to fit now.
 
     Capacity only shrinks during a cycle, so such a request cannot fit either.
     """
@@ -348,7 +348,7 @@ def _dominated(item: Waiting, allowed: np.ndarray, blocked: list[tuple[Placement
 
 def _choose_now(timeline: Timeline, state, policy: OnlinePolicy, item: Waiting,
                 allowed: np.ndarray) -> tuple[int, tuple[int, ...]] | None:
-    """Return the policy's best node whose capacity holds the request over its whole window, or None."""
+    """Return the policy's best node where the request fits over its whole window, or None."""
     fleet = timeline.fleet
     rows = fleet.feasible(item.request, allowed)
     if rows.size == 0:

@@ -27,7 +27,7 @@ from .timeline import Booking, Timeline
 
 @dataclass(frozen=True)
 class Running:
-    """Work that holds capacity now, with what the preemption search needs to know about it."""
+    """Work that uses capacity now, with what the preemption search needs to know about it."""
 
     booking: Booking
     organization: int
@@ -66,12 +66,12 @@ class PreemptionPlan:
     explanation: str
 
 
-def eligible_victims(running: Sequence[Running], priority: int, taken: set[int]) -> dict[int, list[Running]]:
+def eligible_victims(running: Sequence[Running], priority: int, already_chosen: set[int]) -> dict[int, list[Running]]:
     """Return, per node row, the work that a request of ``priority`` may preempt, cheapest first."""
     by_row: dict[int, list[Running]] = {}
     for work in running:
         if (work.preemptible and work.priority < priority and work.protected_for <= 0
-                and work.booking.key not in taken and work.booking.start <= 0 and work.booking.end > work.grace):
+                and work.booking.key not in already_chosen and work.booking.start <= 0 and work.booking.end > work.grace):
             by_row.setdefault(work.booking.row, []).append(work)
     for victims in by_row.values():
         victims.sort(key=lambda work: work.cost)
@@ -102,7 +102,7 @@ def find_preemption(timeline: Timeline, key: int, request: PlacementRequest, all
 
 
 def _could_free_enough(timeline: Timeline, row: int, request: PlacementRequest, candidates: list[Running]) -> bool:
-    """A quick upper bound: the node's free capacity now plus every candidate's is enough."""
+    """Return whether the node's free capacity plus every candidate's could be enough (a quick upper bound)."""
     now = timeline.first[row]
     cpu = timeline.cpu_free[now] + sum(work.booking.cpu_millicores for work in candidates)
     memory = timeline.memory_free[now] + sum(work.booking.memory_mib for work in candidates)

@@ -157,7 +157,7 @@ class Timeline:
         return None
 
     def could_ever_fit(self, request: PlacementRequest, allowed_nodes: np.ndarray) -> bool:
-        """Whether some allowed node could hold ``request`` when idle."""
+        """Return whether some allowed node could fit ``request`` when idle."""
         return self.capacity.feasible(request, allowed_nodes).size > 0
 
     def _subtract(self, row: int, columns: Sequence[int], request: PlacementRequest, start: float, end: float) -> None:
