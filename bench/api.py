@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench.invariants import check_invariants
 from bench.report import write_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,45 +35,6 @@ WORKERS = 4
 CLIENTS = 16
 SECONDS = 20
 
-CHECKS = {
-    "gpu_over_1000_milli": """
-        SELECT COUNT(*) FROM (
-            SELECT gpu_id, MAX(running) AS peak FROM (
-                SELECT gpu_id, SUM(delta) OVER (PARTITION BY gpu_id ORDER BY at, delta ROWS UNBOUNDED PRECEDING)
-                       AS running
-                FROM (SELECT gpu_id, start_at AS at, gpu_milli AS delta FROM allocation_gpushare WHERE end_at > start_at
-                      UNION ALL
-                      SELECT gpu_id, end_at, -gpu_milli FROM allocation_gpushare WHERE end_at > start_at) events
-            ) sweep GROUP BY gpu_id
-        ) peaks WHERE peak > 1000""",
-    "node_cpu_or_memory_overcommitted": """
-        SELECT COUNT(*) FROM (
-            SELECT node_id, MAX(cpu) AS cpu, MAX(memory) AS memory FROM (
-                SELECT node_id,
-                       SUM(cpu) OVER (PARTITION BY node_id ORDER BY at, sign ROWS UNBOUNDED PRECEDING) AS cpu,
-                       SUM(memory) OVER (PARTITION BY node_id ORDER BY at, sign ROWS UNBOUNDED PRECEDING) AS memory
-                FROM (SELECT node_id, start_at AS at, 1 AS sign, cpu_millicores AS cpu, memory_mib AS memory
-                      FROM allocation_allocation WHERE end_at > start_at
-                      UNION ALL
-                      SELECT node_id, end_at, -1, -cpu_millicores, -memory_mib
-                      FROM allocation_allocation WHERE end_at > start_at) events
-            ) sweep GROUP BY node_id
-        ) peaks JOIN marketplace_node n ON n.id = peaks.node_id
-        WHERE peaks.cpu > n.cpu_millicores OR peaks.memory > n.memory_mib""",
-    "quota_overrun": """
-        SELECT COUNT(*) FROM (
-            SELECT customer_id, MAX(running) AS peak FROM (
-                SELECT customer_id,
-                       SUM(delta) OVER (PARTITION BY customer_id ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS running
-                FROM (SELECT customer_id, start_at AS at, gpu_milli_total AS delta
-                      FROM allocation_allocation WHERE end_at > start_at
-                      UNION ALL
-                      SELECT customer_id, end_at, -gpu_milli_total
-                      FROM allocation_allocation WHERE end_at > start_at) events
-            ) sweep GROUP BY customer_id
-        ) peaks JOIN allocation_quota q ON q.organization_id = peaks.customer_id AND q.gpu_model_id IS NULL
-        WHERE peaks.peak > q.max_gpu_milli""",
-}
 
 
 def manage(env: dict, *args: str) -> str:
@@ -140,21 +102,6 @@ def run_mix(url: str, tokens_file: Path, mix: str, workdir: Path) -> dict:
     print(f"{mix}: {summary['requests']} requests, {summary['per_second']}/s, p50 {summary['p50_ms']} ms, "
           f"p99 {summary['p99_ms']} ms, statuses {statuses}", file=sys.stderr)
     return summary
-
-
-def check_invariants(database_url: str, placed: list[int], rejected: list[int]) -> dict[str, int]:
-    """Count violations with plain SQL over the tables, independent of the product's code."""
-    found = {}
-    with psycopg.connect(database_url) as connection:
-        for name, sql in CHECKS.items():
-            found[name] = connection.execute(sql).fetchone()[0]
-        found["placed_without_allocation"] = connection.execute(
-            "SELECT COUNT(*) FROM unnest(%s::bigint[]) AS r(id) WHERE NOT EXISTS "
-            "(SELECT 1 FROM allocation_allocation a WHERE a.reservation_id = r.id)", [placed]).fetchone()[0]
-        found["rejected_with_allocation"] = connection.execute(
-            "SELECT COUNT(*) FROM allocation_allocation a WHERE a.reservation_id = ANY(%s::bigint[])",
-            [rejected]).fetchone()[0]
-    return found
 
 
 def render(results: dict) -> str:

@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
+from marketplace.broker import BROKER_ERRORS
 from marketplace.exceptions import MarketplaceError
 from marketplace.permissions import require_permission
 
@@ -91,7 +92,13 @@ def capacity_plan_detail(request: HttpRequest, plan_id: int) -> HttpResponse:
 def capacity_refresh(request: HttpRequest) -> HttpResponse:
     """Queue the rollup and forecast refresh. Without a broker (the demo) it runs before the response."""
     require_permission(request, "capacity.add_demandforecast", "Refreshing forecasts needs the 'add demand forecast' permission.")
-    result = refresh_capacity_forecasts_task.delay()
+    try:
+        result = refresh_capacity_forecasts_task.delay()
+    except BROKER_ERRORS as error:
+        logger.warning("Forecast refresh requested by %s could not be queued: %s", request.user, error)
+        return HttpResponse('<p class="error" role="alert">The task broker (Redis) is unavailable, so the refresh '
+                            'was not queued. Retry in a minute; the daily refresh also runs on its own.</p>',
+                            status=503, headers={"Retry-After": "60"})
     message = ("Forecasts refreshed." if result.ready() else
                "Forecast refresh queued; reload the page in a minute to see the new forecasts.")
     logger.info("Forecast refresh requested by %s: %s", request.user, message)

@@ -1,11 +1,12 @@
-"""Middleware that rejects requests no view should see."""
+"""Middleware that rejects requests no view should see, and turns a lost database into a retryable 503."""
 
 import logging
 from urllib.parse import unquote
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 
-from marketplace.api.errors import PROBLEM_CONTENT_TYPE, problem
+from marketplace.api.errors import PROBLEM_CONTENT_TYPE, RETRY_AFTER_SECONDS, problem
 
 logger = logging.getLogger(__name__)
 
@@ -26,3 +27,30 @@ class RejectNulCharactersMiddleware:
                 return JsonResponse(body, status=400, content_type=PROBLEM_CONTENT_TYPE)
             return HttpResponse(detail, status=400, content_type="text/plain")
         return self.get_response(request)
+
+
+class DatabaseUnavailableMiddleware:
+    """Answer 503 with Retry-After when a view loses the database (a restart or failover), instead of 500.
+
+    The view's transaction was rolled back, so the caller may retry; API paths get problem details.
+    Django drops the broken connection at the end of the request and the next request reconnects.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, (OperationalError, InterfaceError)):
+            return None
+        logger.error("Database unavailable during %s %s: %s", request.method, request.path[:200], exception)
+        detail = "The database is unavailable and nothing was saved. Retry in a few seconds."
+        if request.path.startswith("/api/"):
+            body = problem(status=503, code="service_unavailable", title="Service unavailable", detail=detail)
+            response = JsonResponse(body, status=503, content_type=PROBLEM_CONTENT_TYPE)
+        else:
+            response = HttpResponse(f'<p class="error" role="alert">{detail}</p>', status=503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response

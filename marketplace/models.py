@@ -262,3 +262,31 @@ class GpuHealthEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.gpu_id}: {self.from_state} -> {self.to_state}"
+
+
+class TaskDelivery(models.Model):
+    """One Celery task message by its task id, so a second delivery of the same message runs nothing.
+
+    Redis redelivers a message whose worker died before acknowledging it, and may deliver one twice
+    when a task outlives the visibility timeout. ``marketplace.task_ledger`` records each delivery
+    here: a message whose run succeeded is skipped, and a run that died is taken over.
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    task_id = models.CharField(max_length=64, unique=True)
+    task_name = models.CharField(max_length=128)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    attempts = models.PositiveSmallIntegerField(default=1, help_text="Deliveries that started the task.")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "task deliveries"
+        indexes = [models.Index(fields=["started_at"], name="task_delivery_started")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} {self.task_id} ({self.status})"

@@ -50,6 +50,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "marketplace.logs.RequestIdMiddleware",
     "marketplace.middleware.RejectNulCharactersMiddleware",
+    "marketplace.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -85,6 +86,8 @@ SQLITE_PATH = Path(env.str("SQLITE_PATH", default=str(VAR_DIR / "marketplace.sql
 if env.str("DATABASE_URL", default=""):
     DATABASES = {"default": env.db_url("DATABASE_URL")}
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=0))
+    # A kept connection is checked before reuse, so a PostgreSQL restart costs one request, not one per process.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES = {
         "default": {
@@ -157,6 +160,8 @@ SPECTACULAR_SETTINGS = {
 # Celery: Redis when REDIS_URL is set; otherwise tasks run eagerly so the demo needs no broker.
 REDIS_URL = env.str("REDIS_URL", default="")
 CELERY_BROKER_URL = REDIS_URL or "memory://"
+# Redis, with workers that reconnect instead of exiting when Redis goes away mid-task (see the module).
+CELERY_BROKER_TRANSPORT = "marketplace.broker_transport:Transport" if REDIS_URL else None
 CELERY_RESULT_BACKEND = REDIS_URL or None
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -164,16 +169,33 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=30 * 60)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}
+# A message whose worker died without acknowledging it (SIGKILL, a lost machine) is delivered again once the
+# visibility timeout passes, so it must be longer than the longest task. Workers look for such messages every
+# restore interval.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=CELERY_TASK_TIME_LIMIT * 2),
+    "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": 2,
+}
+# Sending a task while Redis is down gives up after about a second; callers log it and beat catches up.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.3, "interval_max": 0.5}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 # Workers log through LOGGING below (structlog), not through Celery's own root handler.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Throttle counters and other short-lived values: Redis when configured, so every web process
 # shares them; otherwise memory of the one demo process.
+# django-redis ignores a Redis outage (logged): throttling lets requests through instead of failing them.
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                          "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="marketplace")}}
+    CACHES = {"default": {
+        "BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="marketplace"),
+        "OPTIONS": {"IGNORE_EXCEPTIONS": True, "SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+    }}
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+    DJANGO_REDIS_LOGGER = "marketplace.cache"
 
 # Production (DEBUG off): HTTPS only, secure cookies, HSTS. TLS may end at a proxy that sets
 # X-Forwarded-Proto; SECURE_SSL_REDIRECT=false leaves redirects to it.
@@ -205,6 +227,7 @@ CELERY_BEAT_SCHEDULE = {
     "ingest-heartbeats": {"task": "providers.ingest_heartbeats", "schedule": 5.0},
     "close-open-assignments": {"task": "providers.close_open_assignments", "schedule": 300.0},
     "fit-failure-risk": {"task": "providers.fit_failure_risk", "schedule": 24 * 3600.0},
+    "purge-task-deliveries": {"task": "marketplace.purge_task_deliveries", "schedule": 3600.0},
 }
 
 # Business settings of the marketplace, in one namespace.
@@ -285,6 +308,8 @@ MARKETPLACE = {
     "HEARTBEAT_BATCH": env.int("HEARTBEAT_BATCH", default=500),
     # The marketplace's share of metered usage; providers earn the rest.
     "PLATFORM_FEE_RATE": env.float("PLATFORM_FEE_RATE", default=0.10),
+    # Hours a task delivery record is kept, so a redelivered message is recognised; longer than the visibility timeout.
+    "TASK_DELIVERY_RETENTION_HOURS": env.int("TASK_DELIVERY_RETENTION_HOURS", default=48),
     # Days of GPU health history the daily failure-risk fit learns from.
     "RISK_HISTORY_DAYS": env.int("RISK_HISTORY_DAYS", default=30),
 }

@@ -39,7 +39,7 @@ def apply_readings(*, gpus: dict, latest: dict, nodes: list[Node], now: datetime
     probation = timedelta(seconds=settings.MARKETPLACE["PROBATION_SECONDS"])
     by_id = {gpu.pk: gpu for gpu in gpus.values()}
     changed_nodes, changes = set(), 0
-    for gpu_id, (at, reading, xids) in latest.items():
+    for gpu_id, (at, reading, xids) in sorted(latest.items()):
         gpu = by_id[gpu_id]
         observed = health_rules.evaluate_reading(temperature_c=reading.get("temperature_c"),
                                                  ecc_uncorrected=reading.get("ecc_uncorrected") or 0, xid_events=xids)

@@ -34,7 +34,8 @@ def queue_enabled() -> bool:
 def _redis() -> redis.Redis:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL)
+        # Short timeouts: while Redis is down the endpoint falls back to storing heartbeats directly.
+        _client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=2)
     return _client
 
 

@@ -145,6 +145,9 @@ def heartbeats_ingest(*, heartbeats: list[tuple[Node, list[dict]]], now: datetim
                     xids = list(reading.get("xid_events") or []) + (previous[2] if previous else [])
                     latest[gpu.pk] = (at, reading, xids)
     with transaction.atomic():
+        # Lock the nodes first, in id order, as a booking does (its node, then that node's GPUs through the share
+        # guard trigger), so ingestion and bookings on the same nodes never wait for each other in a cycle.
+        list(Node.objects.select_for_update().filter(pk__in=set(node_ids)).order_by("pk").values_list("pk", flat=True))
         _insert_readings(rows)
         summary.readings = len(rows)
         summary.health_changes = apply_readings(gpus=gpus, latest=latest, nodes=[node for node, _ in heartbeats],

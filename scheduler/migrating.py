@@ -34,6 +34,7 @@ from allocation.pricing import billed_gpu_milli
 from allocation.selectors import NodeFilter, node_states
 from allocation.placement import placement_rank
 from allocation.solvers import PlacementRequest
+from marketplace.broker import enqueue
 from marketplace.exceptions import InvalidRequest, NotFound
 from marketplace.models import Node, Organization
 
@@ -334,7 +335,8 @@ def migration_plan_off_node(*, reservation_id: int, reason: str, now: datetime,
     from .tasks import advance_migration_task
 
     # The rest of the move runs in a task once the caller's transaction commits.
-    transaction.on_commit(lambda: advance_migration_task.delay(migration.pk))
+    transaction.on_commit(lambda: enqueue(advance_migration_task, args=(migration.pk,),
+                                          reason="the periodic scheduler.advance_migrations"))
     return migration
 
 

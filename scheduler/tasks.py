@@ -5,6 +5,8 @@ import logging
 from celery import shared_task
 from django.db import transaction
 
+from marketplace.broker import enqueue
+
 from .cycle import scheduling_cycle
 from .migrating import migration_advance, open_migrations
 from .preemptions import preemptions_finish
@@ -45,10 +47,5 @@ def advance_migrations_task() -> int:
 
 def request_cycle(trigger: str) -> None:
     """Run a cycle once the current transaction commits (at once when there is none)."""
-    def enqueue() -> None:
-        try:
-            run_cycle_task.delay(trigger=trigger)
-        except Exception as error:  # the broker being down must not fail the request; the periodic cycle catches up
-            logger.warning("Could not enqueue a scheduling cycle (%s): %s", trigger, error)
-
-    transaction.on_commit(enqueue)
+    transaction.on_commit(lambda: enqueue(run_cycle_task, kwargs={"trigger": trigger},
+                                          reason=f"the periodic cycle ({trigger})"))

@@ -12,17 +12,24 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.views.decorators.csrf import csrf_exempt
-from django.db import DataError, IntegrityError, OperationalError
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from psycopg import errors as psycopg_errors
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from marketplace.exceptions import MarketplaceError
 
+# PostgreSQL errors that end a transaction because of a concurrent one; running the request again may succeed.
+TRANSIENT_CONFLICTS = (psycopg_errors.DeadlockDetected, psycopg_errors.SerializationFailure,
+                       psycopg_errors.LockNotAvailable)
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+# Seconds a client should wait before retrying a request that failed because the database was unavailable.
+RETRY_AFTER_SECONDS = 5
 
 _DRF_FIXES = {
     "not_authenticated": "Send the header 'Authorization: Token <your API token>'.",
@@ -121,11 +128,17 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
                        detail="A concurrent change conflicted with this request and nothing was saved. Retry it.")
         return problem_response(body)
 
-    if isinstance(exc, OperationalError):
+    if isinstance(exc, OperationalError) and isinstance(exc.__cause__, TRANSIENT_CONFLICTS):
+        logger.warning("Request %s lost a lock conflict and was rolled back: %s", _describe(context), exc)
+        body = problem(status=409, code="conflict", title="Conflict",
+                       detail="A concurrent change conflicted with this request and nothing was saved. Retry it.")
+        return problem_response(body, {"Retry-After": "1"})
+
+    if isinstance(exc, (OperationalError, InterfaceError)):
         logger.error("Database unavailable during %s: %s", _describe(context), exc)
         body = problem(status=503, code="service_unavailable", title="Service unavailable",
                        detail="The database is unavailable and nothing was saved. Retry in a few seconds.")
-        return problem_response(body, {"Retry-After": "5"})
+        return problem_response(body, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     logger.exception("Unhandled error during %s", _describe(context))
     body = problem(status=500, code="internal_error", title="Internal error",

@@ -1,5 +1,7 @@
 """Agent, decision, priority class and queue endpoints; each view parses, calls a service and renders."""
 
+import logging
+
 import django_filters
 from django import forms
 from django.utils import timezone
@@ -7,11 +9,13 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
+from redis.exceptions import RedisError
 from rest_framework.views import APIView
 
 from allocation.api.views import _check_list_parameters, customer_of
 from allocation.models import GpuShare
 from marketplace.api.serializers import problem_responses
+from marketplace.broker import enqueue
 from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound
 from providers.heartbeat_queue import heartbeat_enqueue, queue_enabled
 from providers.metering import invoice, month_bounds
@@ -35,6 +39,8 @@ from .serializers import (
 )
 
 POLL_AFTER_SECONDS = 10
+
+logger = logging.getLogger(__name__)
 
 
 class AgentAssignmentsView(APIView):
@@ -133,9 +139,15 @@ class AgentHeartbeatView(APIView):
         node = request.auth.node
         snapshots = serializer.validated_data["snapshots"]
         if queue_enabled():
-            if heartbeat_enqueue(node_id=node.pk, snapshots=snapshots) == 1:
-                ingest_heartbeats_task.apply_async(countdown=0.5)
-            return Response({"queued": len(snapshots), "poll_after_seconds": POLL_AFTER_SECONDS}, status=202)
+            try:
+                queued = heartbeat_enqueue(node_id=node.pk, snapshots=snapshots)
+            except RedisError as error:
+                # Redis is down or restarting: store this heartbeat in the request instead, so nothing is lost.
+                logger.warning("Heartbeat queue unavailable, storing node %s's heartbeat directly: %s", node.pk, error)
+            else:
+                if queued == 1:
+                    enqueue(ingest_heartbeats_task, countdown=0.5, reason="the periodic providers.ingest_heartbeats")
+                return Response({"queued": len(snapshots), "poll_after_seconds": POLL_AFTER_SECONDS}, status=202)
         summary = heartbeats_ingest(heartbeats=[(node, snapshots)])
         node.refresh_from_db(fields=["health", "health_reasons"])
         return Response({"readings": summary.readings, "unknown_gpus": summary.unknown_gpus,

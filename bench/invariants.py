@@ -1,0 +1,90 @@
+"""The independent invariant checker behind the API, soak and fault-tolerance runs.
+
+Plain SQL over the tables, written apart from the product's own queries: no GPU, node or quota is
+overrun at any instant, and nothing is half-written (a booked reservation without its allocation,
+a finished one still holding capacity, a migration hold without its migration). Each check counts
+offending rows, so every value of a clean database is 0.
+"""
+
+import psycopg
+
+CHECKS = {
+    "gpu_over_1000_milli": """
+        SELECT COUNT(*) FROM (
+            SELECT gpu_id, MAX(running) AS peak FROM (
+                SELECT gpu_id, SUM(delta) OVER (PARTITION BY gpu_id ORDER BY at, delta ROWS UNBOUNDED PRECEDING)
+                       AS running
+                FROM (SELECT gpu_id, start_at AS at, gpu_milli AS delta FROM allocation_gpushare WHERE end_at > start_at
+                      UNION ALL
+                      SELECT gpu_id, end_at, -gpu_milli FROM allocation_gpushare WHERE end_at > start_at) events
+            ) sweep GROUP BY gpu_id
+        ) peaks WHERE peak > 1000""",
+    "node_cpu_or_memory_overcommitted": """
+        SELECT COUNT(*) FROM (
+            SELECT node_id, MAX(cpu) AS cpu, MAX(memory) AS memory FROM (
+                SELECT node_id,
+                       SUM(cpu) OVER (PARTITION BY node_id ORDER BY at, sign ROWS UNBOUNDED PRECEDING) AS cpu,
+                       SUM(memory) OVER (PARTITION BY node_id ORDER BY at, sign ROWS UNBOUNDED PRECEDING) AS memory
+                FROM (SELECT node_id, start_at AS at, 1 AS sign, cpu_millicores AS cpu, memory_mib AS memory
+                      FROM allocation_allocation WHERE end_at > start_at
+                      UNION ALL
+                      SELECT node_id, end_at, -1, -cpu_millicores, -memory_mib
+                      FROM allocation_allocation WHERE end_at > start_at) events
+            ) sweep GROUP BY node_id
+        ) peaks JOIN marketplace_node n ON n.id = peaks.node_id
+        WHERE peaks.cpu > n.cpu_millicores OR peaks.memory > n.memory_mib""",
+    "quota_overrun": """
+        SELECT COUNT(*) FROM (
+            SELECT customer_id, MAX(running) AS peak FROM (
+                SELECT customer_id,
+                       SUM(delta) OVER (PARTITION BY customer_id ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS running
+                FROM (SELECT customer_id, start_at AS at, gpu_milli_total AS delta
+                      FROM allocation_allocation WHERE end_at > start_at
+                      UNION ALL
+                      SELECT customer_id, end_at, -gpu_milli_total
+                      FROM allocation_allocation WHERE end_at > start_at) events
+            ) sweep GROUP BY customer_id
+        ) peaks JOIN allocation_quota q ON q.organization_id = peaks.customer_id AND q.gpu_model_id IS NULL
+        WHERE peaks.peak > q.max_gpu_milli""",
+    # Half-written states, as a crash or a lost database between two writes would leave them.
+    "booked_without_allocation": """
+        SELECT COUNT(*) FROM allocation_reservation r
+        WHERE r.status IN ('scheduled', 'active')
+          AND NOT EXISTS (SELECT 1 FROM allocation_allocation a WHERE a.reservation_id = r.id AND a.end_at > a.start_at)""",
+    "finished_but_holding_capacity": """
+        SELECT COUNT(*) FROM allocation_reservation r JOIN allocation_allocation a ON a.reservation_id = r.id
+        WHERE r.status IN ('cancelled', 'rejected', 'expired', 'failed', 'preempted')
+          AND a.end_at > a.start_at AND a.end_at > now() + interval '1 second'""",
+    "allocation_without_shares": """
+        SELECT COUNT(*) FROM allocation_allocation a JOIN allocation_reservation r ON r.id = a.reservation_id
+        WHERE a.end_at > a.start_at AND r.gpu_count > 0
+          AND NOT EXISTS (SELECT 1 FROM allocation_gpushare s WHERE s.allocation_id = a.id)""",
+    "share_outside_its_allocation": """
+        SELECT COUNT(*) FROM allocation_gpushare s JOIN allocation_allocation a ON a.id = s.allocation_id
+        WHERE s.start_at < a.start_at OR s.end_at > a.end_at""",
+    "hold_without_open_migration": """
+        SELECT COUNT(*) FROM allocation_allocation a
+        WHERE a.reservation_id IS NULL AND a.end_at > now()
+          AND NOT EXISTS (SELECT 1 FROM scheduler_migration m
+                          WHERE m.hold_id = a.id AND m.status IN ('planned', 'target_reserved', 'moving'))""",
+}
+
+
+def check_invariants(database_url: str, placed: list[int], rejected: list[int]) -> dict[str, int]:
+    """Count violations over the database at ``database_url``.
+
+    ``placed`` are reservation ids that a client was told were booked (201, or 202 pending approval)
+    and ``rejected`` those it was told were not (409): each placed one needs an allocation, and no
+    rejected one may have one.
+    """
+    found = {}
+    with psycopg.connect(database_url) as connection:
+        for name, sql in CHECKS.items():
+            found[name] = connection.execute(sql).fetchone()[0]
+        found["placed_without_allocation"] = connection.execute(
+            "SELECT COUNT(*) FROM unnest(%s::bigint[]) AS r(id) WHERE NOT EXISTS "
+            "(SELECT 1 FROM allocation_allocation a WHERE a.reservation_id = r.id)", [placed]).fetchone()[0]
+        found["rejected_with_allocation"] = connection.execute(
+            "SELECT COUNT(*) FROM allocation_allocation a WHERE a.reservation_id = ANY(%s::bigint[])",
+            [rejected]).fetchone()[0]
+    return found
