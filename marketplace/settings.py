@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_celery_beat",
     "health_check",
+    "django_prometheus",
     "marketplace",
     "allocation",
     "capacity",
@@ -45,7 +46,9 @@ INSTALLED_APPS = [
     "providers",
 ]
 
+# django-prometheus times each request between its first and last middleware (metrics on /metrics).
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "marketplace.logs.RequestIdMiddleware",
@@ -57,6 +60,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "marketplace.urls"
@@ -97,6 +101,10 @@ else:
             },
         }
     }
+
+# django-prometheus's backends subclass Django's and count connections, queries, errors and query time.
+DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
+    "django.db.backends.", "django_prometheus.db.backends.", 1)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -172,8 +180,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Throttle counters and other short-lived values: Redis when configured, so every web process
 # shares them; otherwise memory of the one demo process.
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+    # Django's RedisCache, counting gets, hits and misses for django-prometheus.
+    CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.redis.NativeRedisCache", "LOCATION": REDIS_URL,
                           "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="marketplace")}}
+
+# /metrics: with a token, scrapes must send "Authorization: Bearer <token>"; without, only loopback clients may scrape.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # Production (DEBUG off): HTTPS only, secure cookies, HSTS. TLS may end at a proxy that sets
 # X-Forwarded-Proto; SECURE_SSL_REDIRECT=false leaves redirects to it.
