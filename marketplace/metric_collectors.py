@@ -184,6 +184,8 @@ class DomainCollector:
     def __init__(self) -> None:
         self._failing: set[str] = set()
 
+    # NOTE: a database or Redis server that refuses connections fails fast, but one that accepts and
+    # then hangs stalls the scrape: neither client here sets a connect or socket timeout.
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily(
             "marketplace_metrics_collector_up",
