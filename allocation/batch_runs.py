@@ -11,6 +11,8 @@ from typing import Sequence
 
 from django.conf import settings
 
+from marketplace.metrics import solver_run_observe
+
 from .models import SolverRun
 from .placement_policy import placement_policy
 from .solvers.batch import BatchPlan, BatchRequest, batch_place, plan_objective, plan_prices
@@ -47,11 +49,14 @@ def batch_placement_run(fleet: Fleet, requests: Sequence[BatchRequest], *, solve
         plan, detail = _solve(fleet, requests, policy, solver, limit, seed)
     except Exception as error:  # the run is recorded whatever the solver raised, then the error goes on
         logger.warning("Batch placement run failed: %s: %s: %s", solver, type(error).__name__, error)
+        wall_seconds = time.perf_counter() - started
+        solver_run_observe(kind=record["kind"], policy=record["policy"], wall_seconds=wall_seconds)
         SolverRun.objects.create(**record, status=f"failed: {type(error).__name__}"[:32],
-                                 wall_ms=int(1000 * (time.perf_counter() - started)),
+                                 wall_ms=int(1000 * wall_seconds),
                                  detail={"error": str(error)[:500], "seed": seed})
         raise
 
+    solver_run_observe(kind=record["kind"], policy=record["policy"], wall_seconds=plan.wall_seconds)
     SolverRun.objects.create(
         **record, variables=plan.variables, objective=plan.objective, status=plan.status,
         wall_ms=int(1000 * plan.wall_seconds),

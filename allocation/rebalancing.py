@@ -30,6 +30,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from marketplace.exceptions import InvalidRequest, MarketplaceError, NotFound
+from marketplace.metrics import solver_run_observe
 from marketplace.models import Gpu, Node
 
 from .models import Allocation, RebalanceMove, RebalancePlan, ReservationStatus, SolverRun
@@ -95,11 +96,13 @@ def rebalance_propose(*, max_moves: int | None = None, now: datetime | None = No
     moves = choose_moves(candidates, max_moves)
     total = float(sum(move.score for move in moves))
 
+    wall_seconds = time.perf_counter() - started
+    solver_run_observe(kind=SolverRun.Kind.REBALANCE, policy=f"greedy_moves/{policy.name}", wall_seconds=wall_seconds)
     with transaction.atomic():
         run = SolverRun.objects.create(
             kind=SolverRun.Kind.REBALANCE, policy=f"greedy_moves/{policy.name}", requests=len(movable),
             nodes=len(nodes_seen), objective=total, status=_run_status(movable, moves),
-            wall_ms=int(1000 * (time.perf_counter() - started)),
+            wall_ms=int(1000 * wall_seconds),
             detail={"candidates": len(candidates), "chosen": len(moves), "max_moves": max_moves},
         )
         if not moves:

@@ -16,6 +16,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from marketplace.logs import bind_reservation
+from marketplace.metrics import SOURCE_REQUEST, SOURCE_SCHEDULER, reservation_decision_record
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
 from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Node, Organization, Region
 
@@ -171,9 +172,11 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
     ``queued``; other refusals reject it. A ``queued`` reservation (placed by the scheduling cycle)
     stays queued whatever the refusal. Returns the refusal, or None when it was placed.
     """
+    source = SOURCE_SCHEDULER if reservation.status == ReservationStatus.QUEUED else SOURCE_REQUEST
     refusal = _place(reservation, resolved, policy, actor=actor, now=now, workload=workload,
                      only_node_ids=only_node_ids, placed_reason=placed_reason)
     if refusal is None:
+        reservation_decision_record(status=reservation.status, reason="", source=source)
         return None
     if reservation.status == ReservationStatus.QUEUED:
         return refusal
@@ -187,9 +190,11 @@ def _admit_and_place(reservation: Reservation, resolved: ResolvedSpec, policy, *
                                note=f"Waiting in queue {workload.queue.name}: {refusal.detail}")
         Decision.objects.create(reservation=reservation, kind=Decision.Kind.WAITING, reason_code=refusal.reason,
                                 reason=refusal.detail, at=now, detail={"queue": workload.queue.name})
+        reservation_decision_record(status=reservation.status, reason=refusal.reason, source=source)
         return refusal
     reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
                            reason_code=refusal.reason, note=refusal.detail)
+    reservation_decision_record(status=reservation.status, reason=refusal.reason, source=source)
     return refusal
 
 

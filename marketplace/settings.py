@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_celery_beat",
     "health_check",
+    "django_prometheus",
     "marketplace",
     "allocation",
     "capacity",
@@ -45,7 +46,9 @@ INSTALLED_APPS = [
     "providers",
 ]
 
+# django-prometheus times each request between its first and last middleware (metrics on /metrics).
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "marketplace.logs.RequestIdMiddleware",
@@ -58,6 +61,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "marketplace.urls"
@@ -100,6 +104,10 @@ else:
             },
         }
     }
+
+# django-prometheus's backends subclass Django's and count connections, queries, errors and query time.
+DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
+    "django.db.backends.", "django_prometheus.db.backends.", 1)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -189,13 +197,17 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # shares them; otherwise memory of the one demo process.
 # django-redis ignores a Redis outage (logged): throttling lets requests through instead of failing them.
 if REDIS_URL:
+    # django-redis through django-prometheus, which counts gets, hits, misses and failed gets.
     CACHES = {"default": {
-        "BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
+        "BACKEND": "django_prometheus.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="marketplace"),
         "OPTIONS": {"IGNORE_EXCEPTIONS": True, "SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
     }}
     DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
     DJANGO_REDIS_LOGGER = "marketplace.cache"
+
+# /metrics: with a token, scrapes must send "Authorization: Bearer <token>"; without, only loopback clients may scrape.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # Production (DEBUG off): HTTPS only, secure cookies, HSTS. TLS may end at a proxy that sets
 # X-Forwarded-Proto; SECURE_SSL_REDIRECT=false leaves redirects to it.

@@ -1,4 +1,4 @@
-"""Top-level URLs: the admin, API v1, its OpenAPI schema and the locally served Swagger UI."""
+"""Top-level URLs: the admin, API v1, its OpenAPI schema, the locally served Swagger UI, health and metrics."""
 
 from django.contrib import admin
 from django.urls import include, path, re_path
@@ -6,7 +6,7 @@ from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from marketplace.api.errors import json_not_found
-from marketplace import health
+from marketplace import health, metrics_endpoint
 from marketplace.api.views import PingView
 
 urlpatterns = [
@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/v1/ping/", PingView.as_view(), name="ping"),
     path("health/live/", health.live, name="health-live"),
     path("health/ready/", health.ReadinessView.as_view(), name="health-ready"),
+    path("metrics", metrics_endpoint.metrics_view, name="metrics"),
     path("api/v1/", include("allocation.api.urls")),
     path("api/v1/", include("scheduler.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -31,6 +31,7 @@ from allocation.services import (
 )
 from allocation.solvers.base import NodeState, PlacementRequest
 from allocation.solvers.fleet import Fleet
+from marketplace.metrics import SCHEDULING_CYCLE_SECONDS, solver_run_observe
 from marketplace.models import Gpu, MaintenanceWindow, Node
 
 from .core import Booking, CycleConfig, Running, Timeline, Waiting, run_cycle
@@ -95,6 +96,7 @@ def scheduling_cycle(*, now: datetime | None = None, trigger: str = "periodic") 
         cycle.detail = {"expired": expired, "decided_placements": len(result.placed), "nodes": fleet.size,
                         "running": len(running)}
         cycle.save(update_fields=["placed", "preemptions", "decide_seconds", "seconds", "detail"])
+    SCHEDULING_CYCLE_SECONDS.observe(cycle.seconds)
     logger.info("Scheduling cycle %s finished: %d placed, %d preemptions proposed, %d waiting, %.3f s",
                 cycle.pk, placed, proposals, len(result.waiting), cycle.seconds)
     return cycle
@@ -314,7 +316,9 @@ def _wait_decision(workload: Workload, cycle, now: datetime, code: str, reason: 
 
 
 def _record_batch_runs(runs: list[dict], nodes: int, cycle: SchedulingCycle) -> None:
-    """Record each CP-SAT run of the cycle as a ``SolverRun``, visible in the admin."""
+    """Record each CP-SAT run of the cycle as a ``SolverRun``, visible in the admin, and observe its wall time."""
+    for run in runs:
+        solver_run_observe(kind=SolverRun.Kind.BATCH, policy="cp_sat/scheduler_cycle", wall_seconds=run["seconds"])
     SolverRun.objects.bulk_create(
         SolverRun(kind=SolverRun.Kind.BATCH, policy="cp_sat/scheduler_cycle", requests=run["requests"], nodes=nodes,
                   variables=run["variables"], objective=run["objective"], status=run["status"],
