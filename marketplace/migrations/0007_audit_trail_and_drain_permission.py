@@ -31,8 +31,8 @@ CREATE TRIGGER marketplace_audit_event_immutable
 def install_trigger(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
-    schema_editor.execute(IMMUTABLE_FUNCTION)
-    schema_editor.execute(IMMUTABLE_TRIGGER)
+    schema_editor.execute(IMMUTABLE_FUNCTION, params=None)
+    schema_editor.execute(IMMUTABLE_TRIGGER, params=None)
 
 
 def uninstall_trigger(apps, schema_editor):
