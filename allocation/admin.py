@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
+from marketplace.audit import audit_record
 from marketplace.audit_admin import AuditedModelAdmin, audit_admin_save
 from marketplace.exceptions import MarketplaceError
 
@@ -116,8 +117,12 @@ class ReservationAdmin(ReadOnlyAdmin):
         cancelled = 0
         for reservation_id in queryset.values_list("id", flat=True):
             try:
-                reservation_cancel(reservation_id=reservation_id, actor=request.user, now=now,
-                                   note="Cancelled by an admin.")
+                with transaction.atomic():
+                    reservation = reservation_cancel(reservation_id=reservation_id, actor=request.user, now=now,
+                                                     note="Cancelled by an admin.")
+                    audit_record(action="reservation.cancel", obj=reservation, actor=request.user,
+                                 organization=reservation.customer_id,
+                                 details={"after": {"status": reservation.status}, "via": "admin"})
                 cancelled += 1
             except MarketplaceError as error:
                 self.message_user(request, str(error), messages.WARNING)
