@@ -1,7 +1,7 @@
 """The audit trail: record each privileged decision as an ``AuditEvent`` in a hash chain, and verify the chain.
 
-Services call ``audit_record`` inside the transaction that makes the decision, so an event exists
-exactly when its decision committed. Each event stores the SHA-256 of its content together with
+Services call ``audit_record`` inside the transaction that makes the decision, so a decision that
+rolls back leaves no event. Each event stores the SHA-256 of its content together with
 the previous event's hash. Changing, inserting or deleting a row in the middle of the chain
 therefore breaks every later link, and ``audit_chain_verify`` finds the first broken row.
 

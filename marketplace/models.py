@@ -273,17 +273,17 @@ class AuditEventQuerySet(models.QuerySet):
     """Audit events are append-only: bulk writes and changes through a queryset raise."""
 
     def update(self, **kwargs):
-        raise AuditTrailImmutable("Audit events cannot be updated; record a new event that corrects the old one.")
+        raise AuditTrailImmutable("Audit events cannot be updated. Record a new event that corrects the old one.")
 
     def delete(self):
-        raise AuditTrailImmutable("Audit events cannot be deleted; the audit trail keeps every event.")
+        raise AuditTrailImmutable("Audit events cannot be deleted, because the audit trail keeps every event.")
 
     def bulk_create(self, *args, **kwargs):
         raise AuditTrailImmutable("Write audit events one at a time with marketplace.audit.audit_record, which "
                                   "chains their hashes.")
 
     def bulk_update(self, *args, **kwargs):
-        raise AuditTrailImmutable("Audit events cannot be updated; record a new event that corrects the old one.")
+        raise AuditTrailImmutable("Audit events cannot be updated. Record a new event that corrects the old one.")
 
 
 class AuditEvent(models.Model):
@@ -314,7 +314,8 @@ class AuditEvent(models.Model):
     actor_label = models.CharField(max_length=200, help_text="Username, node key prefix and hostname, or task name, "
                                                              "as it was when the event was recorded.")
     action = models.CharField(max_length=64, db_index=True, help_text="Dotted name such as reservation.approve.")
-    object_type = models.CharField(max_length=100, help_text="The object's model label, such as allocation.reservation.")
+    object_type = models.CharField(max_length=100,
+                                   help_text="The object's model label, such as allocation.reservation.")
     object_id = models.CharField(max_length=64, blank=True)
     organization = models.ForeignKey(Organization, on_delete=models.DO_NOTHING, db_constraint=False, null=True,
                                      blank=True, related_name="+")
@@ -337,8 +338,10 @@ class AuditEvent(models.Model):
 
     def save(self, *args, **kwargs):
         if not self._state.adding:
-            raise AuditTrailImmutable(f"Audit event {self.pk} cannot be changed; record a new event that corrects it.")
+            raise AuditTrailImmutable(
+                f"Audit event {self.pk} cannot be changed. Record a new event that corrects it.")
         super().save(*args, **kwargs)
 
     def delete(self, *args, **kwargs):
-        raise AuditTrailImmutable(f"Audit event {self.pk} cannot be deleted; the audit trail keeps every event.")
+        raise AuditTrailImmutable(
+            f"Audit event {self.pk} cannot be deleted, because the audit trail keeps every event.")

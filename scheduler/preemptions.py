@@ -143,8 +143,8 @@ def _audit_decision(preemption: Preemption, action: str, actor: AbstractBaseUser
                     reason: str = "") -> None:
     """Record a decision on ``preemption`` in the audit trail, under the beneficiary's organization.
 
-    ``actor`` None records the system (the scheduling cycle's task) as the actor; ``before`` None
-    leaves out the status before, for a preemption that started as soon as it was proposed.
+    ``actor`` None records the system (the scheduling cycle's task) as the actor. ``before`` None
+    leaves out the earlier status, for a preemption that started as soon as it was proposed.
     """
     beneficiary = Reservation.objects.filter(pk=preemption.beneficiary_id).values_list("customer_id", flat=True).first()
     details = {"after": {"status": preemption.status}, "beneficiary": preemption.beneficiary_id,

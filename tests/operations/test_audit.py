@@ -516,3 +516,17 @@ def test_organization_of_provider_node_is_recorded(t4_node):
     event = audit_record(action="test.event", obj=t4_node, organization=t4_node.provider)
 
     assert event.organization_id == Node.objects.get(pk=t4_node.pk).provider_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_records_keep_chain_linear(require_postgres, customer):
+    from ..allocation.test_database_guarantees import run_concurrently
+
+    def record_five():
+        return [audit_record(action="test.concurrent", organization=customer.pk).sequence for _ in range(5)]
+
+    results = run_concurrently([record_five] * 4)
+
+    assert not [result for result in results if isinstance(result, Exception)]
+    assert sorted(sequence for result in results for sequence in result) == list(range(1, 21))
+    call_command("verify_audit")
