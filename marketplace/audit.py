@@ -144,6 +144,9 @@ def _lock_chain() -> None:
 
     PostgreSQL takes a transaction-scoped advisory lock; SQLite's BEGIN IMMEDIATE (the
     ``transaction_mode`` in settings) already serialises every writer.
+
+    NOTE: under REPEATABLE READ or SERIALIZABLE, a transaction whose snapshot predates the lock
+    reads a stale head, and its insert fails on the unique ``sequence`` instead of forking the chain.
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
