@@ -1,11 +1,14 @@
-"""Admin for quotas (editable), reservations (cancel only) and the read-only allocation records."""
+"""Admin for quotas, budgets, approval policies and cohorts (editable, audited), reservations (cancel only)
+and the read-only allocation records."""
 
 import logging
 
 from django.contrib import admin, messages
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
+from marketplace.audit import audit_record
+from marketplace.audit_admin import AuditedModelAdmin, audit_admin_save
 from marketplace.exceptions import MarketplaceError
 
 from .models import (
@@ -53,7 +56,7 @@ class ReadOnlyInline(admin.TabularInline):
 
 
 @admin.register(Quota)
-class QuotaAdmin(admin.ModelAdmin):
+class QuotaAdmin(AuditedModelAdmin):
     list_display = ["organization", "gpu_model", "max_gpu_milli", "whole_gpus", "updated_at"]
     list_filter = ["gpu_model"]
     search_fields = ["organization__slug"]
@@ -65,10 +68,13 @@ class QuotaAdmin(admin.ModelAdmin):
         return f"{quota.max_gpu_milli / 1000:g}"
 
     def save_model(self, request, obj, form, change):
-        if change and ("organization" in form.changed_data or "gpu_model" in form.changed_data):
-            Quota.objects.filter(pk=obj.pk).delete()
-        saved = quota_set(organization=obj.organization, gpu_model=obj.gpu_model, max_gpu_milli=obj.max_gpu_milli)
-        obj.pk = saved.pk
+        with transaction.atomic():
+            if change and ("organization" in form.changed_data or "gpu_model" in form.changed_data):
+                Quota.objects.filter(pk=obj.pk).delete()
+            saved = quota_set(organization=obj.organization, gpu_model=obj.gpu_model,
+                              max_gpu_milli=obj.max_gpu_milli)
+            obj.pk = saved.pk
+            audit_admin_save(request, obj, form, change)
 
 
 class EventInline(ReadOnlyInline):
@@ -101,18 +107,22 @@ class ReservationAdmin(ReadOnlyAdmin):
         allocation = getattr(reservation, "allocation", None)
         return allocation.node.hostname if allocation else "-"
 
-    def has_change_permission(self, request, obj=None):
-        # The change page is shown read-only; the cancel action goes through the service.
-        return obj is None and request.user.has_perm("allocation.change_reservation")
+    def has_cancel_permission(self, request) -> bool:
+        return request.user.has_perm("allocation.cancel_reservation")
 
-    @admin.action(description="Cancel the selected reservations", permissions=["change"])
+    @admin.action(description="Cancel the selected reservations", permissions=["cancel"])
     def cancel_reservations(self, request, queryset):
+        """Cancel through ``reservation_cancel``; the change page stays read-only."""
         now = timezone.now()
         cancelled = 0
         for reservation_id in queryset.values_list("id", flat=True):
             try:
-                reservation_cancel(reservation_id=reservation_id, actor=request.user, now=now,
-                                   note="Cancelled by an admin.")
+                with transaction.atomic():
+                    reservation = reservation_cancel(reservation_id=reservation_id, actor=request.user, now=now,
+                                                     note="Cancelled by an admin.")
+                    audit_record(action="reservation.cancel", obj=reservation, actor=request.user,
+                                 organization=reservation.customer_id,
+                                 details={"after": {"status": reservation.status}, "via": "admin"})
                 cancelled += 1
             except MarketplaceError as error:
                 self.message_user(request, str(error), messages.WARNING)
@@ -142,7 +152,7 @@ class ReservationEventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ApprovalPolicy)
-class ApprovalPolicyAdmin(admin.ModelAdmin):
+class ApprovalPolicyAdmin(AuditedModelAdmin):
     list_display = ["organization", "flagged", "max_gpus_without_approval", "max_cost_without_approval", "updated_at"]
     list_filter = ["flagged"]
     search_fields = ["organization__slug"]
@@ -163,14 +173,14 @@ class CohortMembershipInline(admin.TabularInline):
 
 
 @admin.register(Cohort)
-class CohortAdmin(admin.ModelAdmin):
+class CohortAdmin(AuditedModelAdmin):
     list_display = ["slug", "name"]
     search_fields = ["slug", "name"]
     inlines = [CohortMembershipInline]
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
+class BudgetAdmin(AuditedModelAdmin):
     list_display = ["organization", "period", "max_gpu_hours", "max_spend", "currency", "updated_at"]
     list_filter = ["period"]
     search_fields = ["organization__slug"]

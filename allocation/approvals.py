@@ -7,6 +7,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from marketplace.audit import audit_record
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, NotFound
 
 from .models import RejectionReason, Reservation, ReservationStatus
@@ -36,6 +37,9 @@ def reservation_approve(*, reservation_id: int, actor: AbstractBaseUser, now: da
         reservation.save(update_fields=["hold_expires_at"])
         reservation_transition(reservation=reservation, to_status=target, actor=actor, now=now,
                                note=f"Approved by {actor.get_username()}.")
+        audit_record(action="reservation.approve", obj=reservation, actor=actor,
+                     organization=reservation.customer_id,
+                     details={"before": {"status": ReservationStatus.PENDING_APPROVAL}, "after": {"status": target}})
     logger.info("Reservation %s approved by %s", reservation_id, actor.get_username())
     return reservation
 
@@ -55,6 +59,10 @@ def reservation_reject(
         reservation.save(update_fields=["hold_expires_at"])
         reservation_transition(reservation=reservation, to_status=ReservationStatus.REJECTED, actor=actor, now=now,
                                reason_code=RejectionReason.REJECTED_BY_ADMIN, note=reason[:2000])
+        audit_record(action="reservation.reject", obj=reservation, actor=actor,
+                     organization=reservation.customer_id,
+                     details={"before": {"status": ReservationStatus.PENDING_APPROVAL},
+                              "after": {"status": ReservationStatus.REJECTED}, "reason": reason[:2000]})
     logger.info("Reservation %s rejected by %s", reservation_id, actor.get_username())
     return reservation
 

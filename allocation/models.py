@@ -151,6 +151,8 @@ class Reservation(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("approve_reservation", "Can approve or reject reservations pending approval"),
+                       ("cancel_reservation", "Can cancel any customer's reservations")]
         indexes = [
             models.Index(fields=["customer", "status"], name="reservation_customer_status"),
             models.Index(fields=["status", "start_at"], name="reservation_status_start"),
@@ -408,6 +410,7 @@ class RebalancePlan(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("approve_rebalanceplan", "Can approve or reject rebalancing plans")]
         constraints = [
             models.UniqueConstraint(fields=["status"], condition=Q(status="proposed"), name="one_proposed_rebalance"),
         ]

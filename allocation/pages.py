@@ -6,7 +6,6 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -14,6 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from marketplace.exceptions import MarketplaceError
 from marketplace.models import GpuModel, Organization
+from marketplace.permissions import require_permission
 
 from .approvals import reservation_approve, reservation_reject
 from .models import Quota, Reservation, ReservationStatus
@@ -63,8 +63,8 @@ def approvals_table(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def approvals_decide(request: HttpRequest) -> HttpResponse:
     """Approve or reject the selected reservations, then render the refreshed table with a message."""
-    if not request.user.has_perm("allocation.change_reservation"):
-        raise PermissionDenied("Deciding on reservations needs the 'change reservation' permission.")
+    require_permission(request, "allocation.approve_reservation",
+                       "Deciding on reservations needs the 'approve or reject reservations' permission.")
     decision = request.POST.get("decision")
     ids = [int(value) for value in request.POST.getlist("ids") if value.isascii() and value.isdigit() and len(value) < 19]
     reason = request.POST.get("reason", "")

@@ -56,7 +56,8 @@ def rebalancing_propose(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def rebalancing_decide(request: HttpRequest, plan_id: int) -> HttpResponse:
     """Apply or reject one proposed plan; a rejection needs a reason."""
-    require_permission(request, "allocation.change_rebalanceplan", "Deciding on plans needs the 'change rebalance plan' permission.")
+    require_permission(request, "allocation.approve_rebalanceplan",
+                       "Deciding on plans needs the 'approve or reject rebalancing plans' permission.")
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return render(request, "rebalancing/_plans.html", _context(failed="Choose Approve or Reject."), status=400)

@@ -29,6 +29,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from marketplace.audit import audit_record
 from marketplace.exceptions import InvalidRequest, MarketplaceError, NotFound
 from marketplace.metrics import solver_run_observe
 from marketplace.models import Gpu, Node
@@ -249,6 +250,11 @@ def rebalance_decide(*, plan_id: int, approve: bool, actor: AbstractBaseUser, no
         plan.status = RebalancePlan.Status.APPLIED if approve else RebalancePlan.Status.REJECTED
         plan.decided_by, plan.decided_at, plan.decision_note = actor, now, note.strip()
         plan.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+        # The plan moves reservations of many customers, so the event belongs to no single organization.
+        audit_record(action="rebalance_plan.approve" if approve else "rebalance_plan.reject", obj=plan, actor=actor,
+                     details={"before": {"status": RebalancePlan.Status.PROPOSED}, "after": {"status": plan.status},
+                              "reason": plan.decision_note,
+                              "moves": list(plan.moves.values_list("reservation_id", "from_node_id", "to_node_id"))})
 
     if approve:
         # Each move is a migration whose steps commit on their own, so a move holds its reservation,

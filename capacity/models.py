@@ -112,6 +112,7 @@ class CapacityPlan(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("approve_capacityplan", "Can approve or reject capacity plans")]
 
     def __str__(self) -> str:
         return f"Capacity plan {self.pk} ({self.status})"

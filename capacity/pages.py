@@ -63,7 +63,8 @@ def capacity_propose(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def capacity_decide(request: HttpRequest, plan_id: int) -> HttpResponse:
     """Approve or reject one proposed plan; a rejection needs a reason."""
-    require_permission(request, "capacity.change_capacityplan", "Deciding on plans needs the 'change capacity plan' permission.")
+    require_permission(request, "capacity.approve_capacityplan",
+                       "Deciding on plans needs the 'approve or reject capacity plans' permission.")
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return render(request, "capacity/_plans.html", {**_plans_context(), "messages_failed": [

@@ -14,6 +14,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from marketplace.audit import audit_record
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
 from marketplace.models import Node
 
@@ -210,6 +211,10 @@ def capacity_plan_decide(*, plan_id: int, approve: bool, actor: AbstractBaseUser
         plan.status, plan.decided_by, plan.decided_at = target, actor, timezone.now()
         plan.decision_note = note[:500]
         plan.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+        audit_record(action="capacity_plan.approve" if approve else "capacity_plan.reject", obj=plan, actor=actor,
+                     details={"before": {"status": CapacityPlan.Status.PROPOSED}, "after": {"status": target},
+                              "reason": plan.decision_note, "total_monthly_cost": plan.total_monthly_cost,
+                              "currency": plan.currency})
     logger.info("Capacity plan %s %s by %s", plan.pk, plan.status, actor)
     return plan
 

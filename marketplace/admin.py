@@ -1,8 +1,8 @@
-"""Admin for organizations, members and the fleet."""
+"""Admin for organizations, members, the fleet and the read-only audit trail."""
 
 from django.contrib import admin
 
-from .models import Gpu, GpuModel, Membership, Node, Organization, Region
+from .models import AuditEvent, Gpu, GpuModel, Membership, Node, Organization, Region
 
 
 class MembershipInline(admin.TabularInline):
@@ -60,6 +60,10 @@ class NodeAdmin(admin.ModelAdmin):
     autocomplete_fields = ["provider", "region"]
     inlines = [GpuInline]
 
+    def has_drain_permission(self, request) -> bool:
+        """Allow the scheduler's drain action (added to ``actions`` by ``scheduler.admin``)."""
+        return request.user.has_perm("marketplace.drain_node")
+
 
 @admin.register(Gpu)
 class GpuAdmin(admin.ModelAdmin):
@@ -68,3 +72,25 @@ class GpuAdmin(admin.ModelAdmin):
     search_fields = ["uuid", "node__hostname"]
     list_select_related = ["node"]
     readonly_fields = ["node", "index", "uuid"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit trail, read-only for everyone, superusers included."""
+
+    list_display = ["sequence", "at", "action", "actor_kind", "actor_label", "object_type", "object_id",
+                    "organization", "request_id"]
+    list_filter = ["action", "actor_kind", "actor_user", "organization"]
+    search_fields = ["=object_id", "actor_label", "request_id", "action"]
+    list_select_related = ["organization"]
+    date_hierarchy = "at"
+    readonly_fields = [field.name for field in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -130,6 +130,7 @@ class Node(models.Model):
 
     class Meta:
         ordering = ["hostname"]
+        permissions = [("drain_node", "Can drain nodes: no new work, and what runs there moves")]
         indexes = [
             models.Index(
                 fields=["status", "gpu_count", "cpu_millicores", "price_per_gpu_hour", "id"], name="node_free_order",
@@ -290,3 +291,85 @@ class TaskDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name} {self.task_id} ({self.status})"
+
+
+class AuditTrailImmutable(Exception):
+    """An attempt to change or delete a recorded audit event."""
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """Audit events are append-only: bulk writes and changes through a queryset raise."""
+
+    def update(self, **kwargs):
+        raise AuditTrailImmutable("Audit events cannot be updated. Record a new event that corrects the old one.")
+
+    def delete(self):
+        raise AuditTrailImmutable("Audit events cannot be deleted, because the audit trail keeps every event.")
+
+    def bulk_create(self, *args, **kwargs):
+        raise AuditTrailImmutable("Write audit events one at a time with marketplace.audit.audit_record, which "
+                                  "chains their hashes.")
+
+    def bulk_update(self, *args, **kwargs):
+        raise AuditTrailImmutable("Audit events cannot be updated. Record a new event that corrects the old one.")
+
+
+class AuditEvent(models.Model):
+    """One privileged decision: who made it, on what, with the before/after values and the reason.
+
+    Rows form a hash chain: ``hash`` is the SHA-256 of the row's content and ``previous_hash``, the
+    hash of the row with the previous ``sequence``. Write rows only with
+    ``marketplace.audit.audit_record``, which serialises inserts and computes the hash.
+    ``save`` of an existing row, ``delete`` and the queryset's ``update`` and ``delete`` raise
+    ``AuditTrailImmutable``; on PostgreSQL a trigger also rejects UPDATE and DELETE in SQL.
+    The user and organization columns have no foreign-key constraint, so deleting a user or an
+    organization leaves its events as they were.
+
+    NOTE: on SQLite (the demo) nothing below the model layer stops raw SQL from changing rows;
+    ``manage.py verify_audit`` still detects the change.
+    """
+
+    class ActorKind(models.TextChoices):
+        USER = "user", "User"
+        NODE = "node", "Agent node key"
+        SYSTEM = "system", "System or task"
+
+    sequence = models.PositiveBigIntegerField(unique=True, editable=False)
+    at = models.DateTimeField(db_index=True)
+    actor_kind = models.CharField(max_length=16, choices=ActorKind.choices)
+    actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False,
+                                   null=True, blank=True, related_name="+")
+    actor_label = models.CharField(max_length=200, help_text="Username, node key prefix and hostname, or task name, "
+                                                             "as it was when the event was recorded.")
+    action = models.CharField(max_length=64, db_index=True, help_text="Dotted name such as reservation.approve.")
+    object_type = models.CharField(max_length=100,
+                                   help_text="The object's model label, such as allocation.reservation.")
+    object_id = models.CharField(max_length=64, blank=True)
+    organization = models.ForeignKey(Organization, on_delete=models.DO_NOTHING, db_constraint=False, null=True,
+                                     blank=True, related_name="+")
+    details = models.JSONField(default=dict, blank=True,
+                               help_text="Before and after values of the changed fields, the reason, and counts.")
+    request_id = models.CharField(max_length=64, blank=True,
+                                  help_text="The request's id, or the Celery task's id when a task decided.")
+    previous_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-sequence"]
+        indexes = [models.Index(fields=["organization", "at"], name="audit_organization_at"),
+                   models.Index(fields=["object_type", "object_id"], name="audit_object")]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor_label} on {self.object_type} {self.object_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AuditTrailImmutable(
+                f"Audit event {self.pk} cannot be changed. Record a new event that corrects it.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AuditTrailImmutable(
+            f"Audit event {self.pk} cannot be deleted, because the audit trail keeps every event.")

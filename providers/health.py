@@ -20,6 +20,7 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from allocation.models import Allocation, ReservationStatus
+from marketplace.audit import audit_record
 from marketplace.models import Gpu, GpuHealthEvent, GpuReading, GpuReadingHour, Node
 from scheduler.migrating import node_drain
 
@@ -131,6 +132,11 @@ def drain_request_approve(*, request_id: int, actor, now: datetime | None = None
             return {"planned": 0, "stayed": 0, "migrations": []}
         request.status, request.decided_by, request.decided_at = NodeDrainRequest.Status.APPROVED, actor, now
         request.save(update_fields=["status", "decided_by", "decided_at"])
+        audit_record(action="node_drain_request.approve", obj=request, actor=actor,
+                     organization=Node.objects.filter(pk=request.node_id).values_list("provider_id", flat=True).first(),
+                     details={"before": {"status": NodeDrainRequest.Status.PENDING},
+                              "after": {"status": request.status}, "node": request.node_id,
+                              "reason": request.reason, "reservations": request.reservations})
         return node_drain(node_id=request.node_id, actor=actor, now=now)
 
 

@@ -24,6 +24,7 @@ class NodeDrainRequest(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("approve_nodedrainrequest", "Can approve drains of unhealthy nodes")]
         constraints = [models.UniqueConstraint(fields=["node"], condition=Q(status="pending"),
                                                name="one_pending_drain_request_per_node")]
 

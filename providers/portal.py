@@ -68,7 +68,7 @@ def portal_nodes(request: HttpRequest) -> HttpResponse:
 def node_price(request: HttpRequest, node_id: int) -> HttpResponse:
     def change() -> str:
         price = parse_price(request.POST.get("price", ""), "price")
-        node = node_price_set(provider=request.provider, node_id=node_id, price=price)
+        node = node_price_set(provider=request.provider, node_id=node_id, price=price, actor=request.user)
         return f"Node {node.hostname} now costs {price} per GPU-hour for new bookings."
     return _change(request, "portal/_nodes.html", _nodes_context, change)
 
@@ -80,7 +80,7 @@ def model_price(request: HttpRequest) -> HttpResponse:
         model_id = request.POST.get("gpu_model", "")
         price = parse_price(request.POST.get("price", ""), "price")
         count = model_price_set(provider=request.provider, gpu_model_id=int(model_id) if model_id.isdigit() else 0,
-                                price=price)
+                                price=price, actor=request.user)
         return f"{count} node{'s' if count != 1 else ''} now cost {price} per GPU-hour for new bookings."
     return _change(request, "portal/_nodes.html", _nodes_context, change)
 
@@ -90,7 +90,7 @@ def model_price(request: HttpRequest) -> HttpResponse:
 def minimum(request: HttpRequest) -> HttpResponse:
     def change() -> str:
         price = parse_price(request.POST.get("minimum", ""), "minimum")
-        minimum_price_set(provider=request.provider, price=price)
+        minimum_price_set(provider=request.provider, price=price, actor=request.user)
         return f"Your minimum price is now {price} per GPU-hour."
     return _change(request, "portal/_nodes.html", _nodes_context, change)
 
@@ -113,7 +113,7 @@ def maintenance_add(request: HttpRequest) -> HttpResponse:
 @provider_required
 def maintenance_remove(request: HttpRequest, window_id: int) -> HttpResponse:
     def change() -> str:
-        maintenance_delete(provider=request.provider, window_id=window_id)
+        maintenance_delete(provider=request.provider, window_id=window_id, actor=request.user)
         return f"Maintenance window {window_id} cancelled."
     return _change(request, "portal/_maintenance.html", _maintenance_context, change)
 

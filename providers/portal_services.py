@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from allocation.models import Allocation, ReservationStatus
+from marketplace.audit import audit_record
 from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound
 from marketplace.models import MaintenanceWindow, Node, Organization
 from scheduler.migrating import migration_plan_off_node
@@ -49,38 +50,56 @@ def minimum_price(provider: Organization) -> Decimal:
             .first() or Decimal(0))
 
 
-def node_price_set(*, provider: Organization, node_id: int, price: Decimal) -> Node:
-    """Set one node's price; new bookings pay it, existing ones keep their booked price."""
+def node_price_set(*, provider: Organization, node_id: int, price: Decimal, actor=None) -> Node:
+    """Set one node's price; new bookings pay it, existing ones keep their booked price.
+
+    ``actor`` is the provider's user, recorded in the audit trail (None records the system).
+    """
     floor = minimum_price(provider)
     if price < floor:
         raise InvalidRequest(f"{price} is below your minimum price of {floor} per GPU-hour; raise the price or "
                              f"lower the minimum.", errors=[FieldProblem("price", f"Use {floor} or more.")])
-    node = provider_node(provider, node_id)
-    node.price_per_gpu_hour = price
-    node.save(update_fields=["price_per_gpu_hour", "updated_at"])
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=provider_node(provider, node_id).pk)
+        before = node.price_per_gpu_hour
+        node.price_per_gpu_hour = price
+        node.save(update_fields=["price_per_gpu_hour", "updated_at"])
+        audit_record(action="node.price_set", obj=node, actor=actor, organization=provider,
+                     details={"before": {"price_per_gpu_hour": before}, "after": {"price_per_gpu_hour": price}})
     logger.info("Provider %s set the price of %s to %s", provider.slug, node.hostname, price)
     return node
 
 
-def model_price_set(*, provider: Organization, gpu_model_id: int, price: Decimal) -> int:
-    """Set the price of every node of one GPU model; return how many changed."""
+def model_price_set(*, provider: Organization, gpu_model_id: int, price: Decimal, actor=None) -> int:
+    """Set the price of every node of one GPU model; return how many changed. ``actor`` is audited."""
     floor = minimum_price(provider)
     if price < floor:
         raise InvalidRequest(f"{price} is below your minimum price of {floor} per GPU-hour.",
                              errors=[FieldProblem("price", f"Use {floor} or more.")])
-    count = Node.objects.filter(provider=provider, gpu_model_id=gpu_model_id).update(price_per_gpu_hour=price,
-                                                                                     updated_at=timezone.now())
-    if not count:
-        raise InvalidRequest("You have no node of that GPU model.", errors=[FieldProblem("gpu_model", "Choose a "
-                                                                                          "model of your nodes.")])
+    with transaction.atomic():
+        nodes = Node.objects.select_for_update().filter(provider=provider, gpu_model_id=gpu_model_id)
+        before = {hostname: price_before for hostname, price_before in nodes.values_list("hostname",
+                                                                                         "price_per_gpu_hour")}
+        count = nodes.update(price_per_gpu_hour=price, updated_at=timezone.now())
+        if not count:
+            raise InvalidRequest("You have no node of that GPU model.", errors=[FieldProblem("gpu_model", "Choose a "
+                                                                                              "model of your nodes.")])
+        audit_record(action="node.model_price_set", actor=actor, organization=provider,
+                     object_type="marketplace.gpumodel", object_id=gpu_model_id,
+                     details={"before": {"price_per_gpu_hour": before}, "after": {"price_per_gpu_hour": price},
+                              "nodes": count})
     logger.info("Provider %s set the price of %d nodes of model %s to %s", provider.slug, count, gpu_model_id, price)
     return count
 
 
-def minimum_price_set(*, provider: Organization, price: Decimal) -> ProviderProfile:
-    """Set the provider's minimum price; nodes priced below it keep their price until changed."""
-    profile, _ = ProviderProfile.objects.update_or_create(organization=provider,
-                                                          defaults={"min_price_per_gpu_hour": price})
+def minimum_price_set(*, provider: Organization, price: Decimal, actor=None) -> ProviderProfile:
+    """Set the provider's minimum price; nodes priced below it keep their price until changed. ``actor`` is audited."""
+    with transaction.atomic():
+        before = minimum_price(provider)
+        profile, _ = ProviderProfile.objects.update_or_create(organization=provider,
+                                                              defaults={"min_price_per_gpu_hour": price})
+        audit_record(action="provider.minimum_price_set", obj=profile, actor=actor, organization=provider,
+                     details={"before": {"min_price_per_gpu_hour": before}, "after": {"min_price_per_gpu_hour": price}})
     return profile
 
 
@@ -120,15 +139,25 @@ def maintenance_create(*, provider: Organization, node_id: int, start_at: dateti
                 reason=f"Node {node.hostname} has maintenance from {start_at:%Y-%m-%d %H:%M} to "
                        f"{end_at:%Y-%m-%d %H:%M} UTC.")
             moving, staying = (moving + 1, staying) if migration else (moving, staying + 1)
+        audit_record(action="maintenance.create", obj=window, actor=actor, organization=provider,
+                     details={"after": {"node": node.hostname, "start_at": start_at, "end_at": end_at,
+                                        "reason": window.reason}, "moving": moving, "staying": staying})
     logger.info("Maintenance on %s from %s to %s: %d reservations moving, %d staying", node.hostname,
                 start_at.isoformat(), end_at.isoformat(), moving, staying)
     return window, {"moving": moving, "staying": staying}
 
 
-def maintenance_delete(*, provider: Organization, window_id: int) -> None:
-    deleted, _ = MaintenanceWindow.objects.filter(pk=window_id, node__provider=provider).delete()
-    if not deleted:
-        raise NotFound(f"Maintenance window {window_id} does not exist or belongs to another provider.")
+def maintenance_delete(*, provider: Organization, window_id: int, actor=None) -> None:
+    """Cancel one of the provider's maintenance windows; ``actor`` is audited."""
+    with transaction.atomic():
+        window = (MaintenanceWindow.objects.select_for_update().select_related("node")
+                  .filter(pk=window_id, node__provider=provider).first())
+        if window is None:
+            raise NotFound(f"Maintenance window {window_id} does not exist or belongs to another provider.")
+        audit_record(action="maintenance.delete", obj=window, actor=actor, organization=provider,
+                     details={"before": {"node": window.node.hostname, "start_at": window.start_at,
+                                         "end_at": window.end_at, "reason": window.reason}})
+        window.delete()
 
 
 def payouts_csv(*, provider: Organization, start: datetime, end: datetime) -> str:

@@ -1,6 +1,9 @@
+"""Admin for the scheduler: priority classes and queues (audited), its read-only records, and the drain action."""
+
 from django.contrib import admin, messages
 
 from marketplace.admin import NodeAdmin
+from marketplace.audit_admin import AuditedModelAdmin
 from marketplace.exceptions import MarketplaceError
 
 from .migrating import node_drain
@@ -10,8 +13,9 @@ from .models import (
 
 
 @admin.action(description="Drain selected nodes: no new work, move what runs there to other nodes",
-              permissions=["change"])
+              permissions=["drain"])
 def drain_nodes(modeladmin, request, queryset):
+    """Drain each node through ``node_drain``, which records ``node.drain`` in the audit trail."""
     for node in queryset:
         try:
             summary = node_drain(node_id=node.pk, actor=request.user)
@@ -28,14 +32,14 @@ NodeAdmin.actions = [*(NodeAdmin.actions or []), drain_nodes]
 
 
 @admin.register(PriorityClass)
-class PriorityClassAdmin(admin.ModelAdmin):
+class PriorityClassAdmin(AuditedModelAdmin):
     list_display = ["name", "value", "can_preempt", "preemptible", "preemption_mode", "grace_period_seconds",
                     "min_runtime_seconds", "preemption_needs_approval", "is_default"]
     list_editable = ["value", "can_preempt", "preemptible", "preemption_needs_approval"]
 
 
 @admin.register(Queue)
-class QueueAdmin(admin.ModelAdmin):
+class QueueAdmin(AuditedModelAdmin):
     list_display = ["name", "strict_fifo", "description"]
 
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from allocation.models import Reservation, ReservationStatus
 from allocation.services import reservation_finish_early, reservation_move_after_failed_start
+from marketplace.audit import audit_record
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, NotFound
 from marketplace.models import Node
 from providers.metering import usage_record
@@ -31,13 +32,23 @@ KEY_PREFIX = "mpn"
 """Node keys look like ``mpn_<prefix>_<secret>``."""
 
 
-def node_credential_issue(*, node: Node) -> str:
-    """Create or replace ``node``'s agent key and return it; only its hash is stored, so show it once."""
+def node_credential_issue(*, node: Node, actor=None) -> str:
+    """Create or replace ``node``'s agent key and return it; only its hash is stored, so show it once.
+
+    The audit trail records ``node_key.issue`` or, when a key existed, ``node_key.rotate`` with the
+    key prefixes (never the secret); ``actor`` None records the system.
+    """
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    NodeCredential.objects.update_or_create(
-        node=node, defaults={"prefix": prefix, "secret_hash": NodeCredential.hash_secret(secret), "last_seen_at": None},
-    )
+    with transaction.atomic():
+        previous = NodeCredential.objects.select_for_update().filter(node=node).values_list("prefix", flat=True).first()
+        NodeCredential.objects.update_or_create(
+            node=node,
+            defaults={"prefix": prefix, "secret_hash": NodeCredential.hash_secret(secret), "last_seen_at": None},
+        )
+        audit_record(action="node_key.rotate" if previous else "node_key.issue", obj=node, actor=actor,
+                     organization=node.provider_id,
+                     details={"before": {"prefix": previous}, "after": {"prefix": prefix}})
     logger.info("Issued an agent key %s for node %s", prefix, node.hostname)
     return f"{KEY_PREFIX}_{prefix}_{secret}"
 

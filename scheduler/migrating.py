@@ -34,6 +34,7 @@ from allocation.pricing import billed_gpu_milli
 from allocation.selectors import NodeFilter, node_states
 from allocation.placement import placement_rank
 from allocation.solvers import PlacementRequest
+from marketplace.audit import audit_record
 from marketplace.broker import enqueue
 from marketplace.exceptions import InvalidRequest, NotFound
 from marketplace.models import Node, Organization
@@ -287,6 +288,7 @@ def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: date
             raise NotFound(f"Node {node_id} does not exist.") from None
         if node.status == Node.Status.OFFLINE:
             raise InvalidRequest(f"Node {node.hostname} is offline; bring it back before draining it.")
+        status_before = node.status
         node.status = Node.Status.DRAINING
         node.save(update_fields=["status", "updated_at"])
         allocations = list(Allocation.objects.select_related("reservation__region", "node").filter(
@@ -300,6 +302,9 @@ def node_drain(*, node_id: int, actor: AbstractBaseUser | None = None, now: date
                 stayed += 1
             else:
                 planned.append(migration.pk)
+        audit_record(action="node.drain", obj=node, actor=actor, organization=node.provider_id,
+                     details={"before": {"status": status_before}, "after": {"status": node.status},
+                              "migrations": planned, "stayed": stayed})
     logger.info("Node %s draining: %d moves planned, %d reservations stay", node.hostname, len(planned), stayed)
     return {"planned": len(planned), "stayed": stayed, "migrations": planned}
 

@@ -105,6 +105,7 @@ class SchedulingCycle(models.Model):
 
     class Meta:
         ordering = ["-started_at", "-id"]
+        permissions = [("request_schedulingcycle", "Can request a scheduling cycle now")]
 
     def __str__(self) -> str:
         return f"cycle {self.pk} at {self.started_at:%Y-%m-%d %H:%M:%S}"
@@ -169,6 +170,7 @@ class Preemption(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("decide_preemption", "Can approve or reject preemptions")]
         indexes = [models.Index(fields=["status", "grace_ends_at"], name="preemption_status_grace")]
         constraints = [
             models.UniqueConstraint(fields=["beneficiary"], condition=Q(status__in=["pending_approval", "grace"]),

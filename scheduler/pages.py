@@ -40,7 +40,8 @@ def preemptions_list(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def preemptions_decide(request: HttpRequest, preemption_id: int) -> HttpResponse:
     """Approve a pending preemption (its grace period starts) or reject it with a reason."""
-    require_permission(request, "scheduler.change_preemption", "Deciding on preemptions needs the 'change preemption' permission.")
+    require_permission(request, "scheduler.decide_preemption",
+                       "Deciding on preemptions needs the 'approve or reject preemptions' permission.")
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return render(request, "preemptions/_list.html", _context(failed="Choose Approve or Reject."), status=400)
@@ -69,7 +70,8 @@ def preemptions_decide(request: HttpRequest, preemption_id: int) -> HttpResponse
 @staff_member_required
 def cycle_now(request: HttpRequest) -> HttpResponse:
     """Ask for a scheduling cycle now (it runs in a worker, or at once without one)."""
-    require_permission(request, "scheduler.change_preemption", "Running a cycle needs the 'change preemption' permission.")
+    require_permission(request, "scheduler.request_schedulingcycle",
+                       "Running a cycle needs the 'request a scheduling cycle now' permission.")
     request_cycle("admin")
     return render(request, "preemptions/_list.html", _context(done="A scheduling cycle was requested."))
 

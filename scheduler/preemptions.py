@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from allocation.models import Reservation, ReservationStatus
 from allocation.services import reservation_requeue, reservation_transition
+from marketplace.audit import audit_record
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, NotFound
 
 from .models import Assignment, Decision, Preemption, PreemptionVictim, PriorityClass, Workload
@@ -64,6 +65,9 @@ def preemption_propose(*, plan, node_id: int, cycle=None, now: datetime) -> Pree
                 list(plan.victims), ", awaiting approval" if needs_approval else "")
     if not needs_approval:
         _start_grace(preemption, now)
+        _audit_decision(preemption, "preemption.start", None, before=None,
+                        reason=f"Priority class {beneficiary.priority_class.name} preempts without an admin's "
+                               f"approval.")
     return preemption
 
 
@@ -106,6 +110,7 @@ def preemption_approve(*, preemption_id: int, actor: AbstractBaseUser, now: date
         preemption.decided_by, preemption.decided_at = actor, now
         preemption.save(update_fields=["decided_by", "decided_at"])
         _start_grace(preemption, now)
+        _audit_decision(preemption, "preemption.approve", actor, before=Preemption.Status.PENDING_APPROVAL)
     logger.info("Preemption %s approved by %s", preemption_id, actor.get_username())
     return preemption
 
@@ -123,6 +128,8 @@ def preemption_reject(*, preemption_id: int, actor: AbstractBaseUser, reason: st
         preemption.status = Preemption.Status.REJECTED
         preemption.decided_by, preemption.decided_at, preemption.decision_note = actor, now, reason[:2000]
         preemption.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+        _audit_decision(preemption, "preemption.reject", actor, before=Preemption.Status.PENDING_APPROVAL,
+                        reason=reason[:2000])
         Decision.objects.create(
             reservation_id=preemption.beneficiary_id, kind=Decision.Kind.WAITING, reason_code="preemption_rejected",
             reason=f"An admin rejected the preemption it needed: {reason[:500]}", at=now,
@@ -130,6 +137,24 @@ def preemption_reject(*, preemption_id: int, actor: AbstractBaseUser, reason: st
         )
     logger.info("Preemption %s rejected by %s", preemption_id, actor.get_username())
     return preemption
+
+
+def _audit_decision(preemption: Preemption, action: str, actor: AbstractBaseUser | None, *, before: str | None,
+                    reason: str = "") -> None:
+    """Record a decision on ``preemption`` in the audit trail, under the beneficiary's organization.
+
+    ``actor`` None records the system (the scheduling cycle's task) as the actor. ``before`` None
+    leaves out the earlier status, for a preemption that started as soon as it was proposed.
+    """
+    beneficiary = Reservation.objects.filter(pk=preemption.beneficiary_id).values_list("customer_id", flat=True).first()
+    details = {"after": {"status": preemption.status}, "beneficiary": preemption.beneficiary_id,
+               "node": preemption.node_id,
+               "victims": list(preemption.victims.values_list("reservation_id", flat=True))}
+    if before is not None:
+        details["before"] = {"status": before}
+    if reason:
+        details["reason"] = reason
+    audit_record(action=action, obj=preemption, actor=actor, organization=beneficiary, details=details)
 
 
 def preemptions_finish(*, now: datetime | None = None) -> int:

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('marketplace', '0006_gpu_first_reading_at'),
+        ('marketplace', '0007_audit_trail_and_drain_permission'),
     ]
 
     operations = [
