@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "capacity",
     "scheduler",
     "providers",
+    "task_runs",
 ]
 
 MIDDLEWARE = [
