@@ -239,6 +239,8 @@ def run_progress(run: TaskRun, *, now: datetime | None = None) -> RunProgress:
     if live is not None and live["at"] > last_seen_at.timestamp():
         last_seen_at = datetime.fromtimestamp(live["at"], tz=last_seen_at.tzinfo)
 
+    # NOTE: only running runs can be lost. A queued run waits for its message in the broker with
+    # no limit, so a message lost before any worker took it leaves the run queued.
     if run.state == TaskRun.State.RUNNING and (now - last_seen_at).total_seconds() > settings.CELERY_TASK_TIME_LIMIT:
         run = _mark_lost(run, live, last_seen_at, now)
         live = None
