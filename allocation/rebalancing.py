@@ -20,6 +20,7 @@ every move proposed today.
 import logging
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -70,10 +71,11 @@ class _Movable:
     degraded_milli: int
 
 
-def rebalance_propose(*, max_moves: int | None = None, now: datetime | None = None) -> RebalancePlan | None:
+def rebalance_propose(*, max_moves: int | None = None, now: datetime | None = None,
+                      on_progress: Callable[[int, int], None] | None = None) -> RebalancePlan | None:
     """Record a solver run and save a plan of at most ``max_moves`` moves; return None when no move gains.
 
-    Raises ``RebalancePlanWaiting`` while another plan waits for a decision, and ``InvalidRequest``
+    ``on_progress(done, total)`` is called after each movable reservation is scored. Raises ``RebalancePlanWaiting`` while another plan waits for a decision, and ``InvalidRequest``
     for a ``max_moves`` outside 1 to 100.
     """
     config = settings.MARKETPLACE
@@ -90,10 +92,12 @@ def rebalance_propose(*, max_moves: int | None = None, now: datetime | None = No
     movable = _movable_allocations(now, now + timedelta(hours=config["REBALANCE_HORIZON_HOURS"]))
     policy = placement_policy()
     candidates, nodes_seen = [], set()
-    for item in movable:
+    for examined, item in enumerate(movable, start=1):
         for candidate in _candidates(item, policy):
             candidates.append(candidate)
             nodes_seen.update((candidate.from_node_id, candidate.to_node_id))
+        if on_progress is not None:
+            on_progress(examined, len(movable))
     moves = choose_moves(candidates, max_moves)
     total = float(sum(move.score for move in moves))
 

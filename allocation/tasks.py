@@ -5,6 +5,9 @@ from datetime import datetime
 
 from celery import shared_task
 
+from task_runs.models import TaskRun
+from task_runs.progress import track
+
 from .approvals import reservations_expire
 from .rebalancing import RebalancePlanWaiting, rebalance_propose
 from .services import idempotency_keys_purge, reservations_advance
@@ -14,18 +17,22 @@ from .trace.replay import trace_replay
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="allocation.replay_trace", acks_late=True)
-def replay_trace_task(limit: int | None = None, trace_start_at: str | None = None,
+@shared_task(name="allocation.replay_trace", acks_late=True, bind=True)
+def replay_trace_task(self, limit: int | None = None, trace_start_at: str | None = None,
                       hold_until_trace_end: bool = False) -> dict:
     """Replay the bundled trace; ``trace_start_at`` is ISO 8601 with an offset.
 
-    A redelivered task skips the tasks that the first delivery already submitted.
+    Progress counts trace tasks handled (submitted or skipped). A redelivered task reuses its run
+    and skips the tasks that the first delivery already submitted.
     """
     start = datetime.fromisoformat(trace_start_at) if trace_start_at else None
     logger.info("Replay task started: limit=%s start=%s", limit, trace_start_at)
-    summary = trace_replay(tasks_path=TASKS_CSV, trace_start_at=start, limit=limit,
-                           hold_until_trace_end=hold_until_trace_end)
-    return summary.as_dict()
+    with track(self, TaskRun.Kind.REPLAY, unit="trace tasks") as progress:
+        summary = trace_replay(tasks_path=TASKS_CSV, trace_start_at=start, limit=limit,
+                               hold_until_trace_end=hold_until_trace_end, on_progress=progress.advance)
+        message = (f"{summary.placed} placed, {summary.rejected} rejected, "
+                   f"{summary.skipped_already_replayed} skipped as already replayed.")
+        return progress.finish(summary.as_dict(), message=message)
 
 
 @shared_task(name="allocation.advance_reservations", acks_late=True)
@@ -46,15 +53,23 @@ def expire_reservations_task() -> int:
     return reservations_expire()
 
 
-@shared_task(name="allocation.propose_rebalance", acks_late=True)
-def propose_rebalance_task(max_moves: int | None = None) -> int | None:
+@shared_task(name="allocation.propose_rebalance", acks_late=True, bind=True)
+def propose_rebalance_task(self, max_moves: int | None = None) -> int | None:
     """Propose a rebalancing plan unless one already waits for a decision; return the new plan's id.
 
-    A redelivery while the first plan waits proposes nothing, so the task is safe to run twice.
+    Progress counts the scheduled reservations examined. A redelivery while the first plan waits
+    proposes nothing, so the task is safe to run twice.
     """
-    try:
-        plan = rebalance_propose(max_moves=max_moves)
-    except RebalancePlanWaiting as waiting:
-        logger.info("Rebalancing proposal skipped: %s", waiting)
-        return None
-    return plan.pk if plan else None
+    with track(self, TaskRun.Kind.REBALANCE, unit="reservations") as progress:
+        try:
+            plan = rebalance_propose(max_moves=max_moves, on_progress=progress.advance)
+        except RebalancePlanWaiting as waiting:
+            logger.info("Rebalancing proposal skipped: %s", waiting)
+            progress.finish({"plan_id": None, "moves": 0}, message=f"Nothing proposed: {waiting}")
+            return None
+        if plan is None:
+            progress.finish({"plan_id": None, "moves": 0}, message="No move gains enough; nothing proposed.")
+            return None
+        moves = plan.moves.count()
+        progress.finish({"plan_id": plan.pk, "moves": moves}, message=f"Plan {plan.pk} proposed with {moves} moves.")
+        return plan.pk

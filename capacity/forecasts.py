@@ -1,6 +1,7 @@
 """Fit and store a forecast for every demand series; the capacity plans read the stored forecasts."""
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -49,11 +50,13 @@ def forecast_refresh(series: DemandSeries, *, horizon_hours: int | None = None,
     return _store(series, hours, values, forecast_series(values, horizon=horizon_hours), horizon_hours)
 
 
-def forecasts_refresh_all(*, horizon_hours: int | None = None) -> dict[str, str]:
+def forecasts_refresh_all(*, horizon_hours: int | None = None,
+                          on_progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
     """Refresh the forecast of every series, in parallel processes where allowed, and return the model per key.
 
     If the batch fails, each series is fitted on its own. A series whose fit fails keeps its last
-    forecast, and its entry in the result starts with "error".
+    forecast, and its entry in the result starts with "error". ``on_progress(done, total)`` is
+    called as series are fitted; after a failed batch the count starts again from 0.
     """
     horizon_hours = horizon_hours or settings.MARKETPLACE["FORECAST_HORIZON_HOURS"]
     history_hours = settings.MARKETPLACE["FORECAST_HISTORY_HOURS"]
@@ -62,21 +65,24 @@ def forecasts_refresh_all(*, horizon_hours: int | None = None) -> dict[str, str]
     logger.info("Forecast refresh started for %d series", len(series_list))
 
     try:
-        results = forecast_many([values for _, values in histories], horizon=horizon_hours)
+        results = forecast_many([values for _, values in histories], horizon=horizon_hours, on_progress=on_progress)
     except Exception:  # A crash in the batch must not cost every series its forecast; retried one by one below.
         logger.exception("Forecasting the %d series as one batch failed; fitting them one by one", len(series_list))
         results = [None] * len(series_list)
 
     outcome = {}
-    for series, (hours, values), result in zip(series_list, histories, results):
+    for done, (series, (hours, values), result) in enumerate(zip(series_list, histories, results), start=1):
+        fitted_here = result is None
         try:
-            if result is None:
+            if fitted_here:
                 result = forecast_series(values, horizon=horizon_hours)
             with transaction.atomic():
                 outcome[series.key] = _store(series, hours, values, result, horizon_hours).model_name
         except Exception as error:  # One broken series must not stop the others; it is logged with its trace.
             logger.exception("Forecast of %s failed; its previous forecast stays in use", series.key)
             outcome[series.key] = f"error: {error}"
+        if fitted_here and on_progress is not None:
+            on_progress(done, len(series_list))
     logger.info("Forecast refresh finished: %s", outcome)
     forecasts_purge()
     return outcome

@@ -6,6 +6,9 @@ from dataclasses import asdict
 from celery import shared_task
 from django.conf import settings
 
+from task_runs.models import TaskRun
+from task_runs.progress import track
+
 from .forecasts import forecasts_refresh_all
 from .metrics import metrics_rollup_recent
 
@@ -20,12 +23,19 @@ def rollup_demand_metrics_task(lookback_hours: int | None = None) -> dict:
     return asdict(metrics_rollup_recent(lookback_hours=lookback))
 
 
-@shared_task(name="capacity.refresh_forecasts", acks_late=True)
-def refresh_capacity_forecasts_task() -> dict[str, str]:
+@shared_task(name="capacity.refresh_forecasts", acks_late=True, bind=True)
+def refresh_capacity_forecasts_task(self) -> dict[str, str]:
     """Roll up the recent hours, then fit and store a new forecast for every series.
 
-    Running it twice stores two forecasts of the same data; plans read the newest.
+    Progress counts the series fitted. Running it twice stores two forecasts of the same data;
+    plans read the newest.
     """
     logger.info("Forecast refresh task started")
-    metrics_rollup_recent(lookback_hours=settings.MARKETPLACE["DEMAND_ROLLUP_LOOKBACK_HOURS"])
-    return forecasts_refresh_all()
+    with track(self, TaskRun.Kind.FORECASTS, unit="series") as progress:
+        progress.advance(0, message="Rolling up the recent hours of demand")
+        metrics_rollup_recent(lookback_hours=settings.MARKETPLACE["DEMAND_ROLLUP_LOOKBACK_HOURS"])
+        outcome = forecasts_refresh_all(
+            on_progress=lambda done, total: progress.advance(done, total, message="Fitting forecasts"))
+        failed = sum(model.startswith("error") for model in outcome.values())
+        message = f"{len(outcome) - failed} forecasts stored" + (f", {failed} failed." if failed else ".")
+        return progress.finish(outcome, message=message)

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "capacity",
     "scheduler",
     "providers",
+    "task_runs",
 ]
 
 # django-prometheus times each request between its first and last middleware (metrics on /metrics).

@@ -13,6 +13,7 @@ urlpatterns = [
     path("", TemplateView.as_view(template_name="home.html"), name="home"),
     path("admin/", admin.site.urls),
     path("ops/capacity/", include("capacity.urls")),
+    path("ops/tasks/", include("task_runs.urls")),
     path("ops/", include("allocation.urls")),
     path("ops/", include("scheduler.urls")),
     path("provider/", include("providers.urls")),

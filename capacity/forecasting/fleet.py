@@ -4,6 +4,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -36,8 +37,11 @@ def single_threaded_workers():
 
 
 def forecast_many(series_list, horizon: int = 168, season: int = 24, candidates=None,
-                  max_train_hours: int = DEFAULT_MAX_TRAIN_HOURS, workers: int | None = None) -> list[ForecastResult]:
+                  max_train_hours: int = DEFAULT_MAX_TRAIN_HOURS, workers: int | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> list[ForecastResult]:
     """Run ``forecast_series`` on each history of ``series_list``; results come back in input order.
+
+    ``on_progress(done, total)`` is called in this process as each result arrives, in input order.
 
     ``workers`` is the number of processes (default: the CPU count, at most one per series).
     The models contain no randomness, so the results equal those of a serial run whatever the
@@ -51,15 +55,25 @@ def forecast_many(series_list, horizon: int = 168, season: int = 24, candidates=
     started = time.perf_counter()
     logger.info("Forecasting %d series, horizon %d h, %d worker processes", len(series_list), horizon, max(workers, 1))
 
+    results = []
     if workers <= 1 or multiprocessing.current_process().daemon:
-        results = [work(values) for values in series_list]
+        for values in series_list:
+            results.append(work(values))
+            _report(on_progress, len(results), len(series_list))
     else:
         chunk = max(1, len(series_list) // (4 * workers))
         # Spawned workers start a fresh interpreter, so they do not copy the caller's threads and
         # database connections as fork would, and a Django process may hold both.
         context = multiprocessing.get_context("spawn")
         with single_threaded_workers(), ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            results = list(pool.map(work, series_list, chunksize=chunk))
+            for result in pool.map(work, series_list, chunksize=chunk):
+                results.append(result)
+                _report(on_progress, len(results), len(series_list))
 
     logger.info("Forecast %d series in %.1f s", len(results), time.perf_counter() - started)
     return results
+
+
+def _report(on_progress: Callable[[int, int], None] | None, done: int, total: int) -> None:
+    if on_progress is not None:
+        on_progress(done, total)

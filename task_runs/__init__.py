@@ -1,0 +1,1 @@
+"""Runs of long Celery tasks (trace replay, forecast refresh, rebalancing proposal) and their progress."""
