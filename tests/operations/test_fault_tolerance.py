@@ -28,7 +28,7 @@ from ..stack import database_url_of_tests, drill_stack, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("require_postgres")]
 
-PRODUCT_APPS = {"allocation", "scheduler", "providers", "capacity", "marketplace"}
+PRODUCT_APPS = {"allocation", "scheduler", "providers", "capacity", "marketplace", "task_runs"}
 REPLAY_KWARGS = {"limit": 400, "trace_start_at": "2026-01-01T00:00:00+00:00"}
 
 
