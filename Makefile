@@ -8,7 +8,7 @@ PORT ?= 8000
 # sets: an empty value wins over .env, and the settings treat it as unset.
 DEMO_ENV := env DATABASE_URL= REDIS_URL=
 
-.PHONY: install demo test up down bench bench-api bench-forecast bench-placement bench-scheduler bench-heartbeats serve clean
+.PHONY: install demo test up down bench bench-api bench-forecast bench-placement bench-scheduler bench-heartbeats bench-soak serve clean
 
 $(VENV)/.installed: pyproject.toml agent/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,12 @@ bench-scheduler: install
 # Heartbeat ingestion with health evaluation on PostgreSQL, for the trace fleet; needs a local PostgreSQL.
 bench-heartbeats: install
 	$(BIN)/python -m bench.heartbeats --output docs/benchmarks.md
+
+# Ten minutes of mixed load against `make up` (its own database and Redis) while a worker is killed and Redis and
+# the local PostgreSQL server restart; SOAK_SECONDS shortens it, SOAK_ARGS= leaves PostgreSQL alone.
+SOAK_ARGS ?= --restart-postgres
+bench-soak: install
+	$(BIN)/python -m bench.soak --seconds $${SOAK_SECONDS:-600} $(SOAK_ARGS) --output docs/benchmarks.md
 
 # Needs a local PostgreSQL; BENCH_ADMIN_DATABASE_URL names another server with the right to create databases.
 bench-api: install

@@ -88,3 +88,21 @@ def check_invariants(database_url: str, placed: list[int], rejected: list[int]) 
             "SELECT COUNT(*) FROM allocation_allocation a WHERE a.reservation_id = ANY(%s::bigint[])",
             [rejected]).fetchone()[0]
     return found
+
+
+def main() -> None:
+    """Print the violations of the database named on the command line (or by DATABASE_URL) as JSON; exit 1 if any."""
+    import json
+    import os
+    import sys
+
+    database_url = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("DATABASE_URL", "")
+    if not database_url:
+        sys.exit("usage: python -m bench.invariants postgres://USER@HOST:PORT/DATABASE (or set DATABASE_URL)")
+    found = check_invariants(database_url, [], [])
+    print(json.dumps(found))
+    sys.exit(1 if any(found.values()) else 0)
+
+
+if __name__ == "__main__":
+    main()

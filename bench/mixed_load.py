@@ -25,6 +25,8 @@ MEMORY_MIB = [2048, 4096, 8192]
 # Relative frequency of each action of a client.
 ACTION_WEIGHTS = {"reserve": 50, "cancel": 15, "heartbeat": 25, "read": 10}
 MAX_RETRY_WAIT_SECONDS = 2.0
+# Share of reservation requests that wait in the scheduler's queue (202) instead of a 409 when nothing fits.
+QUEUE_IF_UNAVAILABLE_SHARE = 0.3
 
 
 @dataclass
@@ -46,8 +48,10 @@ class LoadResult:
     error_times: list[tuple[float, int, str]] = field(default_factory=list)
     connection_errors: int = 0
     retries: int = 0
-    # Reservation ids the API booked (201, or 202 pending approval), rejected (409) and cancelled (200).
+    # Reservation ids the API booked (201, or 202 pending approval), queued (202 queued), rejected (409) and
+    # cancelled (200).
     placed: list[int] = field(default_factory=list)
+    queued: list[int] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     # external_ref of every reservation request that got a final answer, with its status.
@@ -62,6 +66,7 @@ class LoadResult:
         self.connection_errors += other.connection_errors
         self.retries += other.retries
         self.placed.extend(other.placed)
+        self.queued.extend(other.queued)
         self.rejected.extend(other.rejected)
         self.cancelled.extend(other.cancelled)
         self.answered_refs.update(other.answered_refs)
@@ -130,6 +135,9 @@ class MixedLoad:
                 "cpu_millicores": rng.choice(CPU_MILLICORES), "memory_mib": rng.choice(MEMORY_MIB),
                 "start_at": start.isoformat(), "end_at": (start + timedelta(hours=rng.randint(1, 6))).isoformat(),
                 "external_ref": ref}
+        if rng.random() < QUEUE_IF_UNAVAILABLE_SHARE:
+            body["queue_if_unavailable"] = True
+            body["interruptible"] = rng.random() < 0.5
         status, data = self._send("POST", "/api/v1/reservations/", body, token=token, result=result,
                                   deadline=deadline, idempotency_key=ref)
         if status is None:
@@ -138,7 +146,10 @@ class MixedLoad:
         # A 409 carries the rejected reservation under "reservation"; 201 and 202 are the reservation itself.
         reservation = (data or {}).get("reservation", data or {})
         reservation_id = reservation.get("id") if isinstance(reservation, dict) else None
-        if status in (201, 202) and reservation_id:
+        if status == 202 and reservation.get("status") == "queued":
+            result.queued.append(reservation_id)
+            own.append(reservation_id)
+        elif status in (201, 202) and reservation_id:
             result.placed.append(reservation_id)
             own.append(reservation_id)
         elif status == 409 and reservation_id:

@@ -64,7 +64,8 @@ def test_replay_progress_readable_while_running(worker_queue):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_same_task_id_twice_reuses_the_run(worker_queue):
+def test_same_task_id_twice_keeps_one_run(worker_queue):
+    """The task ledger skips the second delivery, so the run keeps the first delivery's result."""
     trace_import(nodes_path=NODES_CSV)
     task_id = str(uuid.uuid4())
     kwargs = {"limit": 20, "trace_start_at": TRACE_START}
@@ -76,7 +77,7 @@ def test_same_task_id_twice_reuses_the_run(worker_queue):
 
     run = TaskRun.objects.get()
     assert first["submitted"] == 20
-    assert second["skipped_already_replayed"] == 20
-    assert run.deliveries == 2
+    assert second is None
+    assert run.deliveries == 1
     assert run.state == TaskRun.State.SUCCEEDED
-    assert run.result == second
+    assert run.result == first
