@@ -125,7 +125,7 @@ class MixedLoad:
                 self._send("POST", "/api/v1/agent/heartbeats/", body, node_key=agent.key, result=result,
                            deadline=deadline)
             else:
-                self._send("GET", "/api/v1/reservations/?page_size=20", None, token=token, result=result,
+                self._send("GET", "/api/v1/reservations/", None, token=token, result=result,
                            deadline=deadline)
 
     def _reserve(self, rng: random.Random, token: str, own: list[int], result: LoadResult, deadline: float) -> None:

@@ -278,7 +278,7 @@ def main() -> None:
         result = holder["result"]
         log(f"Load finished; giving the stack {SETTLE_SECONDS} s to settle")
         time.sleep(SETTLE_SECONDS)
-        respawned = (workdir / "stack.log").read_text(errors="replace").count("respawn: ")
+        respawned = (workdir / "stack.log").read_text(errors="replace").count("respawn: '")
     finally:
         subprocess.run(["make", "down"], cwd=REPO_ROOT, capture_output=True)
         try:

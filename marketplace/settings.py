@@ -146,7 +146,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [
         "marketplace.api.throttling.AgentRateThrottle",
         "rest_framework.throttling.UserRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
+        "marketplace.api.throttling.AnonymousRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "agent": env.str("THROTTLE_AGENT_RATE", default="600/minute"),

@@ -12,6 +12,8 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from scheduler.agents import node_credential_issue
 
+from ..factories import NodeFactory
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -67,6 +69,20 @@ def test_agents_are_throttled_per_node_key(t4_node, monkeypatch):
     statuses = [client.get("/api/v1/agent/assignments/").status_code for _ in range(3)]
 
     assert statuses == [200, 200, 429]
+
+
+@pytest.mark.django_db
+def test_agents_behind_one_address_are_not_throttled_as_anonymous(region, monkeypatch):
+    monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", {"agent": "100/minute", "user": "100/minute",
+                                                                "anon": "2/minute"})
+    nodes = [NodeFactory(hostname=f"nat-{index}", region=region) for index in range(3)]
+    statuses = []
+    for node in nodes:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Node {node_credential_issue(node=node)}")
+        statuses += [client.get("/api/v1/agent/assignments/").status_code for _ in range(2)]
+
+    assert statuses == [200] * 6
 
 
 def test_production_settings_pass_the_deploy_check():
