@@ -38,16 +38,18 @@ SECONDS = 20
 
 
 def manage(env: dict, *args: str) -> str:
+    """Run ``manage.py`` with ``args`` in ``env``; return its standard output."""
     completed = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, check=True,
                                capture_output=True, text=True)
     return completed.stdout
 
 
-def prepare_database(admin_url: str) -> str:
+def prepare_database(admin_url: str, database: str = DATABASE) -> str:
+    """Create ``database`` afresh on the server of ``admin_url`` (dropping connections to an old one); return its URL."""
     with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        connection.execute(f"CREATE DATABASE {DATABASE}")
-    return admin_url.rsplit("/", 1)[0] + f"/{DATABASE}"
+        connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        connection.execute(f"CREATE DATABASE {database}")
+    return admin_url.rsplit("/", 1)[0] + f"/{database}"
 
 
 def create_tokens(env: dict) -> list[str]:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench.api import manage, prepare_database
 from bench.invariants import check_invariants
 from bench.mixed_load import Agent, LoadResult, MixedLoad
 from bench.report import write_section
@@ -55,19 +56,6 @@ SETTLE_SECONDS = 20
 
 def log(message: str) -> None:
     print(f"[soak {datetime.now(timezone.utc):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
-
-
-def manage(env: dict, *args: str) -> str:
-    completed = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, check=True,
-                               capture_output=True, text=True)
-    return completed.stdout
-
-
-def prepare_database(admin_url: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        connection.execute(f"CREATE DATABASE {DATABASE}")
-    return admin_url.rsplit("/", 1)[0] + f"/{DATABASE}"
 
 
 def create_clients(env: dict) -> tuple[list[str], list[Agent]]:
@@ -186,7 +174,7 @@ def render(summary: dict) -> str:
     statuses = ", ".join(f"{status}: {count}" for status, count in sorted(summary["statuses"].items()))
     return f"""## Soak (`make bench-soak`)
 
-Measured {summary['measured_at']} on {summary['machine']}, `python -m bench.soak --seconds {summary['seconds']}`
+Measured {summary['measured_at']} on {summary['machine']}, `python -m bench.soak --seconds {summary['seconds']}{' --restart-postgres' if summary['restart_postgres'] else ''}`
 (`make bench-soak`): `make up` (gunicorn with 2 workers, 2 Celery workers of concurrency 2 under
 bin/respawn, beat) on local PostgreSQL and a private Redis, the trace fleet, {summary['threads']} client
 threads of mixed load (reservations, some queued or interruptible, cancellations, heartbeats from
@@ -203,7 +191,7 @@ same Idempotency-Key.
 | requests per second | {summary['requests_per_second']} |
 | reservations booked / queued / rejected / cancelled | {summary['booked']} / {summary['queued']} / {summary['rejected']} / {summary['cancelled']} |
 | 5xx outside the PostgreSQL restart window | {summary['errors_5xx']} |
-| 5xx inside it (all 503 with Retry-After, then retried) | {summary['errors_5xx_in_postgres_window']} |
+| 5xx inside it (each retried by its client) | {summary['errors_5xx_in_postgres_window']} |
 | invariant violations | {summary['violations']} |
 | lost reservations | {summary['lost_reservations']} |
 | p50 / p99 latency (ms) | {summary['p50_ms']} / {summary['p99_ms']} |
@@ -230,7 +218,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
 
     log(f"Preparing database {DATABASE} and Redis on port {REDIS_PORT}")
-    database_url = prepare_database(args.admin_url)
+    database_url = prepare_database(args.admin_url, DATABASE)
     redis = Redis(REDIS_PORT, workdir / "redis.log")
     redis.start()
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
@@ -294,7 +282,7 @@ def main() -> None:
     summary = {
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "seconds": args.seconds, "threads": args.threads, "faults": faults,
+        "seconds": args.seconds, "threads": args.threads, "restart_postgres": args.restart_postgres, "faults": faults,
         "requests": result.requests, "requests_per_second": round(result.requests / args.seconds, 1),
         "statuses": {str(status): count for status, count in result.statuses.items()},
         "booked": len(result.placed), "queued": len(result.queued), "rejected": len(result.rejected),
