@@ -49,11 +49,15 @@ up: install
 	$(UP_ENV) $(BIN)/python manage.py collectstatic --noinput -v 0
 	$(UP_ENV) HOST=$(HOST) PORT=$(PORT) bin/up || test $$? -eq 143
 
-# Stops exactly the processes that `make up` started: honcho passes the signal on to each of them.
+# Stops exactly the processes that `make up` started: honcho passes the signal on to each of them. A stale
+# var/up.pid whose process is not honcho is ignored.
 down:
-	@if test -s var/up.pid && kill -0 $$(cat var/up.pid) 2>/dev/null; then \
+	@if test -s var/up.pid && grep -qs honcho /proc/$$(cat var/up.pid)/cmdline; then \
 		kill -TERM $$(cat var/up.pid); \
 		for i in $$(seq 1 60); do kill -0 $$(cat var/up.pid) 2>/dev/null || break; sleep 0.5; done; \
+		if kill -0 $$(cat var/up.pid) 2>/dev/null; then \
+			echo "honcho (pid $$(cat var/up.pid)) still runs after 30 s; see its terminal, or kill it." >&2; exit 1; \
+		fi; \
 		rm -f var/up.pid; echo "Stopped."; \
 	else echo "Nothing to stop: no stack started by make up is running."; rm -f var/up.pid; fi
 

@@ -96,9 +96,13 @@ def main() -> None:
     import os
     import sys
 
+    usage = "usage: python -m bench.invariants [postgres://USER@HOST:PORT/DATABASE] (default: DATABASE_URL)"
     database_url = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("DATABASE_URL", "")
-    if not database_url:
-        sys.exit("usage: python -m bench.invariants postgres://USER@HOST:PORT/DATABASE (or set DATABASE_URL)")
+    if database_url in ("-h", "--help"):
+        print(usage)
+        sys.exit(0)
+    if not database_url.startswith(("postgres://", "postgresql://")):
+        sys.exit(f"{usage}\nGot {database_url!r}: name a PostgreSQL database URL.")
     found = check_invariants(database_url, [], [])
     print(json.dumps(found))
     sys.exit(1 if any(found.values()) else 0)

@@ -2,8 +2,9 @@
 
 ``/health/live/`` returns 200 while the process serves requests and checks nothing else.
 ``/health/ready/`` runs django-health-check's checks: the database, and with ``REDIS_URL`` also
-Redis and a ping of the Celery workers. It returns 503 when one fails, so a load balancer stops
-sending traffic. No check reaches beyond the configured servers.
+Redis and a ping of the Celery workers. It returns 503 when one fails. ``/health/ready/web/``
+checks only the database, which is all the API needs, so a load balancer keeps sending traffic
+while Redis or the workers are down. No check reaches beyond the configured servers.
 """
 
 import datetime
@@ -24,13 +25,20 @@ def live(request: HttpRequest) -> JsonResponse:
 
 
 class ReadinessView(HealthCheckView):
-    """django-health-check's view with this deployment's checks, returning 503 rather than 500 on failure."""
+    """django-health-check's view with this deployment's checks, returning 503 rather than 500 on failure.
+
+    The whole stack by default; with ``web_only`` only what a web process needs to serve the API
+    (the database), for load balancers: the API keeps serving while Redis or the workers are down.
+    """
+
+    web_only = False
 
     def get_checks(self):
         yield Database()
-        if settings.REDIS_URL:
-            yield Redis(client_factory=lambda: RedisClient.from_url(settings.REDIS_URL))
-            yield Ping(timeout=datetime.timedelta(seconds=2), limit=1)
+        if settings.REDIS_URL and not self.web_only:
+            yield Redis(client_factory=lambda: RedisClient.from_url(settings.REDIS_URL, socket_connect_timeout=1,
+                                                                   socket_timeout=1))
+            yield Ping(timeout=datetime.timedelta(seconds=1), limit=1)
 
     async def get(self, request, *args, **kwargs):
         response = await super().get(request, *args, **kwargs)

@@ -18,6 +18,7 @@ import os
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -26,7 +27,7 @@ from marketplace.metric_collectors import DomainCollector
 
 logger = logging.getLogger(__name__)
 
-PROXY_HEADERS = ("X-Forwarded-For", "Forwarded")
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Client-IP", "Client-IP", "True-Client-IP", "Via")
 """A request carrying one of these came through a proxy, so its loopback address proves nothing."""
 
 _domain_collector = DomainCollector()
@@ -55,6 +56,7 @@ def scrape_registry() -> CollectorRegistry:
     return registry
 
 
+@csrf_exempt  # read-only: other methods get the 405 below, not a CSRF page
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Return the metrics in Prometheus's text format, or a problem-details error."""
     if request.method not in ("GET", "HEAD"):

@@ -3,7 +3,7 @@
 import logging
 from urllib.parse import unquote
 
-from django.db import InterfaceError, OperationalError
+from django.db import DataError, InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 
 from marketplace.api.errors import PROBLEM_CONTENT_TYPE, RETRY_AFTER_SECONDS, problem
@@ -32,6 +32,8 @@ class RejectNulCharactersMiddleware:
 class DatabaseUnavailableMiddleware:
     """Answer 503 with Retry-After when a view loses the database (a restart or failover), instead of 500.
 
+    A value the database cannot store (``DataError``) gets 400 the same way.
+
     The view's transaction was rolled back, so the caller may retry; API paths get problem details.
     Django drops the broken connection at the end of the request and the next request reconnects.
     """
@@ -43,6 +45,8 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
+        if isinstance(exception, DataError):
+            return self._unstorable_value(request, exception)
         if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
         logger.error("Database unavailable during %s %s: %s", request.method, request.path[:200], exception)
@@ -54,3 +58,15 @@ class DatabaseUnavailableMiddleware:
             response = HttpResponse(f'<p class="error" role="alert">{detail}</p>', status=503)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
+
+    @staticmethod
+    def _unstorable_value(request, exception):
+        """Answer 400 for a form or body value the database cannot store, such as a NUL character."""
+        logger.warning("Request %s %s sent a value the database cannot store: %s", request.method,
+                       request.path[:200], exception)
+        detail = ("A value in the request has characters or a size the database cannot store (for example a NUL "
+                  "character or a number out of range). Correct the value.")
+        if request.path.startswith("/api/"):
+            body = problem(status=400, code="invalid_request", title="Invalid request", detail=detail)
+            return JsonResponse(body, status=400, content_type=PROBLEM_CONTENT_TYPE)
+        return HttpResponse(f'<p class="error" role="alert">{detail}</p>', status=400)

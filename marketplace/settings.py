@@ -145,9 +145,12 @@ REST_FRAMEWORK = {
     # counted per node key, customers per user, anonymous callers per address.
     "DEFAULT_THROTTLE_CLASSES": [
         "marketplace.api.throttling.AgentRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "marketplace.api.throttling.CustomerRateThrottle",
         "marketplace.api.throttling.AnonymousRateThrottle",
     ],
+    # Proxies in front of the web tier that append to X-Forwarded-For; 0 trusts only the socket's address, so a
+    # client cannot spend another address's budget by sending the header itself.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
     "DEFAULT_THROTTLE_RATES": {
         "agent": env.str("THROTTLE_AGENT_RATE", default="600/minute"),
         "user": env.str("THROTTLE_USER_RATE", default="6000/minute"),

@@ -7,7 +7,8 @@ is still going. ``OnceTask`` keeps a ``TaskDelivery`` row per task id and decide
 
 - no row: record the run and do it;
 - a run of this id is in progress in a live worker: wait for it, then skip this copy;
-- a run of this id died (its worker is gone) or asked for a Celery retry: take over and run again;
+- a run of this id died (its worker is gone or shut down mid-run), lost the database, or asked for a
+  Celery retry: take over and run again;
 - a run of this id succeeded or failed: skip this copy (a failed task is acknowledged, not redelivered,
   so a second copy of it is a duplicate).
 
@@ -29,10 +30,15 @@ from datetime import timedelta
 
 from celery import Task
 from celery.exceptions import Retry
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
+
+# Errors of a database that is restarting or unreachable; a task that meets one is retried, not failed.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+# Retries after such errors, 5 s apart and doubling up to a minute: about 17 minutes in all.
+DATABASE_RETRIES = 20
 
 # First key of the two-key advisory locks of task deliveries, apart from the scheduler's one-key lock.
 ADVISORY_LOCK_NAMESPACE = 0x7A5C
@@ -54,19 +60,28 @@ class OnceTask(Task):
         task_id = self.request.id
         if not task_id or self.request.is_eager:
             return super().__call__(*args, **kwargs)
-        with delivery_claim(task_id=task_id, task_name=self.name) as claim:
-            if not claim.run:
-                logger.warning("Skipped a duplicate delivery of task %s %s: %s", self.name, task_id, claim.reason)
-                return None
-            try:
-                result = super().__call__(*args, **kwargs)
-            except Retry:
-                raise  # the retry message has the same task id and must run
-            except BaseException:
-                delivery_finish(claim, succeeded=False)
-                raise
-            delivery_finish(claim, succeeded=True)
-            return result
+        try:
+            with delivery_claim(task_id=task_id, task_name=self.name) as claim:
+                if not claim.run:
+                    logger.warning("Skipped a duplicate delivery of task %s %s: %s", self.name, task_id, claim.reason)
+                    return None
+                try:
+                    result = super().__call__(*args, **kwargs)
+                except (Retry, *DATABASE_UNAVAILABLE):
+                    raise  # the delivery stays running, so the retry (same task id) takes it over
+                except Exception:
+                    delivery_finish(claim, succeeded=False)
+                    raise
+                # A SystemExit or KeyboardInterrupt (a worker shutting down) also leaves the delivery running: the
+                # message goes back to the broker and its next delivery takes over.
+                delivery_finish(claim, succeeded=True)
+                return result
+        except DATABASE_UNAVAILABLE as error:
+            # The database restarts or fails over: send the message again later instead of acknowledging a failure.
+            countdown = min(60, 5 * 2 ** self.request.retries)
+            logger.warning("Task %s %s lost the database (%s); retrying in %d s (retry %d of %d)", self.name, task_id,
+                           error, countdown, self.request.retries + 1, DATABASE_RETRIES)
+            raise self.retry(exc=error, countdown=countdown, max_retries=DATABASE_RETRIES)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ urlpatterns = [
     path("api/v1/ping/", PingView.as_view(), name="ping"),
     path("health/live/", health.live, name="health-live"),
     path("health/ready/", health.ReadinessView.as_view(), name="health-ready"),
+    path("health/ready/web/", health.ReadinessView.as_view(web_only=True), name="health-ready-web"),
     path("metrics", metrics_endpoint.metrics_view, name="metrics"),
     path("api/v1/", include("allocation.api.urls")),
     path("api/v1/", include("scheduler.api.urls")),

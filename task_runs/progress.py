@@ -7,9 +7,9 @@ progress row written on the task's connection would not be. The ``TaskRun`` row 
 change and the final counters.
 
 A worker killed mid-task (hard time limit, out of memory, SIGKILL) runs no code that could mark
-its run, so every read marks a running run without a sign of life for longer than
-``CELERY_TASK_TIME_LIMIT`` as failed (lost). No task may run longer than that limit, so such a run
-cannot still be running.
+its run. Redis delivers its message again once the visibility timeout passes, and the next delivery
+takes the run over. So every read marks a running run without a sign of life for longer than the
+visibility timeout (plus two restore sweeps) as failed (lost): by then its message did not come back.
 """
 
 import logging
@@ -61,9 +61,20 @@ def _live_key(task_id: str) -> str:
     return f"task_runs:live:{task_id}"
 
 
+def lost_after_seconds() -> int:
+    """Return the seconds of silence after which a running run counts as lost.
+
+    That is the visibility timeout, after which Redis delivers a dead worker's message again, plus two
+    of the workers' restore sweeps; no live task is silent that long, as it is shorter than the time limit.
+    """
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    visibility = int(options.get("visibility_timeout", 2 * settings.CELERY_TASK_TIME_LIMIT))
+    return visibility + 2 * int(options.get("unacked_restore_interval", 10))
+
+
 def _live_timeout_seconds() -> int:
-    """Keep live counters twice the task time limit, longer than any run can be silent before it counts as lost."""
-    return 2 * settings.CELERY_TASK_TIME_LIMIT
+    """Keep live counters longer than any run can be silent before it counts as lost."""
+    return lost_after_seconds() + 60
 
 
 def _write_live(task_id: str, *, state: str, done: int, total: int | None, unit: str, message: str) -> bool:
@@ -221,9 +232,11 @@ def track(task, kind: str, *, unit: str) -> Iterator[ProgressReporter]:
     reporter = run_start(kind, task_id=task_id, unit=unit, parameters=task.request.kwargs or {})
     try:
         yield reporter
-    except BaseException as error:  # Re-raised below; SystemExit and KeyboardInterrupt are stored too.
+    except Exception as error:
         reporter.fail(error)
         raise
+    # A SystemExit or KeyboardInterrupt (a worker shutting down) leaves the run running: the broker delivers
+    # the message again and the next delivery takes the run over.
     if not reporter.finished:
         reporter.finish()
 
@@ -241,7 +254,7 @@ def run_progress(run: TaskRun, *, now: datetime | None = None) -> RunProgress:
 
     # NOTE: only running runs can be lost. A queued run waits for its message in the broker with
     # no limit, so a message lost before any worker took it leaves the run queued.
-    if run.state == TaskRun.State.RUNNING and (now - last_seen_at).total_seconds() > settings.CELERY_TASK_TIME_LIMIT:
+    if run.state == TaskRun.State.RUNNING and (now - last_seen_at).total_seconds() > lost_after_seconds():
         run = _mark_lost(run, live, last_seen_at, now)
         live = None
 
@@ -267,7 +280,7 @@ def runs_mark_lost(*, now: datetime | None = None) -> int:
     The reads do this for the runs they show. This function also covers runs that no page shows.
     """
     now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    cutoff = now - timedelta(seconds=lost_after_seconds())
     stale = TaskRun.objects.filter(state=TaskRun.State.RUNNING, updated_at__lt=cutoff)
     return sum(run_progress(run, now=now).state == TaskRun.State.FAILED for run in stale)
 
@@ -275,8 +288,8 @@ def runs_mark_lost(*, now: datetime | None = None) -> int:
 def _mark_lost(run: TaskRun, live: dict | None, last_seen_at: datetime, now: datetime) -> TaskRun:
     """Store a lost run as failed, with its last live counters, unless another process changed it meanwhile."""
     silent = int((now - last_seen_at).total_seconds())
-    error = (f"Lost: no progress report for {silent} s, longer than the task time limit of "
-             f"{settings.CELERY_TASK_TIME_LIMIT} s, so its worker most likely died. Start the task again.")
+    error = (f"Lost: no progress report for {silent} s, longer than the {lost_after_seconds()} s after which "
+             f"the broker would have delivered a dead worker's task again. Start the task again.")
     fields = {"state": TaskRun.State.FAILED, "error": error, "finished_at": now, "updated_at": now}
     if live is not None:
         fields.update(done=live["done"], total=live["total"], message=live["message"])

@@ -37,12 +37,21 @@ def gpu_catalogue(request):
     importlib.import_module("scheduler.migrations.0002_seed_classes_and_queue").seed(apps, None)
 
 
+def cache_empty() -> None:
+    """Delete the cache's keys. On Redis only those: clear() would empty the whole Redis database, which the
+    Celery broker and the heartbeat queue of a running stack may share."""
+    from django.core.cache import cache
+
+    if hasattr(cache, "delete_pattern"):
+        cache.delete_pattern("*")
+    else:
+        cache.clear()
+
+
 @pytest.fixture(autouse=True)
 def empty_cache():
     """Start every test with an empty cache, as cached alternatives are keyed by ids that tests reuse."""
-    from django.core.cache import cache
-
-    cache.clear()
+    cache_empty()
 
 
 @pytest.fixture

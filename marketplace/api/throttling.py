@@ -1,6 +1,12 @@
-"""Throttling of agents per node key: the user-based throttles see agents as anonymous."""
+"""API throttles: customers per user, agents per node key, other callers per client address.
 
-from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle
+DRF's own user and anonymous throttles count every caller without a Django user (agents included)
+per address, so all nodes behind one provider's address would share one budget. These classes
+leave agents to ``AgentRateThrottle`` alone. Client addresses come from ``REMOTE_ADDR`` unless
+``NUM_PROXIES`` says how many proxies in front add ``X-Forwarded-For``.
+"""
+
+from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
 
 
 class AgentRateThrottle(SimpleRateThrottle):
@@ -13,6 +19,15 @@ class AgentRateThrottle(SimpleRateThrottle):
         if credential is None:
             return None
         return self.cache_format % {"scope": self.scope, "ident": f"node-{credential.node_id}"}
+
+
+class CustomerRateThrottle(UserRateThrottle):
+    """Counts requests per signed-in user; requests without a user are left to the other throttles."""
+
+    def get_cache_key(self, request, view):
+        if not (request.user and request.user.is_authenticated):
+            return None
+        return super().get_cache_key(request, view)
 
 
 class AnonymousRateThrottle(AnonRateThrottle):

@@ -46,6 +46,17 @@ def test_readiness_fails_without_workers(client, settings):
 
 
 @pytest.mark.django_db
+def test_web_readiness_ignores_missing_workers(client, settings):
+    if not settings.REDIS_URL:
+        pytest.skip("needs Redis: set REDIS_URL")
+
+    response = client.get("/health/ready/web/?format=json")
+
+    assert response.status_code == 200
+    assert list(response.json()) == ["Database(alias='default')"]
+
+
+@pytest.mark.django_db
 def test_customer_over_the_rate_gets_429_with_retry_after(api, monkeypatch):
     monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", {"agent": "3/minute", "user": "3/minute",
                                                                 "anon": "3/minute"})
@@ -85,6 +96,18 @@ def test_agents_behind_one_address_are_not_throttled_as_anonymous(region, monkey
     assert statuses == [200] * 6
 
 
+@pytest.mark.django_db
+def test_spoofed_forwarded_for_spends_no_other_budget(api, monkeypatch):
+    monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", {"agent": "100/minute", "user": "100/minute",
+                                                                "anon": "2/minute"})
+    anonymous = APIClient()
+    for _ in range(3):
+        anonymous.get("/api/schema/", HTTP_X_FORWARDED_FOR="10.9.9.9")
+
+    assert anonymous.get("/api/schema/", HTTP_X_FORWARDED_FOR="10.1.1.1").status_code == 429
+    assert api.get("/api/v1/reservations/").status_code == 200
+
+
 def test_production_settings_pass_the_deploy_check():
     environment = {**os.environ, "DEBUG": "false", "SECRET_KEY": secrets.token_urlsafe(50),
                    "ALLOWED_HOSTS": "marketplace.example.com"}
@@ -95,3 +118,26 @@ def test_production_settings_pass_the_deploy_check():
 
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "no issues" in completed.stdout
+
+
+def test_unstorable_value_in_a_page_gets_400(rf):
+    from django.db import DataError
+
+    from marketplace.middleware import DatabaseUnavailableMiddleware
+
+    middleware = DatabaseUnavailableMiddleware(lambda request: None)
+    response = middleware.process_exception(rf.post("/ops/approvals/decide/"),
+                                            DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"))
+
+    assert response.status_code == 400
+    assert b"NUL character" in response.content
+
+
+@pytest.mark.django_db
+def test_metrics_rejects_post_with_405_not_csrf_page():
+    from django.test import Client
+
+    response = Client(enforce_csrf_checks=True).post("/metrics")
+
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from celery import shared_task
 from celery.exceptions import Retry
-from django.db import connection
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from marketplace.models import TaskDelivery
@@ -38,6 +38,22 @@ def retry_once_task(self) -> str:
     runs.append("attempt")
     if len(runs) == 1:
         raise Retry("first attempt asks for a retry")
+    return "done"
+
+
+@shared_task(name="tests.lose_database_once")
+def lose_database_once_task() -> str:
+    runs.append("attempt")
+    if len(runs) == 1:
+        raise OperationalError("terminating connection due to administrator command")
+    return "done"
+
+
+@shared_task(name="tests.shut_down_once")
+def shut_down_once_task() -> str:
+    runs.append("attempt")
+    if len(runs) == 1:
+        raise SystemExit(-15)
     return "done"
 
 
@@ -105,6 +121,31 @@ def test_retry_runs_under_same_id():
     assert deliver(retry_once_task, "message-1") == "done"
     delivery = TaskDelivery.objects.get(task_id="message-1")
     assert (delivery.status, delivery.attempts) == ("succeeded", 2)
+
+
+@pytest.mark.django_db
+def test_database_loss_retries_the_message(monkeypatch):
+    requested = []
+    monkeypatch.setattr(lose_database_once_task, "retry",
+                        lambda **options: requested.append(options) or Retry("database lost"))
+
+    with pytest.raises(Retry):
+        deliver(lose_database_once_task, "message-1")
+
+    assert requested[0]["countdown"] == 5
+    assert TaskDelivery.objects.get(task_id="message-1").status == "running"
+    assert deliver(lose_database_once_task, "message-1") == "done"
+    assert TaskDelivery.objects.get(task_id="message-1").attempts == 2
+
+
+@pytest.mark.django_db
+def test_worker_shutdown_leaves_message_claimable():
+    with pytest.raises(SystemExit):
+        deliver(shut_down_once_task, "message-1")
+    assert TaskDelivery.objects.get(task_id="message-1").status == "running"
+
+    assert deliver(shut_down_once_task, "message-1") == "done"
+    assert TaskDelivery.objects.get(task_id="message-1").status == "succeeded"
 
 
 @pytest.mark.django_db

@@ -266,6 +266,35 @@ def test_queued_heartbeats_are_stored_in_batches(t4_node, settings):
     assert t4_node.health == "healthy"
 
 
+def test_failed_drain_leaves_heartbeats_queued(t4_node, settings, monkeypatch):
+    from django.db import OperationalError
+
+    from providers import heartbeat_queue
+    from providers.heartbeat_queue import QUEUE_KEY, _redis, heartbeats_drain
+
+    if not settings.REDIS_URL:
+        pytest.skip("needs Redis: set REDIS_URL")
+    _redis().delete(QUEUE_KEY)
+    settings.MARKETPLACE = {**settings.MARKETPLACE, "HEARTBEAT_QUEUE": True, "HEARTBEAT_BATCH": 2}
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    for _ in range(3):
+        client.post("/api/v1/agent/heartbeats/", {"snapshots": [snapshot(uuids)]}, format="json")
+
+    def lose_database(**kwargs):
+        raise OperationalError("terminating connection due to administrator command")
+
+    monkeypatch.setattr(heartbeat_queue, "heartbeats_ingest", lose_database)
+    with pytest.raises(OperationalError):
+        heartbeats_drain()
+    assert _redis().llen(QUEUE_KEY) == 3
+
+    monkeypatch.undo()
+    assert heartbeats_drain().heartbeats == 3
+    assert _redis().llen(QUEUE_KEY) == 0
+
+
 def test_gpu_of_another_node_is_refused_by_name(t4_node, region):
     other = NodeFactory(hostname="t4-other", gpu_model=gpu_model("T4"), gpu_count=2, region=region)
     register(agent(t4_node), uuids_of(t4_node))

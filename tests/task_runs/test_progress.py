@@ -9,8 +9,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from task_runs.models import TaskRun
-from task_runs.progress import (WRITE_INTERVAL_SECONDS, run_progress, run_queue, run_start, runs_mark_lost,
+from task_runs.progress import (WRITE_INTERVAL_SECONDS, lost_after_seconds, run_progress, run_queue, run_start, runs_mark_lost,
                                 runs_recent, track)
+
+from ..conftest import cache_empty
 
 pytestmark = pytest.mark.django_db
 
@@ -123,7 +125,7 @@ def test_start_rejects_a_task_id_of_another_kind():
 def test_silent_running_run_is_marked_lost_when_read():
     started = timezone.now() - timedelta(hours=2)
     run_start(TaskRun.Kind.REPLAY, task_id="t-lost", unit="trace tasks", now=started)
-    limit = settings.CELERY_TASK_TIME_LIMIT
+    limit = lost_after_seconds()
     run = TaskRun.objects.get(task_id="t-lost")
 
     # The cache write at the start is a sign of life now, so the run is only lost once it too is older.
@@ -135,19 +137,18 @@ def test_silent_running_run_is_marked_lost_when_read():
     assert progress.state == TaskRun.State.FAILED
     assert run.state == TaskRun.State.FAILED
     assert run.error.startswith("Lost: no progress report for")
-    assert f"task time limit of {limit} s" in run.error
+    assert f"longer than the {limit} s" in run.error
 
 
 def test_sweep_marks_only_silent_runs_lost():
-    limit = settings.CELERY_TASK_TIME_LIMIT
+    limit = lost_after_seconds()
     run_start(TaskRun.Kind.REPLAY, task_id="t-silent", unit="trace tasks", now=timezone.now() - timedelta(hours=2))
     run_start(TaskRun.Kind.FORECASTS, task_id="t-busy", unit="series")
     later = timezone.now() + timedelta(seconds=limit // 2)
 
     assert runs_mark_lost(now=later) == 0  # The silent run's start wrote to the cache just now.
     TaskRun.objects.filter(task_id="t-busy").update(updated_at=timezone.now() - timedelta(hours=2))
-    from django.core.cache import cache
-    cache.clear()
+    cache_empty()
 
     assert runs_mark_lost(now=later) == 2
     assert set(TaskRun.objects.values_list("state", flat=True)) == {TaskRun.State.FAILED}
@@ -155,8 +156,7 @@ def test_sweep_marks_only_silent_runs_lost():
 
 def test_redelivery_revives_a_lost_run():
     run_start(TaskRun.Kind.REPLAY, task_id="t-revive", unit="trace tasks", now=timezone.now() - timedelta(hours=2))
-    from django.core.cache import cache
-    cache.clear()
+    cache_empty()
     assert runs_mark_lost() == 1
 
     run_start(TaskRun.Kind.REPLAY, task_id="t-revive", unit="trace tasks")
