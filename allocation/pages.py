@@ -45,6 +45,7 @@ class QueueRow:
 @require_GET
 @staff_member_required
 def approvals_page(request: HttpRequest) -> HttpResponse:
+    require_permission(request, "allocation.view_reservation", "The approval queue needs the 'view reservation' permission.")
     context = {
         "customers": Organization.objects.filter(kind=Organization.Kind.CUSTOMER).order_by("slug"),
         "gpu_models": GpuModel.objects.order_by("name"),
@@ -56,6 +57,7 @@ def approvals_page(request: HttpRequest) -> HttpResponse:
 @require_GET
 @staff_member_required
 def approvals_table(request: HttpRequest) -> HttpResponse:
+    require_permission(request, "allocation.view_reservation", "The approval queue needs the 'view reservation' permission.")
     return render(request, "approvals/_table.html", _queue_context(request.GET))
 
 

@@ -28,6 +28,7 @@ PLANS_SHOWN = 20
 @require_GET
 @staff_member_required
 def capacity_page(request: HttpRequest) -> HttpResponse:
+    require_permission(request, "capacity.view_capacityplan", "Capacity planning needs the 'view capacity plan' permission.")
     context = {"levels": SERVICE_LEVELS, "plan_settings": PlanSettings(),
                "max_horizon": settings.MARKETPLACE["FORECAST_HORIZON_HOURS"], **_preview_context(PlanSettings()),
                **_plans_context()}
@@ -38,6 +39,7 @@ def capacity_page(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def capacity_preview(request: HttpRequest) -> HttpResponse:
     """Render the plan for the query string's settings, recomputed from the stored forecasts."""
+    require_permission(request, "capacity.view_capacityplan", "Capacity planning needs the 'view capacity plan' permission.")
     try:
         plan_settings = PlanSettings.parse(request.GET)
     except MarketplaceError as error:
@@ -83,6 +85,7 @@ def capacity_decide(request: HttpRequest, plan_id: int) -> HttpResponse:
 @require_GET
 @staff_member_required
 def capacity_plan_detail(request: HttpRequest, plan_id: int) -> HttpResponse:
+    require_permission(request, "capacity.view_capacityplan", "Capacity planning needs the 'view capacity plan' permission.")
     plan = get_object_or_404(CapacityPlan.objects.select_related("created_by", "decided_by"), pk=plan_id)
     lines = plan.lines.select_related("series").order_by("series__source", "series__key")
     return render(request, "capacity/plan.html", {"plan": plan, "lines": lines})

@@ -70,7 +70,7 @@ def audit_record(
         object_type, object_id = obj._meta.label_lower, obj.pk
     organization_id = organization.pk if isinstance(organization, Organization) else organization
     # Store the details as they read back from the JSON column, so the hash of a stored row matches.
-    plain_details = json.loads(json.dumps(details or {}, cls=DjangoJSONEncoder))
+    plain_details = _storable(json.loads(json.dumps(details or {}, cls=DjangoJSONEncoder)))
     request_id = str(context.get("request_id") or context.get("task_id") or "")[:64]
 
     with transaction.atomic():
@@ -151,3 +151,21 @@ def _lock_chain() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_LOCK_KEY])
+
+
+def _storable(value):
+    """Return ``value`` with what jsonb would store differently replaced, so the stored row hashes as recorded.
+
+    jsonb rewrites some floats (``1e+20`` comes back as an integer, ``-0.0`` as ``0``) and rejects NaN, NUL
+    characters and lone surrogates. Floats are kept as their text, NUL as the text ``\\x00``, and lone
+    surrogates as backslash escapes.
+    """
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    return value

@@ -73,9 +73,13 @@ def test_reject_needs_a_reason_and_a_decision(staff, planned_fleet):
 
 
 def test_staff_without_permission_cannot_decide(client, django_user_model, planned_fleet):
+    from django.contrib.auth.models import Permission
+
     viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
     client.force_login(viewer)
+    assert client.get("/ops/capacity/").status_code == 403
 
+    viewer.user_permissions.add(Permission.objects.get(codename="view_capacityplan"))
     assert client.get("/ops/capacity/").status_code == 200
     assert client.post("/ops/capacity/plans/", {}).status_code == 403
     assert CapacityPlan.objects.count() == 0

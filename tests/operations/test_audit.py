@@ -530,3 +530,18 @@ def test_concurrent_records_keep_chain_linear(require_postgres, customer):
     assert not [result for result in results if isinstance(result, Exception)]
     assert sorted(sequence for result in results for sequence in result) == list(range(1, 21))
     call_command("verify_audit")
+
+
+@pytest.mark.django_db
+def test_details_jsonb_would_rewrite_still_verify():
+    from marketplace.audit import audit_chain_verify
+
+    event = audit_record(action="probe.values", details={"big": 1e20, "zero": -0.0, "nan": float("nan"),
+                                                         "nul": "a\x00b", "surrogate": "\ud800"})
+
+    broken, last = audit_chain_verify()
+    assert broken is None
+    assert last.pk == event.pk
+    stored = AuditEvent.objects.get(pk=event.pk).details
+    assert stored["big"] == "1e+20"
+    assert stored["nul"] == "a\\x00b"
