@@ -27,8 +27,9 @@ def live(request: HttpRequest) -> JsonResponse:
 class ReadinessView(HealthCheckView):
     """django-health-check's view with this deployment's checks, returning 503 rather than 500 on failure.
 
-    The whole stack by default; with ``web_only`` only what a web process needs to serve the API
-    (the database), for load balancers: the API keeps serving while Redis or the workers are down.
+    By default it checks the whole stack. With ``web_only`` it checks only what a web process needs to
+    serve the API (the database), for load balancers, because the API keeps serving while Redis or the
+    workers are down.
     """
 
     web_only = False

@@ -30,7 +30,7 @@ class RejectNulCharactersMiddleware:
 
 
 class DatabaseUnavailableMiddleware:
-    """Answer 503 with Retry-After when a view loses the database (a restart or failover), instead of 500.
+    """Return 503 with Retry-After when a view loses the database (a restart or failover), instead of 500.
 
     A value the database cannot store (``DataError``) gets 400 the same way.
 
@@ -61,7 +61,7 @@ class DatabaseUnavailableMiddleware:
 
     @staticmethod
     def _unstorable_value(request, exception):
-        """Answer 400 for a form or body value the database cannot store, such as a NUL character."""
+        """Return 400 for a form or body value the database cannot store, such as a NUL character."""
         logger.warning("Request %s %s sent a value the database cannot store: %s", request.method,
                        request.path[:200], exception)
         detail = ("A value in the request has characters or a size the database cannot store (for example a NUL "

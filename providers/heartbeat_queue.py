@@ -8,7 +8,7 @@ finds the list empty schedules the task; beat also runs it every few seconds.
 
 A batch leaves the list only after its transaction commits. NOTE: a worker that dies between the
 commit and the removal leaves the batch to be stored a second time (duplicate readings, which the
-hourly rollup averages in); nothing is lost.
+hourly rollup averages in), but a heartbeat the API accepted is not lost that way.
 """
 
 import json
