@@ -117,3 +117,8 @@ def _drain_unlock() -> None:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [DRAIN_LOCK_KEY])
     except DatabaseError as error:  # a lost connection has released the lock already
         logger.warning("Could not release the heartbeat drain lock: %s", error)
+
+
+def queue_length() -> int:
+    """Return the number of heartbeats waiting in the list."""
+    return int(_redis().llen(QUEUE_KEY))
