@@ -152,7 +152,9 @@ def main() -> None:
     args = parser.parse_args()
 
     database_url = prepare_database(args.admin_database_url)
+    # Plain HTTP on 127.0.0.1, so no redirect to HTTPS, as under make up.
     env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL="", DEBUG="false", SECRET_KEY="bench-only-secret",
+               SECURE_SSL_REDIRECT="false",
                ALLOWED_HOSTS="127.0.0.1", DB_CONN_MAX_AGE="600", APP_LOG_LEVEL="WARNING", LOG_LEVEL="WARNING")
     manage(env, "migrate", "--noinput", "-v", "0")
     manage(env, "import_trace")
