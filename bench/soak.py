@@ -36,6 +36,7 @@ import psycopg
 from bench.api import manage, prepare_database
 from bench.invariants import check_invariants
 from bench.mixed_load import Agent, LoadResult, MixedLoad
+from bench.redis_server import PrivateRedis
 from bench.report import write_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,30 +80,6 @@ def create_clients(env: dict) -> tuple[list[str], list[Agent]]:
     )
     data = json.loads(manage(env, "shell", "-c", script).strip().splitlines()[-1])
     return data["tokens"], [Agent(key=agent["key"], gpu_uuids=agent["gpus"]) for agent in data["agents"]]
-
-
-class Redis:
-    """A private Redis server for the run, so restarting it touches nothing else on the machine."""
-
-    def __init__(self, port: int, log_path: Path):
-        self.port = port
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=self.log_path.open("a"), stderr=subprocess.STDOUT)
-        for _ in range(100):
-            if subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.log_path}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 def kill_worker(hostname: str) -> str:
@@ -199,7 +176,7 @@ def main() -> None:
 
     log(f"Preparing database {DATABASE} and Redis on port {REDIS_PORT}")
     database_url = prepare_database(args.admin_url, DATABASE)
-    redis = Redis(REDIS_PORT, workdir / "redis.log")
+    redis = PrivateRedis(workdir / "redis.log", port=REDIS_PORT)
     redis.start()
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
            "SECRET_KEY": os.environ.get("SECRET_KEY", "soak-secret-key-" + "x" * 40), "LOG_FORMAT": "text"}
@@ -227,7 +204,7 @@ def main() -> None:
         log(report)
 
         time.sleep(max(0.0, args.seconds * REDIS_RESTART_AT - (time.monotonic() - load.started)))
-        redis.kill()
+        redis.stop()
         down_at = time.monotonic() - load.started
         time.sleep(REDIS_DOWN_SECONDS)
         redis.start()
@@ -253,7 +230,7 @@ def main() -> None:
             stack.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(stack.pid, signal.SIGKILL)
-        redis.kill()
+        redis.stop()
 
     inside = [entry for entry in result.error_times if postgres_window[0] <= entry[0] <= postgres_window[1]]
     violations = check_invariants(database_url, result.placed, result.rejected)

@@ -7,7 +7,6 @@ that the drills read (for example to count how often a task started).
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +19,10 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from bench.redis_server import PrivateRedis, free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(condition, timeout: float = 60.0, interval: float = 0.2, message: str = "condition") -> None:
@@ -41,37 +36,6 @@ def wait_for(condition, timeout: float = 60.0, interval: float = 0.2, message: s
 def database_url_of_tests() -> str:
     db = connection.settings_dict
     return f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-
-
-class PrivateRedis:
-    """A Redis server on its own port that keeps nothing on disk, as the deployment's Redis is run."""
-
-    def __init__(self, workdir: Path):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log = workdir / f"redis-{self.port}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT,
-        )
-        wait_for(self.answers, timeout=20, message=f"Redis on port {self.port} answering")
-
-    def stop(self) -> None:
-        """Stop the server at once; what it held in memory (queued messages) is gone, as after a crash."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as probe:
-                probe.sendall(b"PING\r\n")
-                return probe.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
 
 
 @dataclass
@@ -148,7 +112,7 @@ def drill_stack(workdir: Path, **settings_env: str):
         pytest.skip("needs PostgreSQL: set DATABASE_URL")
     if subprocess.run(["which", "redis-server"], capture_output=True).returncode != 0:
         pytest.skip("needs redis-server on the PATH")
-    redis = PrivateRedis(workdir)
+    redis = PrivateRedis(workdir / "redis.log")
     redis.start()
     env = {
         **os.environ, "DATABASE_URL": database_url_of_tests(), "REDIS_URL": redis.url, "DEBUG": "false",
