@@ -27,7 +27,7 @@ class PrivateRedis:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_seconds: float = 20.0) -> None:
-        """Start the server and return once it answers PING; raise RuntimeError when it does not in time."""
+        """Start the server and return once it replies to PING; raise RuntimeError when it does not in time."""
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=self.log_path.open("a"), stderr=subprocess.STDOUT,
