@@ -1,9 +1,9 @@
 """The independent invariant checker behind the API, soak and fault-tolerance runs.
 
-Plain SQL over the tables, written apart from the product's own queries: no GPU, node or quota is
-overrun at any instant, and nothing is half-written (a booked reservation without its allocation,
-a finished one still holding capacity, a migration hold without its migration). Each check counts
-offending rows, so every value of a clean database is 0.
+Plain SQL over the tables, written apart from the product's own queries. It checks that no GPU,
+node or quota is overrun at any instant. It also checks that nothing is half-written: a booked
+reservation without its allocation, a finished one still holding capacity, or a migration hold
+without its migration. Each check counts offending rows, so every value of a clean database is 0.
 """
 
 import psycopg
@@ -73,8 +73,8 @@ CHECKS = {
 def check_invariants(database_url: str, placed: list[int], rejected: list[int]) -> dict[str, int]:
     """Count violations over the database at ``database_url``.
 
-    ``placed`` are reservation ids that a client was told were booked (201, or 202 pending approval)
-    and ``rejected`` those it was told were not (409): each placed one needs an allocation, and no
+    ``placed`` are reservation ids whose response said booked (201, or 202 pending approval) and
+    ``rejected`` those whose response said rejected (409). Each placed one needs an allocation, and no
     rejected one may have one.
     """
     found = {}

@@ -2,8 +2,8 @@
 heartbeats and reads, from threads that behave as well-written clients do.
 
 A client retries a request that failed with 503 or 429 (after ``Retry-After``, capped) or with a
-refused connection, with the same ``Idempotency-Key``, until it gets an answer or the deadline.
-Every final answer is recorded, so a checker can compare what clients were told with the
+refused connection, with the same ``Idempotency-Key``, until it gets a final response or the deadline.
+Every final response is recorded, so a checker can compare what clients received with the
 database afterwards. Standard library only; no Django imports.
 """
 
@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-# Shares and shapes a reservation asks for; the window starts within the next week.
+# Shares and shapes a reservation requests. The window starts within the next week.
 SHARE_SIZES = [250, 500, 1000]
 CPU_MILLICORES = [1000, 2000, 4000]
 MEMORY_MIB = [2048, 4096, 8192]
@@ -39,11 +39,11 @@ class Agent:
 
 @dataclass
 class LoadResult:
-    """What the clients were told, for the checker."""
+    """The responses the clients received, for the checker."""
 
     requests: int = 0
     statuses: Counter = field(default_factory=Counter)
-    # Final answers with a 5xx status, and (seconds since start, status, path) of each 5xx seen, retried or not.
+    # Final responses with a 5xx status, and (seconds since start, status, path) of each 5xx seen, retried or not.
     errors_5xx: int = 0
     error_times: list[tuple[float, int, str]] = field(default_factory=list)
     connection_errors: int = 0
@@ -54,7 +54,7 @@ class LoadResult:
     queued: list[int] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
-    # external_ref of every reservation request that got a final answer, with its status.
+    # external_ref of every reservation request that got a final response, with its status.
     answered_refs: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
 
@@ -158,7 +158,7 @@ class MixedLoad:
     def _send(self, method: str, path: str, body: dict | None, *, result: LoadResult, deadline: float,
               token: str | None = None, node_key: str | None = None,
               idempotency_key: str | None = None) -> tuple[int | None, dict | None]:
-        """Send until a final answer or ``deadline``; return its status and JSON body (None, None without one)."""
+        """Send until a final response or ``deadline``; return its status and JSON body (None, None without one)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Token {token}"

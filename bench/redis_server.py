@@ -33,7 +33,7 @@ class PrivateRedis:
             stdout=self.log_path.open("a"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_seconds
-        while not self.answers():
+        while not self.responds():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {self.port} within {timeout_seconds} s; "
                                    f"see {self.log_path}")
@@ -45,7 +45,7 @@ class PrivateRedis:
             self.process.kill()
             self.process.wait(timeout=10)
 
-    def answers(self) -> bool:
+    def responds(self) -> bool:
         """Return True when the server replies to PING."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as probe:

@@ -12,7 +12,7 @@ runs scheduling cycles. Midway the soak
 
 Afterwards the independent invariant checker (``bench.invariants``) runs on the database, and every
 response a client received is compared with it. The last line is JSON with ``requests``, ``errors_5xx``
-(5xx answers outside the PostgreSQL restart window), ``violations`` and ``lost_reservations``.
+(5xx responses outside the PostgreSQL restart window), ``violations`` and ``lost_reservations``.
 
     python -m bench.soak --seconds 600 --output docs/benchmarks.md
 """

@@ -14,12 +14,12 @@ is still going. ``OnceTask`` keeps a ``TaskDelivery`` row per task id and decide
 
 On PostgreSQL a running delivery holds a session advisory lock named after its task id. The lock
 goes with the worker's database connection, so a dead worker's lock is released at once and a live
-one's is not: that tells the two running cases apart without guessing from timeouts.
+one's is not. So the ledger distinguishes the two running cases without guessing from timeouts.
 
-Tasks run eagerly (the demo, without a broker) are never delivered twice and bypass the ledger. Each
-task is also written to be safe to run again with a new id (periodic sweeps converge, the replay
-skips what it submitted), because a run that dies after its work committed but before its
-delivery was marked done is run again in full.
+Tasks run eagerly (the demo, without a broker) are never delivered twice and bypass the ledger. A run
+that dies after its work committed but before its delivery was marked done is run again in full.
+So each task is also safe to run again: periodic sweeps converge, and the replay skips what it
+already submitted.
 """
 
 import logging
@@ -88,7 +88,7 @@ class OnceTask(Task):
 def delivery_claim(*, task_id: str, task_name: str):
     """Yield a ``Claim`` for one delivery of ``task_id``, holding its advisory lock (PostgreSQL) while inside.
 
-    A second delivery of a message that is running waits here until the first one ends, then sees it
+    A second delivery of a message that is running waits here until the first one ends, then finds it
     succeeded and skips. The visibility timeout is longer than the task time limit, so such waits
     only happen when a task outlives both.
     """

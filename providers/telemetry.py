@@ -146,7 +146,7 @@ def heartbeats_ingest(*, heartbeats: list[tuple[Node, list[dict]]], now: datetim
                     latest[gpu.pk] = (at, reading, xids)
     with transaction.atomic():
         # Lock the nodes first, in id order, as a booking does (its node, then that node's GPUs through the share
-        # guard trigger), so ingestion and bookings on the same nodes never wait for each other in a cycle.
+        # guard trigger), so ingestion and bookings take these rows in one order and cannot deadlock on them.
         list(Node.objects.select_for_update().filter(pk__in=set(node_ids)).order_by("pk").values_list("pk", flat=True))
         _insert_readings(rows)
         summary.readings = len(rows)

@@ -65,7 +65,8 @@ def lost_after_seconds() -> int:
     """Return the seconds of silence after which a running run counts as lost.
 
     That is the visibility timeout, after which Redis delivers a dead worker's message again, plus two
-    of the workers' restore sweeps; no live task is silent that long, as it is shorter than the time limit.
+    of the workers' restore sweeps. No live task is silent that long, because the task time limit is
+    shorter than the visibility timeout and stops a task first.
     """
     options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
     visibility = int(options.get("visibility_timeout", 2 * settings.CELERY_TASK_TIME_LIMIT))

@@ -65,7 +65,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{port}"
         self.start("web", [str(BIN / "gunicorn"), "marketplace.wsgi", "--workers", str(workers), "--bind",
                            f"127.0.0.1:{port}", "--timeout", "60", "--graceful-timeout", "5"])
-        wait_for(self._web_answers, timeout=60, message="gunicorn answering")
+        wait_for(self._web_responds, timeout=60, message="gunicorn responding")
 
     def start_worker(self, name: str, queue: str, pool: str = "prefork") -> subprocess.Popen:
         process = self.start(name, [
@@ -93,7 +93,7 @@ class Stack:
                 os.killpg(process.pid, signal.SIGKILL)
         self.processes.clear()
 
-    def _web_answers(self) -> bool:
+    def _web_responds(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/health/live/", timeout=2) as response:
                 return response.status == 200

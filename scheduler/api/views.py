@@ -142,7 +142,7 @@ class AgentHeartbeatView(APIView):
             try:
                 queued = heartbeat_enqueue(node_id=node.pk, snapshots=snapshots)
             except RedisError as error:
-                # Redis is down or restarting: store this heartbeat in the request instead, so nothing is lost.
+                # Redis is down or restarting: store this heartbeat in the request instead of the queue.
                 logger.warning("Heartbeat queue unavailable, storing node %s's heartbeat directly: %s", node.pk, error)
             else:
                 if queued == 1:

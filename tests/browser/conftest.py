@@ -36,3 +36,22 @@ def page(browser):
     page.set_default_timeout(10_000)
     yield page
     context.close()
+
+
+ADMIN_USERNAME = "boss"
+ADMIN_PASSWORD = "browser-test-password"
+
+
+@pytest.fixture
+def admin_user(django_user_model):
+    """A superuser that the browser tests log in as."""
+    return django_user_model.objects.create_superuser(ADMIN_USERNAME, "boss@example.com", ADMIN_PASSWORD)
+
+
+def admin_log_in(page, live_server, path: str) -> None:
+    """Log the admin in through the admin login page and land on ``path``."""
+    page.goto(f"{live_server.url}/admin/login/?next={path}")
+    page.fill("#id_username", ADMIN_USERNAME)
+    page.fill("#id_password", ADMIN_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{live_server.url}{path}")

@@ -9,17 +9,16 @@ from allocation.services import ReservationSpec, reservation_create
 from ..conftest import hours
 from ..factories import NodeFactory
 
+from .conftest import ADMIN_PASSWORD, ADMIN_USERNAME, admin_log_in
+
 pytestmark = pytest.mark.django_db(transaction=True)
-
-PASSWORD = "browser-test-password"
-
 
 @pytest.fixture
 def queue(customer, region, django_user_model):
     """Two reservations of a flagged customer pending approval, and a superuser to decide."""
     NodeFactory(hostname="t4-browser", gpu_count=2, region=region)
     ApprovalPolicy.objects.create(organization=customer, flagged=True)
-    django_user_model.objects.create_superuser("boss", "boss@example.com", PASSWORD)
+    django_user_model.objects.create_superuser(ADMIN_USERNAME, "boss@example.com", ADMIN_PASSWORD)
     now = timezone.now()
     return [
         reservation_create(customer=customer, spec=ReservationSpec(
@@ -31,11 +30,7 @@ def queue(customer, region, django_user_model):
 
 
 def log_in(page, live_server):
-    page.goto(f"{live_server.url}/admin/login/?next=/ops/approvals/")
-    page.fill("#id_username", "boss")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url(f"{live_server.url}/ops/approvals/")
+    admin_log_in(page, live_server, "/ops/approvals/")
 
 
 def test_admin_approves_one_and_rejects_other(page, live_server, queue):

@@ -5,23 +5,13 @@ import pytest
 from capacity.models import CapacityPlan
 
 from ..capacity.conftest import planned_fleet  # noqa: F401 - a fixture shared with the capacity tests
+from .conftest import admin_log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-PASSWORD = "browser-test-password"
-
-
-@pytest.fixture
-def admin_user(django_user_model):
-    return django_user_model.objects.create_superuser("boss", "boss@example.com", PASSWORD)
-
 
 def log_in(page, live_server):
-    page.goto(f"{live_server.url}/admin/login/?next=/ops/capacity/")
-    page.fill("#id_username", "boss")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url(f"{live_server.url}/ops/capacity/")
+    admin_log_in(page, live_server, "/ops/capacity/")
 
 
 def test_what_if_then_propose_and_approve(page, live_server, admin_user, planned_fleet):

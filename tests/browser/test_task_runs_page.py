@@ -11,23 +11,13 @@ from task_runs.models import TaskRun
 from task_runs.progress import WRITE_INTERVAL_SECONDS, run_start
 
 from ..task_runs.conftest import eager_tasks  # noqa: F401 - a fixture shared with the task-run tests
+from .conftest import admin_log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-PASSWORD = "browser-test-password"
-
-
-@pytest.fixture
-def admin_user(django_user_model):
-    return django_user_model.objects.create_superuser("boss", "boss@example.com", PASSWORD)
-
 
 def log_in(page, live_server):
-    page.goto(f"{live_server.url}/admin/login/?next=/ops/tasks/")
-    page.fill("#id_username", "boss")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url(f"{live_server.url}/ops/tasks/")
+    admin_log_in(page, live_server, "/ops/tasks/")
 
 
 def test_start_replay_reaches_full_bar(page, live_server, admin_user, eager_tasks):

@@ -1,7 +1,7 @@
 """Fault-tolerance drills against real processes: gunicorn, Celery workers, a private Redis, the test database.
 
 Each drill breaks one component under load and then checks the database with the independent
-invariant checker (``bench.invariants``) and against what the clients were told. docs/operations.md
+invariant checker (``bench.invariants``) and against the responses the clients received. docs/operations.md
 describes the same drills against ``make up``.
 """
 
@@ -131,7 +131,7 @@ def test_postgres_outage_fails_cleanly_then_recovers(tmp_path: Path):
     assert outcome.statuses[503] > 0, "the outage was not seen by any request"
     for seconds, status, path in outcome.error_times:
         assert outage_began - 1 <= seconds <= outage_ended + 2, (seconds, status, path, outage_began, outage_ended)
-    # Clients retried each 503 after Retry-After, so every request ended with a real answer.
+    # Clients retried each 503 after Retry-After, so every request ended with a final response.
     assert outcome.errors_5xx == 0
     assert not [status for status in after.statuses if status >= 500], after.statuses
     assert after.statuses[201] > 0
@@ -189,7 +189,8 @@ def test_every_task_delivered_twice_runs_once(tmp_path: Path):
         app = stack_celery(stack)
         names = product_task_names()
         arguments = {"scheduler.advance_migration": {"args": [0]}, "allocation.replay_trace": {"kwargs": {"limit": 5}}}
-        assert "scheduler.run_cycle" in names and "allocation.replay_trace" in names
+        assert "scheduler.run_cycle" in names
+        assert "allocation.replay_trace" in names
         for name in names:
             options = arguments.get(name, {})
             first = app.send_task(name, task_id=f"drill-{name}", **options)

@@ -83,7 +83,7 @@ def test_agents_are_throttled_per_node_key(t4_node, monkeypatch):
 
 
 @pytest.mark.django_db
-def test_agents_behind_one_address_are_not_throttled_as_anonymous(region, monkeypatch):
+def test_agents_share_no_address_budget(region, monkeypatch):
     monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", {"agent": "100/minute", "user": "100/minute",
                                                                 "anon": "2/minute"})
     nodes = [NodeFactory(hostname=f"nat-{index}", region=region) for index in range(3)]

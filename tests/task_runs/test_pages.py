@@ -166,10 +166,10 @@ def test_broker_outage_fails_the_run(staff, monkeypatch):
 
     from allocation.tasks import propose_rebalance_task
 
-    def refuse(*args, **kwargs):
+    def broker_unavailable(*args, **kwargs):
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr(propose_rebalance_task, "apply_async", refuse)
+    monkeypatch.setattr(propose_rebalance_task, "apply_async", broker_unavailable)
     response = staff.post("/ops/tasks/start/", {"kind": "rebalance"})
 
     run = TaskRun.objects.get()
