@@ -7,13 +7,14 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import Count, Q
 
-from marketplace.models import GpuModel, Node
+from marketplace.models import Gpu, GpuModel, Node
 
 from .budgets import budget_admit, combined_price_cap
 from .placement import placement_rank
 from .quotas import quota_admit
-from .selectors import NodeFilter, allocation_end_instants
+from .selectors import NodeFilter, allocation_end_instants, candidate_ids
 from .solvers import PlacementPolicy, PlacementRequest
 
 logger = logging.getLogger(__name__)
@@ -56,9 +57,12 @@ def alternatives_find(
 
     The earliest start keeps the request's models, region, price cap and duration, respects the
     customer's quotas, budget and the booking horizon, and is one of the next instants at which
-    an allocation ends. Options respect the quotas and the budget's price cap. The search costs
-    dozens of queries, so its result is cached for ``ALTERNATIVES_CACHE_SECONDS`` per customer and
-    request. Alternatives are advice, so a few seconds of staleness only makes one less exact. NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
+    an allocation ends on a node of the request's models, region and price. Options respect the
+    quotas and the budget's price cap. The search costs dozens of queries, so its result is cached
+    for ``ALTERNATIVES_CACHE_SECONDS`` per customer and request. Alternatives are advice, so a few
+    seconds of staleness only makes one less exact.
+
+    NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
     ``earliest_start_at`` is ``None`` when the request fits only later than those.
     """
     key = "alternatives:" + ":".join(str(part) for part in (
@@ -82,7 +86,13 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
     latest_start = now + timedelta(seconds=settings.MARKETPLACE["MAX_HORIZON_SECONDS"])
     model_names = dict(GpuModel.objects.filter(id__in=node_filter.gpu_model_ids).values_list("id", "name"))
 
-    for candidate in allocation_end_instants(start_at, latest_start, limit=EARLIEST_START_CANDIDATES):
+    candidates = allocation_end_instants(start_at, latest_start, limit=EARLIEST_START_CANDIDATES,
+                                         node_filter=node_filter)
+    for candidate in candidates:
+        # One cheap query first: with the request's own filter, a superset of what quota and budget
+        # may narrow it to, does any node have room? Most candidates fail here.
+        if not candidate_ids(request, candidate, candidate + duration, node_filter, used_limit=1, free_limit=1):
+            continue
         decision = quota_admit(
             customer_id=customer_id, model_ids=node_filter.gpu_model_ids, model_names=model_names,
             gpu_milli=request.gpu_milli_total, start_at=candidate, end_at=candidate + duration,
@@ -102,7 +112,12 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
 
 
 def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]:
-    """List every (GPU model, region) that can hold the request in its window, ignoring the request's filters."""
+    """List every (GPU model, region) that can hold the request in its window, ignoring the request's filters.
+
+    ``candidate_ids`` already checks CPU, memory and room on enough healthy GPUs of partly used
+    nodes; the last query also drops empty nodes with too few healthy GPUs. ``policy`` is not
+    consulted: every node that can hold the request is an option, whichever the policy would pick.
+    """
     catalogue = dict(GpuModel.objects.values_list("id", "name"))
     decision = quota_admit(
         customer_id=customer_id, model_ids=tuple(catalogue), model_names=catalogue,
@@ -112,15 +127,25 @@ def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]
                           end_at=end_at)
     if budget.refusal:
         return []
-    cheapest: dict[tuple[str, str], Option] = {}
+    shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
+    node_ids: list[int] = []
     for model_id in decision.admitted_model_ids:
-        ranked = placement_rank(request=request, start_at=start_at, end_at=end_at,
-                                node_filter=NodeFilter((model_id,), None, budget.max_affordable_price), policy=policy)
-        nodes = Node.objects.filter(id__in=[p.node_id for p in ranked]).values_list(
-            "region__code", "price_per_gpu_hour", "currency",
-        )
-        for region, price, currency in nodes:
-            key = (catalogue[model_id], region)
-            if key not in cheapest or price < cheapest[key].price_per_gpu_hour:
-                cheapest[key] = Option(gpu_model=key[0], region=region, price_per_gpu_hour=price, currency=currency)
+        # Summed usage first, as placement does; the exact per-instant usage only when that finds nothing.
+        for exact in (False, True):
+            found = candidate_ids(request, start_at, end_at, NodeFilter((model_id,), None, budget.max_affordable_price),
+                                  used_limit=shortlist_size, free_limit=max(shortlist_size // 4, 2), exact=exact)
+            if found:
+                node_ids.extend(found)
+                break
+    nodes = (
+        Node.objects.filter(id__in=node_ids)
+        .annotate(healthy_gpus=Count("gpus", filter=Q(gpus__health=Gpu.Health.HEALTHY)))
+        .filter(healthy_gpus__gte=request.gpu_count)
+        .values_list("gpu_model_id", "region__code", "price_per_gpu_hour", "currency")
+    )
+    cheapest: dict[tuple[str, str], Option] = {}
+    for model_id, region, price, currency in nodes:
+        key = (catalogue[model_id], region)
+        if key not in cheapest or price < cheapest[key].price_per_gpu_hour:
+            cheapest[key] = Option(gpu_model=key[0], region=region, price_per_gpu_hour=price, currency=currency)
     return sorted(cheapest.values(), key=lambda o: (o.price_per_gpu_hour, o.gpu_model, o.region))

@@ -1,8 +1,9 @@
 """Place one admitted reservation: shortlist nodes in the database, rank them, commit the best.
 
 The commit of each choice runs in a savepoint. On PostgreSQL it first locks the node row and
-places the request again on the node's fresh state, because another transaction may have committed
-since the shortlist was read. The database triggers check the insert once more. A choice that no longer fits
+inserts the shortlisted choice, which the database triggers check against what is committed. If
+another transaction took those GPUs since the shortlist was read, the request is placed again on
+the locked node's fresh state and inserted once more. A choice that no longer fits
 rolls back its savepoint, which also releases its node lock, so a transaction never holds more than
 one node lock and lock order cannot deadlock.
 """
@@ -150,8 +151,6 @@ def _commit(
         "id", "hostname", "gpu_model_id", "gpu_count", "cpu_millicores", "memory_mib", "price_per_gpu_hour",
         "currency",
     ).get(pk=placement.node_id)
-    if connection.features.has_select_for_update:
-        placement = _replan_locked_node(reservation, request, placement, policy)
 
     billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
                               node_memory_mib=node.memory_mib)
@@ -161,6 +160,26 @@ def _commit(
                        end_at=reservation.end_at):
         raise BudgetConflict(f"node {node.pk} would take the organization past its budget")
 
+    if not connection.features.has_select_for_update:
+        # SQLite: BEGIN IMMEDIATE already serialises writers, so the shortlist cannot be stale.
+        return _insert_allocation(reservation, request, placement, node, borrowed_gpu_milli, billed, price)
+    try:
+        # The shortlist's choice usually still fits: try it first, and let the database guards
+        # judge, which saves reading the node's state again.
+        with transaction.atomic():
+            return _insert_allocation(reservation, request, placement, node, borrowed_gpu_milli, billed, price)
+    except IntegrityError as error:
+        logger.info("Reservation %s: the shortlisted GPUs of node %s were taken meanwhile (%s); placing it "
+                    "again on the node's fresh state", reservation.pk, node.pk, error)
+    placement = _replan_locked_node(reservation, request, placement, policy)
+    return _insert_allocation(reservation, request, placement, node, borrowed_gpu_milli, billed, price)
+
+
+def _insert_allocation(
+    reservation: Reservation, request: PlacementRequest, placement: Placement, node: Node,
+    borrowed_gpu_milli: int, billed: int, price: Decimal,
+) -> Allocation:
+    """Insert the allocation and its GPU shares; the database guards reject them if they no longer fit."""
     allocation = Allocation.objects.create(
         reservation=reservation,
         customer_id=reservation.customer_id,

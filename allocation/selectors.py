@@ -218,9 +218,14 @@ def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -
     node_ids = list(dict.fromkeys(node_ids))
     if not node_ids:
         return []
-    placeholders = ", ".join(["%s"] * len(node_ids))
-    on_nodes = f"AND r.node_id IN ({placeholders})"
-    node_gpus = f"SELECT id FROM {_table(Gpu)} WHERE node_id IN ({placeholders})"
+    if connection.vendor == "postgresql":
+        # One array parameter keeps the statement's text the same for any number of nodes, so
+        # psycopg can prepare it once per connection.
+        in_nodes, node_params = "= ANY(%s)", [node_ids]
+    else:
+        in_nodes, node_params = f"IN ({', '.join(['%s'] * len(node_ids))})", node_ids
+    on_nodes = f"AND r.node_id {in_nodes}"
+    node_gpus = f"SELECT id FROM {_table(Gpu)} WHERE node_id {in_nodes}"
     if connection.vendor == "postgresql":
         # ARRAY(...) is computed once, so PostgreSQL reads each GPU's shares through the (gpu, end)
         # index instead of scanning every share that ends after the window starts.
@@ -235,23 +240,23 @@ def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -
         FROM {_table(Node)} n
         JOIN {_table(GpuModel)} m ON m.id = n.gpu_model_id
         LEFT JOIN node_use nu ON nu.node_id = n.id
-        WHERE n.id IN ({placeholders})
+        WHERE n.id {in_nodes}
     """
     gpu_sql = f"""
         WITH {_gpu_use_cte(on_node_gpus)}
         SELECT g.node_id, g.id, COALESCE(u.used_milli, 0)
         FROM {_table(Gpu)} g
         LEFT JOIN gpu_use u ON u.gpu_id = g.id
-        WHERE g.node_id IN ({placeholders}) AND g.health = %s
+        WHERE g.node_id {in_nodes} AND g.health = %s
         ORDER BY g.node_id, g.{connection.ops.quote_name("index")}
     """
     window = [_when(start_at), _when(end_at)]
     gpu_free: dict[int, list[tuple[int, int]]] = {node_id: [] for node_id in node_ids}
     with connection.cursor() as cursor:
-        cursor.execute(gpu_sql, [*window, *node_ids, *window, *node_ids, *node_ids, Gpu.Health.HEALTHY])
+        cursor.execute(gpu_sql, [*window, *node_params, *window, *node_params, *node_params, Gpu.Health.HEALTHY])
         for node_id, gpu_id, used_milli in cursor.fetchall():
             gpu_free[node_id].append((gpu_id, GPU_MILLI_PER_GPU - int(used_milli)))
-        cursor.execute(node_sql, [*window, *node_ids, *window, *node_ids, *node_ids])
+        cursor.execute(node_sql, [*window, *node_params, *window, *node_params, *node_params])
         rows = cursor.fetchall()
 
     states = {}
@@ -357,13 +362,19 @@ def offers(start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> lis
     ]
 
 
-def allocation_end_instants(after: datetime, until: datetime, *, limit: int) -> list[datetime]:
+def allocation_end_instants(after: datetime, until: datetime, *, limit: int,
+                            node_filter: NodeFilter | None = None) -> list[datetime]:
     """Return the first ``limit`` distinct instants in ``(after, until]`` at which an allocation ends.
 
     Free capacity only grows when an allocation ends, so these are the only later start times at
-    which a request that does not fit now can begin to fit.
+    which a request that does not fit now can begin to fit. With ``node_filter``, only allocations
+    on nodes that pass it count: capacity elsewhere is of no use to the request.
     """
-    return list(
-        Allocation.objects.filter(end_at__gt=after, end_at__lte=until, start_at__lt=models.F("end_at"))
-        .order_by("end_at").values_list("end_at", flat=True).distinct()[:limit]
-    )
+    ending = Allocation.objects.filter(end_at__gt=after, end_at__lte=until, start_at__lt=models.F("end_at"))
+    if node_filter is not None:
+        ending = ending.filter(node__gpu_model_id__in=node_filter.gpu_model_ids)
+        if node_filter.region_id is not None:
+            ending = ending.filter(node__region_id=node_filter.region_id)
+        if node_filter.max_price_per_gpu_hour is not None:
+            ending = ending.filter(node__price_per_gpu_hour__lte=node_filter.max_price_per_gpu_hour)
+    return list(ending.order_by("end_at").values_list("end_at", flat=True).distinct()[:limit])

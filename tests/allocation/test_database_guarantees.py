@@ -6,8 +6,10 @@ from decimal import Decimal
 import pytest
 from django.db import IntegrityError, connection, transaction
 
+from allocation import placement
 from allocation.models import Allocation, GpuShare, Reservation, ReservationStatus
 from allocation.services import ReservationSpec, quota_set, reservation_create
+from allocation.solvers import Placement
 from marketplace.models import Gpu
 
 from ..conftest import NOW, hours
@@ -127,6 +129,21 @@ def test_reservation_cannot_be_created_active(customer):
     with pytest.raises(IntegrityError, match="created pending"), transaction.atomic():
         Reservation.objects.create(customer=customer, gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=1,
                                    memory_mib=1, start_at=NOW, end_at=NOW + hours(1), status=ReservationStatus.ACTIVE)
+
+
+@pytest.mark.django_db
+def test_choice_taken_since_the_shortlist_is_placed_again_on_the_same_node(customer, t4_node, monkeypatch):
+    taken, free = t4_node.gpus.get(index=0), t4_node.gpus.get(index=1)
+    earlier = raw_allocation(customer, t4_node)
+    GpuShare.objects.create(allocation=earlier, gpu=taken, gpu_milli=1000, start_at=NOW, end_at=NOW + hours(2))
+    # A shortlist read before ``earlier`` committed would still offer GPU 0.
+    stale = Placement(node_id=t4_node.pk, gpu_shares=((taken.pk, 1000),), score=0.0)
+    monkeypatch.setattr(placement, "placement_rank", lambda **kwargs: [stale])
+
+    reservation = reservation_create(customer=customer, spec=full_spec(), now=NOW)
+
+    assert reservation.status == ReservationStatus.ACTIVE
+    assert list(reservation.allocation.shares.values_list("gpu_id", "gpu_milli")) == [(free.pk, 1000)]
 
 
 def run_concurrently(functions):
