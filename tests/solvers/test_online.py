@@ -8,7 +8,8 @@ import pytest
 
 from allocation.solvers import POLICIES, NodeState, PlacementRequest, TargetWorkload, TaskShape, get_policy
 from allocation.solvers.fleet import Fleet
-from allocation.solvers.online import BestFitPolicy, FgdBestFitPolicy, FgdPolicy, leftover_fraction
+from allocation.solvers.online import (BestFitPolicy, FgdBestFitPolicy, FgdPolicy, GapCounts, GapSquaresPolicy,
+                                       leftover_fraction)
 
 SHARES_AND_WHOLE = TargetWorkload(
     shapes=(TaskShape(1000, 1, 500), TaskShape(1000, 1, 1000)), weights=(0.5, 0.5),
@@ -30,7 +31,7 @@ def request(gpu_count=1, milli=1000, cpu=1000, memory=1024) -> PlacementRequest:
 
 
 def test_registry_lists_every_policy():
-    assert POLICIES == ("best_fit", "dot_product", "fgd", "fgd_best_fit", "gpu_packing", "random")
+    assert POLICIES == ("best_fit", "dot_product", "fgd", "fgd_best_fit", "gap_squares", "gpu_packing", "random")
 
 
 def test_registry_returns_best_fit():
@@ -120,6 +121,92 @@ def test_fgd_best_fit_tie_break():
     ranked = FgdBestFitPolicy(SHARES_AND_WHOLE).rank(request(), nodes)
 
     assert [placement.node_id for placement in ranked] == [2, 1]
+
+
+WHOLE_GPUS_WITH_8_CORES = TargetWorkload(shapes=(TaskShape(8000, 1, 1000),), weights=(1.0,))
+SHARES_320_TO_650 = TargetWorkload(
+    shapes=(TaskShape(1000, 1, 650), TaskShape(1000, 1, 470), TaskShape(1000, 1, 320)), weights=(0.3, 0.4, 0.3),
+)
+
+
+def test_gap_squares_cpu_per_gpu_from_workload():
+    mixed = TargetWorkload(shapes=(TaskShape(8000, 1, 1000), TaskShape(4000, 1, 500), TaskShape(32000, 0, 0)),
+                           weights=(0.5, 0.25, 0.25))
+
+    # (0.5 * 8000 + 0.25 * 4000) millicores over (0.5 * 1 + 0.25 * 0.5) GPUs. The CPU-only shape is left out.
+    assert GapSquaresPolicy(mixed).cpu_per_gpu == pytest.approx(5000 / 0.625)
+    assert GapSquaresPolicy(mixed).smallest_share == 500
+
+
+def test_gap_squares_avoids_stranding_gpus():
+    # 10 cores leave node 1 with 14 for two free GPUs, a quarter GPU short of 8 cores per GPU.
+    # FGD's fragment stays the same because one whole GPU still fits, and best fit prefers the fuller node 1.
+    nodes = [node(1, [1000, 1000], cpu_free=24000), node(2, [1000, 1000])]
+    cpu_only = request(gpu_count=0, milli=0, cpu=10000)
+
+    assert FgdBestFitPolicy(WHOLE_GPUS_WITH_8_CORES).rank(cpu_only, nodes)[0].node_id == 1
+    assert GapSquaresPolicy(WHOLE_GPUS_WITH_8_CORES).rank(cpu_only, nodes)[0].node_id == 2
+
+
+def test_gap_squares_stranded_increase():
+    fleet = Fleet.from_states([node(1, [1000, 1000], cpu_free=24000), node(2, [1000, 0], cpu_free=4000)])
+    policy = GapSquaresPolicy(WHOLE_GPUS_WITH_8_CORES)
+
+    cpu_only = policy.stranded_increase(fleet, np.array([0]), request(gpu_count=0, milli=0, cpu=10000))
+    whole = policy.stranded_increase(fleet, np.array([1]), request(cpu=2000))
+
+    assert cpu_only[0] == pytest.approx(2 - 14000 / 8000)
+    # Node 2 is half a GPU short (4 cores for one GPU). Taking that GPU removes the shortfall.
+    assert whole[0] == pytest.approx(-0.5)
+
+
+def test_gap_squares_fills_most_common_gap():
+    # Three GPUs have a 530-milli gap and one a 350-milli gap. Best fit takes the tighter 350,
+    # leaving 30 milli. Gap squares takes a 530 gap: 3^2 + 1^2 = 10 becomes 2^2 + 1^2 + 1^2 = 6.
+    nodes = [node(1, [350]), node(2, [530]), node(3, [530]), node(4, [530])]
+
+    assert FgdBestFitPolicy(SHARES_320_TO_650).rank(request(milli=320), nodes)[0].node_id == 1
+    ranked = GapSquaresPolicy(SHARES_320_TO_650).rank(request(milli=320), nodes)
+
+    assert ranked[0].node_id == 2
+    assert ranked[0].gpu_shares == ((200, 320),)
+
+
+def test_gap_squares_closes_gap_over_opening_gpu():
+    # Node 1 has a 350-milli gap beside a free GPU. The share closes the gap (30 left, below the
+    # smallest typical share) rather than open the free GPU.
+    ranked = GapSquaresPolicy(SHARES_320_TO_650).rank(request(milli=320), [node(1, [1000, 350]), node(2, [1000])])
+
+    assert ranked[0].node_id == 1
+    assert ranked[0].gpu_shares == ((101, 320),)
+
+
+def test_gap_squares_without_shares_in_workload():
+    # Only whole-GPU shapes: no gap is open, and a share falls back to FGD's score and best fit.
+    ranked = GapSquaresPolicy(WHOLE_GPUS_WITH_8_CORES).rank(request(milli=500), [node(1, [1000, 1000]), node(2, [500])])
+
+    assert [placement.node_id for placement in ranked] == [2, 1]
+
+
+def test_gap_squares_without_gpu_shapes_has_no_penalty():
+    policy = GapSquaresPolicy(TargetWorkload(shapes=(TaskShape(4000, 0, 0),), weights=(1.0,)))
+    fleet = Fleet.from_states([node(1, [1000], cpu_free=1000)])
+
+    assert policy.cpu_per_gpu is None
+    assert policy.stranded_increase(fleet, np.array([0]), request(cpu=1000))[0] == 0
+
+
+def test_gap_counts_follow_placements():
+    fleet = Fleet.from_states([node(1, [1000, 1000, 1000]), node(2, [1000])])
+    counts = GapCounts(fleet, SHARES_320_TO_650)
+
+    fleet.take(0, np.array([1, 2]), request(gpu_count=2, milli=470))
+    counts.refresh(0)
+
+    assert counts.counts[1000] == 2
+    assert counts.counts[530] == 2
+    assert counts.counts.sum() == 4
+    np.testing.assert_array_equal(counts.counts, GapCounts(fleet, SHARES_320_TO_650).counts)
 
 
 def test_random_policy_is_reproducible_with_seed():
