@@ -98,9 +98,8 @@ def placement_find_and_commit(
         for placement in ranked[:MAX_COMMIT_ATTEMPTS]:
             attempts += 1
             try:
-                with transaction.atomic():
-                    allocation = _commit(reservation, request, placement, policy, borrowed_gpu_milli, budget,
-                                         price_factor)
+                allocation = _commit_on_node(reservation, request, placement, policy, borrowed_gpu_milli, budget,
+                                             price_factor)
             except (CapacityConflict, IntegrityError) as error:
                 budget_refusals += isinstance(error, BudgetConflict)
                 logger.warning(
@@ -143,10 +142,35 @@ def _filtered(node_ids: tuple[int, ...], node_filter: NodeFilter, start_at: date
     return list(nodes.values_list("id", flat=True))
 
 
+def _commit_on_node(
+    reservation: Reservation, request: PlacementRequest, placement: Placement, policy: PlacementPolicy,
+    borrowed_gpu_milli: int, budget: Budget | None, price_factor: Decimal,
+) -> Allocation:
+    """Commit ``placement`` in a savepoint; if the database guards reject it, place it again on the node once.
+
+    The shortlist's choice usually still fits, so it is inserted as it is and the triggers judge,
+    which saves reading the node's state again. If another transaction took those GPUs since the
+    shortlist was read, a second savepoint locks the node, places the request on its fresh state
+    and inserts that. SQLite serialises writers with BEGIN IMMEDIATE, so its shortlist is never stale.
+    """
+    try:
+        with transaction.atomic():
+            return _commit(reservation, request, placement, policy, borrowed_gpu_milli, budget, price_factor)
+    except IntegrityError as error:
+        if not connection.features.has_select_for_update:
+            raise
+        logger.info("Reservation %s: the shortlisted GPUs of node %s were taken meanwhile (%s); placing it "
+                    "again on the node's fresh state", reservation.pk, placement.node_id, error)
+    with transaction.atomic():
+        return _commit(reservation, request, placement, policy, borrowed_gpu_milli, budget, price_factor,
+                       replan=True)
+
+
 def _commit(
     reservation: Reservation, request: PlacementRequest, placement: Placement, policy: PlacementPolicy,
-    borrowed_gpu_milli: int, budget: Budget | None, price_factor: Decimal = Decimal(1),
+    borrowed_gpu_milli: int, budget: Budget | None, price_factor: Decimal = Decimal(1), replan: bool = False,
 ) -> Allocation:
+    """Lock the node and insert the allocation; with ``replan``, choose the GPUs again on the node's fresh state."""
     node = Node.objects.select_for_update().only(
         "id", "hostname", "gpu_model_id", "gpu_count", "cpu_millicores", "memory_mib", "price_per_gpu_hour",
         "currency",
@@ -160,26 +184,8 @@ def _commit(
                        end_at=reservation.end_at):
         raise BudgetConflict(f"node {node.pk} would take the organization past its budget")
 
-    if not connection.features.has_select_for_update:
-        # SQLite: BEGIN IMMEDIATE already serialises writers, so the shortlist cannot be stale.
-        return _insert_allocation(reservation, request, placement, node, borrowed_gpu_milli, billed, price)
-    try:
-        # The shortlist's choice usually still fits: try it first, and let the database guards
-        # judge, which saves reading the node's state again.
-        with transaction.atomic():
-            return _insert_allocation(reservation, request, placement, node, borrowed_gpu_milli, billed, price)
-    except IntegrityError as error:
-        logger.info("Reservation %s: the shortlisted GPUs of node %s were taken meanwhile (%s); placing it "
-                    "again on the node's fresh state", reservation.pk, node.pk, error)
-    placement = _replan_locked_node(reservation, request, placement, policy)
-    return _insert_allocation(reservation, request, placement, node, borrowed_gpu_milli, billed, price)
-
-
-def _insert_allocation(
-    reservation: Reservation, request: PlacementRequest, placement: Placement, node: Node,
-    borrowed_gpu_milli: int, billed: int, price: Decimal,
-) -> Allocation:
-    """Insert the allocation and its GPU shares; the database guards reject them if they no longer fit."""
+    if replan:
+        placement = _replan_locked_node(reservation, request, placement, policy)
     allocation = Allocation.objects.create(
         reservation=reservation,
         customer_id=reservation.customer_id,
