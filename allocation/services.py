@@ -15,6 +15,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from marketplace.catalogue_cache import cached
 from marketplace.logs import bind_reservation
 from marketplace.metrics import SOURCE_REQUEST, SOURCE_SCHEDULER, reservation_decision_record
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
@@ -563,8 +564,12 @@ def resolve_spec(spec: ReservationSpec, now: datetime) -> ResolvedSpec:
     """Validate ``spec`` and look up its GPU models and region; raise ``InvalidRequest`` listing every problem."""
     problems = _shape_problems(spec) + _window_problems(spec, now)
 
-    catalogue = {model.name: model for model in GpuModel.objects.all()}
+    catalogue = cached("gpu_models", _load_gpu_models)
     unknown = [name for name in spec.gpu_models if name not in catalogue]
+    if unknown:
+        # Another process may have added the model since this one cached the catalogue.
+        catalogue = _load_gpu_models()
+        unknown = [name for name in spec.gpu_models if name not in catalogue]
     if unknown:
         problems.append(FieldProblem(
             "gpu_models",
@@ -586,6 +591,10 @@ def resolve_spec(spec: ReservationSpec, now: datetime) -> ResolvedSpec:
         summary = "; ".join(f"{problem.field}: {problem.message}" for problem in problems)
         raise InvalidRequest(f"The reservation request is invalid. {summary}", errors=problems)
     return ResolvedSpec(spec=spec, models=models, region=region)
+
+
+def _load_gpu_models() -> dict[str, GpuModel]:
+    return {model.name: model for model in GpuModel.objects.all()}
 
 
 def _add_clamped(moment: datetime, delta: timedelta) -> datetime:

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 
+from marketplace.catalogue_cache import cached
 from marketplace.exceptions import FieldProblem, InvalidRequest, MarketplaceError
 
 from .models import PriorityClass, Queue
@@ -23,7 +24,8 @@ def workload_terms(spec, now: datetime) -> WorkloadTerms:
     """Return the terms of ``spec`` (an ``allocation.services.ReservationSpec``); raise ``InvalidRequest`` naming each bad field."""
     problems = []
     if spec.priority_class:
-        priority_class = PriorityClass.objects.filter(name=spec.priority_class).first()
+        priority_class = cached(f"priority_class:{spec.priority_class}",
+                                lambda: PriorityClass.objects.filter(name=spec.priority_class).first())
         if priority_class is None:
             names = ", ".join(PriorityClass.objects.values_list("name", flat=True))
             problems.append(FieldProblem("priority_class", f"Unknown priority class {spec.priority_class[:64]!r}. "
@@ -32,7 +34,7 @@ def workload_terms(spec, now: datetime) -> WorkloadTerms:
         priority_class = default_priority_class()
 
     queue_name = spec.queue or DEFAULT_QUEUE
-    queue = Queue.objects.filter(name=queue_name).first()
+    queue = cached(f"queue:{queue_name}", lambda: Queue.objects.filter(name=queue_name).first())
     if queue is None:
         names = ", ".join(Queue.objects.values_list("name", flat=True))
         problems.append(FieldProblem("queue", f"Unknown queue {queue_name[:64]!r}. Use one of: {names}.", "unknown"))
@@ -61,8 +63,10 @@ def workload_terms(spec, now: datetime) -> WorkloadTerms:
 
 
 def default_priority_class() -> PriorityClass:
-    """Return the class marked default, or the lowest one when no class is marked."""
-    chosen = PriorityClass.objects.filter(is_default=True).first() or PriorityClass.objects.order_by("value").first()
+    """Return the class marked default, or the lowest one when no class is marked (cached a few seconds)."""
+    chosen = cached("priority_class:default", lambda: (
+        PriorityClass.objects.filter(is_default=True).first() or PriorityClass.objects.order_by("value").first()
+    ))
     if chosen is None:
         raise MarketplaceError(detail="No priority class exists; an admin has to create one in the admin.",
                                code="no_priority_class", status=503, title="Scheduler not configured")

@@ -50,8 +50,12 @@ def cache_empty() -> None:
 
 @pytest.fixture(autouse=True)
 def empty_cache():
-    """Start every test with an empty cache, as cached alternatives are keyed by ids that tests reuse."""
+    """Start every test with empty caches: cached alternatives are keyed by ids that tests reuse, and the
+    catalogue cache holds rows that an earlier test's rollback or flush removed."""
+    from marketplace import catalogue_cache
+
     cache_empty()
+    catalogue_cache.forget()
 
 
 @pytest.fixture
