@@ -204,7 +204,7 @@ def test_replay_ending_after_year_9999_is_clear_error():
 def test_replay_unknown_policy_is_clear_error():
     trace_import(nodes_path=NODES_CSV)
 
-    with pytest.raises(CommandError, match=r"Unknown placement policy 'nosuch'\. Use one of: best_fit, dot_product, fgd, fgd_best_fit, gap_squares, gpu_packing, random\.$"):
+    with pytest.raises(CommandError, match=r"Unknown placement policy 'nosuch'\. Use one of: best_fit, dot_product, fgd, fgd_best_fit, gap_squares, gap_squares_waste, gpu_packing, random\.$"):
         call_command("replay_trace", "--limit", "5", "--policy", "nosuch")
 
 

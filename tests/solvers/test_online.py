@@ -9,7 +9,7 @@ import pytest
 from allocation.solvers import POLICIES, NodeState, PlacementRequest, TargetWorkload, TaskShape, get_policy
 from allocation.solvers.fleet import Fleet
 from allocation.solvers.online import (BestFitPolicy, FgdBestFitPolicy, FgdPolicy, GapCounts, GapSquaresPolicy,
-                                       leftover_fraction)
+                                       GapSquaresWastePolicy, leftover_fraction, unfillable_milli)
 
 SHARES_AND_WHOLE = TargetWorkload(
     shapes=(TaskShape(1000, 1, 500), TaskShape(1000, 1, 1000)), weights=(0.5, 0.5),
@@ -31,7 +31,8 @@ def request(gpu_count=1, milli=1000, cpu=1000, memory=1024) -> PlacementRequest:
 
 
 def test_registry_lists_every_policy():
-    assert POLICIES == ("best_fit", "dot_product", "fgd", "fgd_best_fit", "gap_squares", "gpu_packing", "random")
+    assert POLICIES == ("best_fit", "dot_product", "fgd", "fgd_best_fit", "gap_squares", "gap_squares_waste", "gpu_packing",
+                        "random")
 
 
 def test_registry_returns_best_fit():
@@ -194,6 +195,56 @@ def test_gap_squares_without_gpu_shapes_has_no_penalty():
 
     assert policy.cpu_per_gpu is None
     assert policy.stranded_increase(fleet, np.array([0]), request(cpu=1000))[0] == 0
+
+
+SHARES_220_TO_650 = TargetWorkload(
+    shapes=(TaskShape(1000, 1, 650), TaskShape(1000, 1, 320), TaskShape(1000, 1, 230), TaskShape(1000, 1, 220)),
+    weights=(0.4, 0.3, 0.2, 0.1),
+)
+
+
+def test_unfillable_milli_of_gaps():
+    unfillable = unfillable_milli([650, 320, 230, 220])
+
+    assert unfillable[0] == 0
+    assert unfillable[120] == 120
+    assert unfillable[350] == 30
+    assert unfillable[450] == 0
+    # 3 * 230 = 690 is the largest sum up to 700.
+    assert unfillable[700] == 10
+    # 320 + 230 + 230 + 220 fill a whole GPU exactly.
+    assert unfillable[1000] == 0
+
+
+def test_unfillable_milli_without_shares():
+    np.testing.assert_array_equal(unfillable_milli([]), np.arange(1001))
+
+
+def test_gap_squares_waste_share_cost():
+    # On 40,000 GPUs one unfillable milli weighs one unit of squares. Closing a 350 gap with 320
+    # leaves 30, which was already unfillable. Closing a 450 gap leaves 130 unfillable, up from 0.
+    policy = GapSquaresWastePolicy(SHARES_220_TO_650)
+    fleet = Fleet.from_states([node(index, [350] * 4 + [450] * 4 if index == 1 else [1000] * 8)
+                               for index in range(1, 5001)])
+    state = policy.prepare(fleet)
+
+    cost = policy.share_cost(state, np.array([350, 450]), 320)
+    squares = policy.squares_increase(state.counts, np.array([350, 450]), 320)
+
+    assert cost[0] == pytest.approx(squares[0])
+    assert cost[1] == pytest.approx(squares[1] + 130)
+
+
+def test_gap_squares_waste_leaves_fillable_gap():
+    # A 230 share closes node 1's 350 gap, leaving 120 that no typical share fills, or leaves
+    # exactly one 220 share's room on node 2. Gap squares closes the gap. On 802 GPUs each
+    # unfillable milli weighs 0.02 units of squares, so 90 more unfillable milli outweigh the one
+    # unit that closing gains.
+    full_nodes = [node(index, [0] * 8) for index in range(3, 103)]
+    nodes = [node(1, [350]), node(2, [450]), *full_nodes]
+
+    assert GapSquaresPolicy(SHARES_220_TO_650).rank(request(milli=230), nodes)[0].node_id == 1
+    assert GapSquaresWastePolicy(SHARES_220_TO_650).rank(request(milli=230), nodes)[0].node_id == 2
 
 
 def test_gap_counts_follow_placements():
