@@ -279,6 +279,11 @@ class GapSquaresPolicy(FgdPolicy):
     unallocated at 100 % arrived and 4.01 % at 130 %, against 4.78 % and 4.60 % for
     ``fgd_best_fit``. The penalty alone leaves 4.23 % at 100 %. Counting only gaps on nodes with
     CPU left for a share did worse (4.26 % against 4.11 % on seeds 42-46).
+
+    NOTE: the gap counts are statistics of the fleet that ``prepare`` gets. The benchmark passes
+    the whole fleet; the reservation service's ``rank`` passes a shortlist of about 30 nodes, so
+    there the counts cover only the shortlist. The service's default stays ``fgd_best_fit`` until
+    this policy is measured in that setting.
     """
 
     name = "gap_squares"
