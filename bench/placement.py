@@ -481,10 +481,10 @@ def render(summary: dict, seeds: int, random_ties: bool, seconds: float, bound: 
         lines += [
             "",
             f"Ours, each built on the one before (`allocation/solvers/online.py`): {steps}. `fgd_best_fit` breaks "
-            f"FGD's score ties by best fit; `gap_squares` adds a penalty for GPUs left on nodes without the CPU "
-            f"that typical tasks need per GPU, and packs shares of one GPU by the sum of squared counts of each "
-            f"gap size; `gap_squares_waste` also charges the part of a gap that no sum of typical share sizes "
-            f"can fill. The best, `{best_name}`, leaves {best:.2f} % against FGD's {fgd:.2f} % in this harness "
+            f"FGD's score ties by best fit. `gap_squares` adds a penalty for GPUs left on nodes without the CPU "
+            f"that typical tasks need per GPU. It also packs shares of one GPU by the sum of squared counts of "
+            f"each gap size. `gap_squares_waste` also charges the part of a gap that no sum of typical share "
+            f"sizes can fill. The best, `{best_name}`, leaves {best:.2f} % against FGD's {fgd:.2f} % in this harness "
             f"and 4.77 % published: {fgd - best:.2f} points less, closing "
             f"{100 * (fgd - best) / max(fgd - bound, 1e-9):.0f} % of FGD's gap to the bound. "
             f"Target: 4.0 % or less at 2 ms or less per decision.",
