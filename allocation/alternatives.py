@@ -55,11 +55,12 @@ def alternatives_find(
 ) -> Alternatives:
     """Find when the request would fit as asked, and which other models or regions fit in its window.
 
-    The earliest start keeps the request's models, region, price cap and duration, respects the
-    customer's quotas, budget and the booking horizon, and is one of the next instants at which
-    an allocation ends on a node of the request's models, region and price. Options respect the
-    quotas and the budget's price cap. The search costs dozens of queries, so its result is cached
-    for ``ALTERNATIVES_CACHE_SECONDS`` per customer and request. Alternatives are advice, so a few
+    The earliest start keeps the request's models, region, price cap and duration, and respects
+    the customer's quotas, budget and the booking horizon. It is one of the next instants at which
+    an allocation ends on a node of the request's models, region and price, or at which one of the
+    customer's or its cohort's allocations ends, which frees quota. Options respect the quotas and
+    the budget's price cap. The search costs dozens of queries, so its result is cached for
+    ``ALTERNATIVES_CACHE_SECONDS`` per customer and request. Alternatives are advice, so a few
     seconds of staleness only makes one less exact.
 
     NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
@@ -87,7 +88,7 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
     model_names = dict(GpuModel.objects.filter(id__in=node_filter.gpu_model_ids).values_list("id", "name"))
 
     candidates = allocation_end_instants(start_at, latest_start, limit=EARLIEST_START_CANDIDATES,
-                                         node_filter=node_filter)
+                                         node_filter=node_filter, customer_id=customer_id)
     for candidate in candidates:
         # One cheap query first: with the request's own filter, a superset of what quota and budget
         # may narrow it to, does any node have room? Most candidates fail here.
@@ -115,7 +116,7 @@ def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]
     """List every (GPU model, region) that can hold the request in its window, ignoring the request's filters.
 
     ``candidate_ids`` already checks CPU, memory and room on enough healthy GPUs of partly used
-    nodes; the last query also drops empty nodes with too few healthy GPUs. ``policy`` is not
+    nodes. The last query also drops empty nodes with too few healthy GPUs. ``policy`` is not
     consulted: every node that can hold the request is an option, whichever the policy would pick.
     """
     catalogue = dict(GpuModel.objects.values_list("id", "name"))

@@ -15,8 +15,10 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Exists, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 
-from marketplace.models import Node
+from marketplace.models import Gpu, MaintenanceWindow, Node
 
 from .models import Allocation, Budget, GpuShare, RejectionReason, Reservation
 from .budgets import budget_fits
@@ -170,11 +172,31 @@ def _commit(
     reservation: Reservation, request: PlacementRequest, placement: Placement, policy: PlacementPolicy,
     borrowed_gpu_milli: int, budget: Budget | None, price_factor: Decimal = Decimal(1), replan: bool = False,
 ) -> Allocation:
-    """Lock the node and insert the allocation; with ``replan``, choose the GPUs again on the node's fresh state."""
-    node = Node.objects.select_for_update().only(
-        "id", "hostname", "gpu_model_id", "gpu_count", "cpu_millicores", "memory_mib", "price_per_gpu_hour",
-        "currency",
-    ).get(pk=placement.node_id)
+    """Lock the node and insert the allocation; with ``replan``, choose the GPUs again on the node's fresh state.
+
+    The lock query also reads what the database triggers do not check: that the node is still
+    active and free of maintenance in the window, and that the chosen GPUs are still healthy. A
+    heartbeat or a drain changes those only under the node's lock, so they cannot change after it.
+    """
+    chosen_gpu_ids = [gpu_id for gpu_id, _milli in placement.gpu_shares]
+    healthy_chosen = (
+        Gpu.objects.filter(node=OuterRef("pk"), pk__in=chosen_gpu_ids, health=Gpu.Health.HEALTHY)
+        .order_by().values("node").annotate(count=Count("pk")).values("count")
+    )
+    maintenance = MaintenanceWindow.objects.filter(
+        node=OuterRef("pk"), start_at__lt=reservation.end_at, end_at__gt=reservation.start_at,
+    )
+    node = (
+        Node.objects.select_for_update(of=("self",))
+        .only("id", "hostname", "gpu_model_id", "gpu_count", "cpu_millicores", "memory_mib", "price_per_gpu_hour",
+              "currency", "status")
+        .annotate(healthy_chosen=Coalesce(Subquery(healthy_chosen), 0), in_maintenance=Exists(maintenance))
+        .get(pk=placement.node_id)
+    )
+    if node.status != Node.Status.ACTIVE or node.in_maintenance:
+        raise CapacityConflict(f"node {node.pk} is {node.status} or in maintenance since the shortlist was read")
+    if node.healthy_chosen < len(chosen_gpu_ids):
+        replan = True  # A chosen GPU failed since the shortlist was read; the fresh state has only healthy ones.
 
     billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
                               node_memory_mib=node.memory_mib)

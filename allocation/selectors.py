@@ -363,18 +363,24 @@ def offers(start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> lis
 
 
 def allocation_end_instants(after: datetime, until: datetime, *, limit: int,
-                            node_filter: NodeFilter | None = None) -> list[datetime]:
+                            node_filter: NodeFilter | None = None, customer_id: int | None = None) -> list[datetime]:
     """Return the first ``limit`` distinct instants in ``(after, until]`` at which an allocation ends.
 
     Free capacity only grows when an allocation ends, so these are the only later start times at
-    which a request that does not fit now can begin to fit. With ``node_filter``, only allocations
-    on nodes that pass it count: capacity elsewhere is of no use to the request.
+    which a request that does not fit now can begin to fit. With ``node_filter``, only the ends
+    that can free room for the request count: allocations on nodes that pass the filter, and,
+    with ``customer_id``, allocations of the customer and of its cohort, which free its quota.
     """
     ending = Allocation.objects.filter(end_at__gt=after, end_at__lte=until, start_at__lt=models.F("end_at"))
     if node_filter is not None:
-        ending = ending.filter(node__gpu_model_id__in=node_filter.gpu_model_ids)
+        frees_room = models.Q(node__gpu_model_id__in=node_filter.gpu_model_ids)
         if node_filter.region_id is not None:
-            ending = ending.filter(node__region_id=node_filter.region_id)
+            frees_room &= models.Q(node__region_id=node_filter.region_id)
         if node_filter.max_price_per_gpu_hour is not None:
-            ending = ending.filter(node__price_per_gpu_hour__lte=node_filter.max_price_per_gpu_hour)
+            frees_room &= models.Q(node__price_per_gpu_hour__lte=node_filter.max_price_per_gpu_hour)
+        if customer_id is not None:
+            cohorts = CohortMembership.objects.filter(organization_id=customer_id).values("cohort_id")
+            cohort_members = CohortMembership.objects.filter(cohort_id__in=cohorts).values("organization_id")
+            frees_room |= models.Q(customer_id=customer_id) | models.Q(customer_id__in=cohort_members)
+        ending = ending.filter(frees_room)
     return list(ending.order_by("end_at").values_list("end_at", flat=True).distinct()[:limit])

@@ -6,6 +6,7 @@ class MarketplaceConfig(AppConfig):
     verbose_name = "Marketplace fleet"
 
     def ready(self):
-        from .catalogue_cache import connect_signals
+        from . import catalogue_cache, prepared_statements
 
-        connect_signals()
+        catalogue_cache.connect_signals()
+        prepared_statements.connect_signals()

@@ -1,9 +1,12 @@
 """A per-process cache of the small tables that every reservation reads: GPU models, priority classes, queues.
 
 Each entry lives ``TTL_SECONDS``. A save or delete of one of these models in this process empties
-the cache at once. Other processes see the change when their entry expires. NOTE: so for up to
-``TTL_SECONDS`` after an admin edit, another process may still apply the old default priority
-class. A GPU model name it does not know yet is looked up again before it is refused.
+the cache at once. Other processes see the change when their entry expires. A GPU model name it
+does not know yet is looked up again before it is refused.
+
+NOTE: for up to ``TTL_SECONDS`` after an admin edit, another process may still apply the old
+default priority class, and a request naming a priority class or queue just deleted there gets
+409 (retry) from the foreign key instead of 400 (unknown name).
 """
 
 import time

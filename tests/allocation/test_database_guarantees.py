@@ -10,7 +10,7 @@ from allocation import placement
 from allocation.models import Allocation, GpuShare, Reservation, ReservationStatus
 from allocation.services import ReservationSpec, quota_set, reservation_create
 from allocation.solvers import Placement
-from marketplace.models import Gpu
+from marketplace.models import Gpu, MaintenanceWindow, Node
 
 from ..conftest import NOW, hours
 from ..factories import CustomerFactory, NodeFactory
@@ -144,6 +144,45 @@ def test_choice_taken_since_the_shortlist_is_placed_again_on_the_same_node(custo
 
     assert reservation.status == ReservationStatus.ACTIVE
     assert list(reservation.allocation.shares.values_list("gpu_id", "gpu_milli")) == [(free.pk, 1000)]
+
+
+@pytest.mark.django_db
+def test_chosen_gpu_failed_since_the_shortlist_is_not_booked(customer, t4_node, monkeypatch):
+    failed, healthy = t4_node.gpus.get(index=0), t4_node.gpus.get(index=1)
+    stale = Placement(node_id=t4_node.pk, gpu_shares=((failed.pk, 1000),), score=0.0)
+    monkeypatch.setattr(placement, "placement_rank", lambda **kwargs: [stale])
+    Gpu.objects.filter(pk=failed.pk).update(health=Gpu.Health.FAILED)  # A heartbeat after the shortlist.
+
+    reservation = reservation_create(customer=customer, spec=full_spec(), now=NOW)
+
+    assert reservation.status == ReservationStatus.ACTIVE
+    assert list(reservation.allocation.shares.values_list("gpu_id", flat=True)) == [healthy.pk]
+
+
+@pytest.mark.django_db
+def test_node_drained_since_the_shortlist_is_not_booked(customer, t4_node, monkeypatch):
+    gpu = t4_node.gpus.get(index=0)
+    stale = Placement(node_id=t4_node.pk, gpu_shares=((gpu.pk, 1000),), score=0.0)
+    monkeypatch.setattr(placement, "placement_rank", lambda **kwargs: [stale])
+    Node.objects.filter(pk=t4_node.pk).update(status=Node.Status.DRAINING)
+
+    reservation = reservation_create(customer=customer, spec=full_spec(), now=NOW)
+
+    assert reservation.status == ReservationStatus.REJECTED
+    assert not Allocation.objects.filter(node=t4_node).exists()
+
+
+@pytest.mark.django_db
+def test_node_in_maintenance_since_the_shortlist_is_not_booked(customer, t4_node, monkeypatch):
+    gpu = t4_node.gpus.get(index=0)
+    stale = Placement(node_id=t4_node.pk, gpu_shares=((gpu.pk, 1000),), score=0.0)
+    monkeypatch.setattr(placement, "placement_rank", lambda **kwargs: [stale])
+    MaintenanceWindow.objects.create(node=t4_node, start_at=NOW + hours(1), end_at=NOW + hours(3))
+
+    reservation = reservation_create(customer=customer, spec=full_spec(), now=NOW)
+
+    assert reservation.status == ReservationStatus.REJECTED
+    assert not Allocation.objects.filter(node=t4_node).exists()
 
 
 def run_concurrently(functions):

@@ -152,3 +152,17 @@ def test_alternatives_are_cached_briefly(api, fleet):
     assert response.status_code == 409
     assert response.json()["alternatives"]["earliest_start_at"] is not None
     assert len(second) < len(first)
+
+
+def test_earliest_start_counts_quota_freed_on_another_model(api, customer, fleet):
+    quota_set(organization=customer, gpu_model=None, max_gpu_milli=1000)
+    held = api.post("/api/v1/reservations/", body(gpu_models=["T4"], end_at=at(4)), format="json")
+    assert held.status_code == 201, held.json()
+    request = body(gpu_models=["V100M32"], start_at=at(1), end_at=at(2))
+
+    rejected = api.post("/api/v1/reservations/", request, format="json").json()
+    booked_then = api.post("/api/v1/reservations/", {**request, "start_at": at(4), "end_at": at(5)}, format="json")
+
+    assert rejected["reason_code"] == "quota_exceeded"
+    assert rejected["alternatives"]["earliest_start_at"] == at(4).replace("+00:00", "Z")
+    assert booked_then.status_code == 201, booked_then.json()
