@@ -306,12 +306,15 @@ def customer_usage(customer_id: int, start_at: datetime, end_at: datetime, *, ex
     on_customer = "AND r.customer_id = %s"
     build = _peak_sql if exact else _sum_sql
     per_model = build(_table(Allocation), "gpu_model_id", {"used_milli": "r.gpu_milli_total"}, on_customer)
-    overall = build(_table(Allocation), "customer_id", {"used_milli": "r.gpu_milli_total"}, on_customer)
     window = [_when(start_at), _when(end_at)]
     params = [*window, customer_id, *window, customer_id]
     with connection.cursor() as cursor:
         cursor.execute(per_model, params)
         by_model = {model_id: int(peak) for model_id, peak in cursor.fetchall()}
+        if not exact:
+            # Sums add up: the total of the overlapping allocations is the sum over their models.
+            return CustomerUsage(by_model=by_model, total=sum(by_model.values()))
+        overall = build(_table(Allocation), "customer_id", {"used_milli": "r.gpu_milli_total"}, on_customer)
         cursor.execute(overall, params)
         row = cursor.fetchone()
     return CustomerUsage(by_model=by_model, total=int(row[1]) if row else 0)
