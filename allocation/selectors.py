@@ -233,34 +233,37 @@ def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -
     else:
         on_node_gpus = f"AND r.gpu_id IN ({node_gpus})"
 
-    node_sql = f"""
-        WITH {_node_use_cte(on_nodes)}
+    sql = f"""
+        WITH {_gpu_use_cte(on_node_gpus)}, {_node_use_cte(on_nodes)}
         SELECT n.id, m.name, n.gpu_count, n.cpu_millicores, n.memory_mib, n.price_per_gpu_hour,
-               COALESCE(nu.used_cpu, 0), COALESCE(nu.used_memory, 0)
+               COALESCE(nu.used_cpu, 0), COALESCE(nu.used_memory, 0), g.id, COALESCE(u.used_milli, 0)
         FROM {_table(Node)} n
         JOIN {_table(GpuModel)} m ON m.id = n.gpu_model_id
         LEFT JOIN node_use nu ON nu.node_id = n.id
-        WHERE n.id {in_nodes}
-    """
-    gpu_sql = f"""
-        WITH {_gpu_use_cte(on_node_gpus)}
-        SELECT g.node_id, g.id, COALESCE(u.used_milli, 0)
-        FROM {_table(Gpu)} g
+        LEFT JOIN {_table(Gpu)} g ON g.node_id = n.id AND g.health = %s
         LEFT JOIN gpu_use u ON u.gpu_id = g.id
-        WHERE g.node_id {in_nodes} AND g.health = %s
-        ORDER BY g.node_id, g.{connection.ops.quote_name("index")}
+        WHERE n.id {in_nodes}
+        ORDER BY n.id, g.{connection.ops.quote_name("index")}
     """
     window = [_when(start_at), _when(end_at)]
-    gpu_free: dict[int, list[tuple[int, int]]] = {node_id: [] for node_id in node_ids}
+    params = [*window, *node_params, *window, *node_params,  # gpu_use
+              *window, *node_params, *window, *node_params,  # node_use
+              Gpu.Health.HEALTHY, *node_params]
     with connection.cursor() as cursor:
-        cursor.execute(gpu_sql, [*window, *node_params, *window, *node_params, *node_params, Gpu.Health.HEALTHY])
-        for node_id, gpu_id, used_milli in cursor.fetchall():
-            gpu_free[node_id].append((gpu_id, GPU_MILLI_PER_GPU - int(used_milli)))
-        cursor.execute(node_sql, [*window, *node_params, *window, *node_params, *node_params])
+        cursor.execute(sql, params)
         rows = cursor.fetchall()
 
+    # One row per healthy GPU, or one row without a GPU for a node that has none.
+    nodes: dict[int, tuple] = {}
+    gpu_free: dict[int, list[tuple[int, int]]] = {}
+    for node_id, model_name, gpu_count, cpu, memory, price, used_cpu, used_memory, gpu_id, used_milli in rows:
+        nodes[node_id] = (model_name, gpu_count, cpu, memory, price, used_cpu, used_memory)
+        free = gpu_free.setdefault(node_id, [])
+        if gpu_id is not None:
+            free.append((gpu_id, GPU_MILLI_PER_GPU - int(used_milli)))
+
     states = {}
-    for node_id, model_name, gpu_count, cpu, memory, price, used_cpu, used_memory in rows:
+    for node_id, (model_name, gpu_count, cpu, memory, price, used_cpu, used_memory) in nodes.items():
         states[node_id] = NodeState(
             node_id=node_id,
             gpu_model=model_name,
