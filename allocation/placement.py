@@ -188,8 +188,9 @@ def _commit(
     )
     node = (
         Node.objects.select_for_update(of=("self",))
-        .only("id", "hostname", "gpu_model_id", "gpu_count", "cpu_millicores", "memory_mib", "price_per_gpu_hour",
-              "currency", "status")
+        .select_related("gpu_model", "provider", "region")  # For the response, without reading them again.
+        .only("id", "hostname", "gpu_model", "gpu_count", "cpu_millicores", "memory_mib", "price_per_gpu_hour",
+              "currency", "status", "gpu_model__name", "provider__slug", "region__code")
         .annotate(healthy_chosen=Coalesce(Subquery(healthy_chosen), 0), in_maintenance=Exists(maintenance))
         .get(pk=placement.node_id)
     )
@@ -212,7 +213,7 @@ def _commit(
         reservation=reservation,
         customer_id=reservation.customer_id,
         node=node,
-        gpu_model_id=node.gpu_model_id,
+        gpu_model=node.gpu_model,
         start_at=reservation.start_at,
         end_at=reservation.end_at,
         cpu_millicores=request.cpu_millicores,

@@ -16,7 +16,7 @@ from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound, Permi
 from marketplace.models import GpuModel, Organization, Region
 
 from ..models import GpuShare, Reservation, ReservationStatus
-from ..selectors import NodeFilter, offers
+from ..selectors import NodeFilter, offers, placed_reservation_for_response
 from ..quoting import reservation_alternatives, reservation_quote
 from ..services import reservation_cancel, reservation_create
 from scheduler.tasks import request_cycle
@@ -123,9 +123,9 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 
     def _create(self, request: Request, customer: Organization) -> Response:
         serializer = _valid_create_serializer(request)
-        reservation = reservation_create(customer=customer, spec=serializer.to_spec(), actor=request.user)
+        created = reservation_create(customer=customer, spec=serializer.to_spec(), actor=request.user)
 
-        reservation = self.get_queryset().get(pk=reservation.pk)
+        reservation = placed_reservation_for_response(created) or self.get_queryset().get(pk=created.pk)
         body = ReservationSerializer(reservation).data
         if reservation.status == ReservationStatus.REJECTED:
             alternatives = reservation_alternatives(reservation=reservation)

@@ -504,3 +504,51 @@ def test_null_body_names_json_type(api):
                           "invalid_request")
 
     assert "JSON null" in data["detail"]
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"gpu_models": ["T4"], "region": "eu-central", "max_price_per_gpu_hour": "2.5", "external_ref": "job-7",
+     "gpu_count": 2, "gpu_milli_per_gpu": 460},
+    {"start_at": (datetime.now(timezone(timedelta(hours=5, minutes=30))) + timedelta(hours=1)).isoformat(),
+     "end_at": (datetime.now(timezone(timedelta(hours=-7))) + timedelta(hours=4)).isoformat(),
+     "priority_class": "high", "do_not_migrate": True},
+])
+def test_created_body_matches_later_read(api, t4_node, overrides):
+    created = api.post("/api/v1/reservations/", body(**overrides), format="json")
+
+    read_back = api.get(created["Location"])
+
+    assert created.status_code == 201, created.json()
+    assert created.json() == read_back.json()
+
+
+def test_held_for_approval_body_matches_later_read(api, customer, t4_node):
+    from allocation.models import ApprovalPolicy
+
+    ApprovalPolicy.objects.create(organization=customer, flagged=True)
+    created = api.post("/api/v1/reservations/", body(), format="json")
+
+    read_back = api.get(created["Location"])
+
+    assert created.status_code == 202, created.json()
+    assert created.json()["status"] == "pending_approval"
+    assert created.json() == read_back.json()
+
+
+def test_placed_reservation_body_needs_two_queries(customer, t4_node, django_assert_num_queries):
+    from allocation.api.serializers import ReservationSerializer
+    from allocation.selectors import placed_reservation_for_response
+    from allocation.services import ReservationSpec, reservation_create
+
+    start = datetime.now(timezone.utc) + timedelta(hours=1)
+    reservation = reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=460, cpu_millicores=1000, memory_mib=1024, gpu_models=("T4",),
+        start_at=start, end_at=start + timedelta(hours=2)))
+
+    with django_assert_num_queries(2):  # The requested GPU models, and the shares with their GPUs.
+        data = ReservationSerializer(placed_reservation_for_response(reservation)).data
+
+    assert data["allocation"]["node"] == "t4-a"
+    assert data["allocation"]["provider"]
+    assert data["gpu_models"] == ["T4"]
