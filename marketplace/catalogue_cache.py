@@ -5,8 +5,8 @@ the cache at once. Other processes see the change when their entry expires. A GP
 does not know yet is looked up again before it is refused.
 
 NOTE: for up to ``TTL_SECONDS`` after an admin edit, another process may still apply the old
-default priority class, and a request naming a priority class or queue just deleted there gets
-409 (retry) from the foreign key instead of 400 (unknown name).
+default priority class. A request naming a priority class or queue just deleted there gets 409
+(retry) from the foreign key instead of 400 (unknown name).
 """
 
 import time

@@ -51,7 +51,7 @@ def cache_empty() -> None:
 @pytest.fixture(autouse=True)
 def empty_cache():
     """Start every test with empty caches: cached alternatives are keyed by ids that tests reuse, and the
-    catalogue cache holds rows that an earlier test's rollback or flush removed."""
+    catalogue cache contains rows that an earlier test's rollback or flush removed."""
     from marketplace import catalogue_cache
 
     cache_empty()

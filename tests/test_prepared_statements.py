@@ -12,12 +12,12 @@ def test_stale_plan_marks_connection_for_closing():
     class FakeConnection:
         close_at = None
 
-    def refuse(sql, params, many, context):
+    def raise_not_supported(sql, params, many, context):
         raise NotSupportedError(STALE_PLAN_MESSAGE)
 
     fake = FakeConnection()
     with pytest.raises(NotSupportedError):
-        close_after_stale_plan(refuse, "SELECT 1", None, False, {"connection": fake})
+        close_after_stale_plan(raise_not_supported, "SELECT 1", None, False, {"connection": fake})
 
     assert fake.close_at == 0
 
@@ -26,12 +26,12 @@ def test_other_errors_leave_connection_open():
     class FakeConnection:
         close_at = None
 
-    def refuse(sql, params, many, context):
+    def raise_not_supported(sql, params, many, context):
         raise NotSupportedError("some other refusal")
 
     fake = FakeConnection()
     with pytest.raises(NotSupportedError):
-        close_after_stale_plan(refuse, "SELECT 1", None, False, {"connection": fake})
+        close_after_stale_plan(raise_not_supported, "SELECT 1", None, False, {"connection": fake})
 
     assert fake.close_at is None
 

@@ -132,12 +132,12 @@ def test_reservation_cannot_be_created_active(customer):
 
 
 @pytest.mark.django_db
-def test_choice_taken_since_the_shortlist_is_placed_again_on_the_same_node(customer, t4_node, monkeypatch):
-    taken, free = t4_node.gpus.get(index=0), t4_node.gpus.get(index=1)
+def test_stale_choice_replanned_on_node(customer, t4_node, monkeypatch):
+    busy, free = t4_node.gpus.get(index=0), t4_node.gpus.get(index=1)
     earlier = raw_allocation(customer, t4_node)
-    GpuShare.objects.create(allocation=earlier, gpu=taken, gpu_milli=1000, start_at=NOW, end_at=NOW + hours(2))
+    GpuShare.objects.create(allocation=earlier, gpu=busy, gpu_milli=1000, start_at=NOW, end_at=NOW + hours(2))
     # A shortlist read before ``earlier`` committed would still offer GPU 0.
-    stale = Placement(node_id=t4_node.pk, gpu_shares=((taken.pk, 1000),), score=0.0)
+    stale = Placement(node_id=t4_node.pk, gpu_shares=((busy.pk, 1000),), score=0.0)
     monkeypatch.setattr(placement, "placement_rank", lambda **kwargs: [stale])
 
     reservation = reservation_create(customer=customer, spec=full_spec(), now=NOW)
@@ -147,7 +147,7 @@ def test_choice_taken_since_the_shortlist_is_placed_again_on_the_same_node(custo
 
 
 @pytest.mark.django_db
-def test_chosen_gpu_failed_since_the_shortlist_is_not_booked(customer, t4_node, monkeypatch):
+def test_failed_gpu_not_booked(customer, t4_node, monkeypatch):
     failed, healthy = t4_node.gpus.get(index=0), t4_node.gpus.get(index=1)
     stale = Placement(node_id=t4_node.pk, gpu_shares=((failed.pk, 1000),), score=0.0)
     monkeypatch.setattr(placement, "placement_rank", lambda **kwargs: [stale])
@@ -160,7 +160,7 @@ def test_chosen_gpu_failed_since_the_shortlist_is_not_booked(customer, t4_node, 
 
 
 @pytest.mark.django_db
-def test_node_drained_since_the_shortlist_is_not_booked(customer, t4_node, monkeypatch):
+def test_drained_node_not_booked(customer, t4_node, monkeypatch):
     gpu = t4_node.gpus.get(index=0)
     stale = Placement(node_id=t4_node.pk, gpu_shares=((gpu.pk, 1000),), score=0.0)
     monkeypatch.setattr(placement, "placement_rank", lambda **kwargs: [stale])
@@ -173,7 +173,7 @@ def test_node_drained_since_the_shortlist_is_not_booked(customer, t4_node, monke
 
 
 @pytest.mark.django_db
-def test_node_in_maintenance_since_the_shortlist_is_not_booked(customer, t4_node, monkeypatch):
+def test_node_in_maintenance_not_booked(customer, t4_node, monkeypatch):
     gpu = t4_node.gpus.get(index=0)
     stale = Placement(node_id=t4_node.pk, gpu_shares=((gpu.pk, 1000),), score=0.0)
     monkeypatch.setattr(placement, "placement_rank", lambda **kwargs: [stale])

@@ -156,8 +156,8 @@ def test_alternatives_are_cached_briefly(api, fleet):
 
 def test_earliest_start_counts_quota_freed_on_another_model(api, customer, fleet):
     quota_set(organization=customer, gpu_model=None, max_gpu_milli=1000)
-    held = api.post("/api/v1/reservations/", body(gpu_models=["T4"], end_at=at(4)), format="json")
-    assert held.status_code == 201, held.json()
+    first = api.post("/api/v1/reservations/", body(gpu_models=["T4"], end_at=at(4)), format="json")
+    assert first.status_code == 201, first.json()
     request = body(gpu_models=["V100M32"], start_at=at(1), end_at=at(2))
 
     rejected = api.post("/api/v1/reservations/", request, format="json").json()
