@@ -90,8 +90,8 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
     candidates = allocation_end_instants(start_at, latest_start, limit=EARLIEST_START_CANDIDATES,
                                          node_filter=node_filter, customer_id=customer_id)
     for candidate in candidates:
-        # One cheap query first: with the request's own filter, a superset of what quota and budget
-        # may narrow it to, does any node have room? Most candidates fail here.
+        # One cheap query first checks for room under the request's own filter, which quota and budget
+        # can only narrow. Most candidates fail here.
         if not candidate_ids(request, candidate, candidate + duration, node_filter, used_limit=1, free_limit=1):
             continue
         decision = quota_admit(
@@ -131,7 +131,7 @@ def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]
     shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
     node_ids: list[int] = []
     for model_id in decision.admitted_model_ids:
-        # Summed usage first, as placement does; the exact per-instant usage only when that finds nothing.
+        # Summed usage first, as placement does. The exact per-instant usage runs only when that finds nothing.
         for exact in (False, True):
             found = candidate_ids(request, start_at, end_at, NodeFilter((model_id,), None, budget.max_affordable_price),
                                   used_limit=shortlist_size, free_limit=max(shortlist_size // 4, 2), exact=exact)

@@ -148,9 +148,9 @@ def _commit_on_node(
     reservation: Reservation, request: PlacementRequest, placement: Placement, policy: PlacementPolicy,
     borrowed_gpu_milli: int, budget: Budget | None, price_factor: Decimal,
 ) -> Allocation:
-    """Commit ``placement`` in a savepoint; if the database guards reject it, place it again on the node once.
+    """Commit ``placement`` in a savepoint, and place it once more on the same node if the database rejects it.
 
-    The shortlist's choice usually still fits, so it is inserted as it is and the triggers judge,
+    The shortlist's choice usually still fits, so it is inserted as it is and the triggers check it,
     which saves reading the node's state again. If another transaction took those GPUs since the
     shortlist was read, a second savepoint locks the node, places the request on its fresh state
     and inserts that. SQLite serialises writers with BEGIN IMMEDIATE, so its shortlist is never stale.
@@ -161,7 +161,7 @@ def _commit_on_node(
     except IntegrityError as error:
         if not connection.features.has_select_for_update:
             raise
-        logger.info("Reservation %s: the shortlisted GPUs of node %s were taken meanwhile (%s); placing it "
+        logger.info("Reservation %s: the database rejected the shortlisted GPUs of node %s (%s). Placing it "
                     "again on the node's fresh state", reservation.pk, placement.node_id, error)
     with transaction.atomic():
         return _commit(reservation, request, placement, policy, borrowed_gpu_milli, budget, price_factor,
@@ -195,9 +195,11 @@ def _commit(
         .get(pk=placement.node_id)
     )
     if node.status != Node.Status.ACTIVE or node.in_maintenance:
-        raise CapacityConflict(f"node {node.pk} is {node.status} or in maintenance since the shortlist was read")
+        raise CapacityConflict(f"node {node.pk} became {node.status} or got a maintenance window in "
+                               f"{reservation.start_at:%Y-%m-%d %H:%M} to {reservation.end_at:%Y-%m-%d %H:%M} "
+                               f"after the shortlist was read")
     if node.healthy_chosen < len(chosen_gpu_ids):
-        replan = True  # A chosen GPU failed since the shortlist was read; the fresh state has only healthy ones.
+        replan = True  # A chosen GPU failed after the shortlist was read. The fresh state lists only healthy GPUs.
 
     billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
                               node_memory_mib=node.memory_mib)

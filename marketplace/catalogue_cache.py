@@ -2,7 +2,7 @@
 
 Each entry lives ``TTL_SECONDS``. A save or delete of one of these models in this process empties
 the cache at once. Other processes see the change when their entry expires. A GPU model name it
-does not know yet is looked up again before it is refused.
+does not know yet is looked up again before it is rejected.
 
 NOTE: for up to ``TTL_SECONDS`` after an admin edit, another process may still apply the old
 default priority class. A request naming a priority class or queue just deleted there gets 409
@@ -34,7 +34,7 @@ def cached(key: str, load: Callable[[], Any]) -> Any:
 
 
 def forget(*args, **kwargs) -> None:
-    """Empty the cache; connected to the save and delete signals of the cached models."""
+    """Empty the cache. The save and delete signals of the cached models call it."""
     _entries.clear()
 
 

@@ -63,7 +63,7 @@ def workload_terms(spec, now: datetime) -> WorkloadTerms:
 
 
 def default_priority_class() -> PriorityClass:
-    """Return the class marked default, or the lowest one when no class is marked (cached a few seconds)."""
+    """Return the class marked default, or the lowest one when no class is marked (cached for up to 5 seconds)."""
     chosen = cached("priority_class:default", lambda: (
         PriorityClass.objects.filter(is_default=True).first() or PriorityClass.objects.order_by("value").first()
     ))

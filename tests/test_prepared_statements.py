@@ -27,7 +27,7 @@ def test_other_errors_leave_connection_open():
         close_at = None
 
     def raise_not_supported(sql, params, many, context):
-        raise NotSupportedError("some other refusal")
+        raise NotSupportedError("some other error")
 
     fake = FakeConnection()
     with pytest.raises(NotSupportedError):

@@ -154,7 +154,7 @@ def test_alternatives_are_cached_briefly(api, fleet):
     assert len(second) < len(first)
 
 
-def test_earliest_start_counts_quota_freed_on_another_model(api, customer, fleet):
+def test_earliest_start_after_own_booking(api, customer, fleet):
     quota_set(organization=customer, gpu_model=None, max_gpu_milli=1000)
     first = api.post("/api/v1/reservations/", body(gpu_models=["T4"], end_at=at(4)), format="json")
     assert first.status_code == 201, first.json()

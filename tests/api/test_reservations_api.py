@@ -523,7 +523,7 @@ def test_created_body_matches_later_read(api, t4_node, overrides):
     assert created.json() == read_back.json()
 
 
-def test_held_for_approval_body_matches_later_read(api, customer, t4_node):
+def test_approval_hold_body_matches_read(api, customer, t4_node):
     from allocation.models import ApprovalPolicy
 
     ApprovalPolicy.objects.create(organization=customer, flagged=True)
@@ -536,7 +536,7 @@ def test_held_for_approval_body_matches_later_read(api, customer, t4_node):
     assert created.json() == read_back.json()
 
 
-def test_placed_reservation_body_needs_two_queries(customer, t4_node, django_assert_num_queries):
+def test_placed_body_reads_twice(customer, t4_node, django_assert_num_queries):
     from allocation.api.serializers import ReservationSerializer
     from allocation.selectors import placed_reservation_for_response
     from allocation.services import ReservationSpec, reservation_create

@@ -242,16 +242,24 @@ def test_rollup_then_purge_keeps_the_hours(t4_node):
     assert hour.xid_count == 1
 
 
-def test_queued_heartbeats_are_stored_in_batches(t4_node, settings):
-    from providers.heartbeat_queue import QUEUE_KEY, _redis, heartbeats_drain
+def queued_agent(node, settings) -> tuple[APIClient, list[str]]:
+    """Return a registered agent of ``node`` and its GPU uuids, with heartbeats queued in Redis in batches of 2."""
+    from providers.heartbeat_queue import QUEUE_KEY, _redis
 
     if not settings.REDIS_URL:
         pytest.skip("needs Redis: set REDIS_URL")
     _redis().delete(QUEUE_KEY)
     settings.MARKETPLACE = {**settings.MARKETPLACE, "HEARTBEAT_QUEUE": True, "HEARTBEAT_BATCH": 2}
-    client = agent(t4_node)
-    uuids = uuids_of(t4_node)
+    client = agent(node)
+    uuids = uuids_of(node)
     register(client, uuids)
+    return client, uuids
+
+
+def test_queued_heartbeats_are_stored_in_batches(t4_node, settings):
+    from providers.heartbeat_queue import heartbeats_drain
+
+    client, uuids = queued_agent(t4_node, settings)
 
     for _ in range(3):
         response = client.post("/api/v1/agent/heartbeats/", {"snapshots": [snapshot(uuids)]}, format="json")
@@ -272,13 +280,7 @@ def test_failed_drain_leaves_heartbeats_queued(t4_node, settings, monkeypatch):
     from providers import heartbeat_queue
     from providers.heartbeat_queue import QUEUE_KEY, _redis, heartbeats_drain
 
-    if not settings.REDIS_URL:
-        pytest.skip("needs Redis: set REDIS_URL")
-    _redis().delete(QUEUE_KEY)
-    settings.MARKETPLACE = {**settings.MARKETPLACE, "HEARTBEAT_QUEUE": True, "HEARTBEAT_BATCH": 2}
-    client = agent(t4_node)
-    uuids = uuids_of(t4_node)
-    register(client, uuids)
+    client, uuids = queued_agent(t4_node, settings)
     for _ in range(3):
         client.post("/api/v1/agent/heartbeats/", {"snapshots": [snapshot(uuids)]}, format="json")
 
