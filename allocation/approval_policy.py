@@ -8,6 +8,11 @@ from .models import ApprovalPolicy
 def approval_reason(*, customer_id: int, gpu_count: int, estimated_cost: Decimal) -> str:
     """Return why the request needs approval, or an empty string when it does not."""
     policy = ApprovalPolicy.objects.filter(organization_id=customer_id).first()
+    return policy_approval_reason(policy, gpu_count=gpu_count, estimated_cost=estimated_cost)
+
+
+def policy_approval_reason(policy: ApprovalPolicy | None, *, gpu_count: int, estimated_cost: Decimal) -> str:
+    """Return why ``policy`` (None: the organization has none) sends the request to approval, or ``""``."""
     if policy is None:
         return ""
     if policy.flagged:

@@ -24,7 +24,7 @@ from .models import Allocation, Budget, GpuShare, RejectionReason, Reservation
 from .budgets import budget_fits
 from .pricing import billed_gpu_milli
 from .selectors import NodeFilter, candidate_ids, node_states
-from .solvers import Placement, PlacementPolicy, PlacementRequest
+from .solvers import NodeState, Placement, PlacementPolicy, PlacementRequest
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +61,25 @@ def placement_rank(
     computed, so a node that fits between shorter bookings is still found. Callers that expect
     no fit, such as the search for alternatives, skip the first pass with ``summed_first=False``.
     """
+    return placement_shortlist(request=request, start_at=start_at, end_at=end_at, node_filter=node_filter,
+                               policy=policy, summed_first=summed_first)[0]
+
+
+def placement_shortlist(
+    *, request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter,
+    policy: PlacementPolicy, summed_first: bool = True,
+) -> tuple[list[Placement], dict[int, NodeState]]:
+    """Return what ``placement_rank`` returns, and the state of each shortlisted node by id."""
     shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
+    states: list[NodeState] = []
     for exact in ((False, True) if summed_first else (True,)):
         ids = candidate_ids(request, start_at, end_at, node_filter, used_limit=shortlist_size,
                             free_limit=max(shortlist_size // 4, 2), exact=exact)
-        ranked = policy.rank(request, node_states(ids, start_at, end_at))
+        states = node_states(ids, start_at, end_at)
+        ranked = policy.rank(request, states)
         if ranked:
-            return ranked
-    return []
+            return ranked, {state.node_id: state for state in states}
+    return [], {state.node_id: state for state in states}
 
 
 def placement_find_and_commit(

@@ -25,15 +25,17 @@ class QuotaDecision:
 
 def quota_admit(
     *, customer_id: int, model_ids: tuple[int, ...], model_names: dict[int, str], gpu_milli: int,
-    start_at: datetime, end_at: datetime,
+    start_at: datetime, end_at: datetime, quotas: list[tuple[int | None, int]] | None = None,
 ) -> QuotaDecision:
     """Return the models in ``model_ids`` on which ``gpu_milli`` more fits the customer's quotas.
 
     Usage is the customer's peak over the instants of the window, so the limit applies at every
     instant. The caller has locked the customer's row, so concurrent requests of one customer are
-    checked one after another.
+    checked one after another. ``quotas`` gives the customer's ``(gpu_model_id, max_gpu_milli)``
+    rows when the caller has read them already.
     """
-    quotas = list(Quota.objects.filter(organization_id=customer_id).values_list("gpu_model_id", "max_gpu_milli"))
+    if quotas is None:
+        quotas = list(Quota.objects.filter(organization_id=customer_id).values_list("gpu_model_id", "max_gpu_milli"))
     if not quotas or gpu_milli == 0:
         return QuotaDecision(admitted_model_ids=model_ids)
 

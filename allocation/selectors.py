@@ -235,7 +235,7 @@ def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -
 
     sql = f"""
         WITH {_gpu_use_cte(on_node_gpus)}, {_node_use_cte(on_nodes)}
-        SELECT n.id, m.name, n.gpu_count, n.cpu_millicores, n.memory_mib, n.price_per_gpu_hour,
+        SELECT n.id, m.name, n.hostname, n.gpu_count, n.cpu_millicores, n.memory_mib, n.price_per_gpu_hour,
                COALESCE(nu.used_cpu, 0), COALESCE(nu.used_memory, 0), g.id, COALESCE(u.used_milli, 0)
         FROM {_table(Node)} n
         JOIN {_table(GpuModel)} m ON m.id = n.gpu_model_id
@@ -256,14 +256,14 @@ def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -
     # One row per healthy GPU, or one row without a GPU for a node that has none.
     nodes: dict[int, tuple] = {}
     gpu_free: dict[int, list[tuple[int, int]]] = {}
-    for node_id, model_name, gpu_count, cpu, memory, price, used_cpu, used_memory, gpu_id, used_milli in rows:
-        nodes[node_id] = (model_name, gpu_count, cpu, memory, price, used_cpu, used_memory)
+    for node_id, model_name, hostname, gpu_count, cpu, memory, price, used_cpu, used_memory, gpu_id, used_milli in rows:
+        nodes[node_id] = (model_name, hostname, gpu_count, cpu, memory, price, used_cpu, used_memory)
         free = gpu_free.setdefault(node_id, [])
         if gpu_id is not None:
             free.append((gpu_id, GPU_MILLI_PER_GPU - int(used_milli)))
 
     states = {}
-    for node_id, (model_name, gpu_count, cpu, memory, price, used_cpu, used_memory) in nodes.items():
+    for node_id, (model_name, hostname, gpu_count, cpu, memory, price, used_cpu, used_memory) in nodes.items():
         states[node_id] = NodeState(
             node_id=node_id,
             gpu_model=model_name,
@@ -274,6 +274,7 @@ def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -
             memory_free_mib=memory - int(used_memory),
             gpu_free_milli=tuple(gpu_free[node_id]),
             price_per_gpu_hour=float(price),
+            hostname=hostname,
         )
     return [states[node_id] for node_id in node_ids if node_id in states]
 
@@ -403,6 +404,8 @@ def placed_reservation_for_response(reservation: Reservation) -> Reservation | N
     shares with their GPUs are read here, which spares reading it all back through a 10-table
     join. Returns None for any other reservation; read those from the database.
     """
+    if getattr(reservation, "response_ready", False):
+        return reservation  # Built complete by the express path.
     if reservation.status not in PLACED_STATUSES:
         return None
     allocation = getattr(reservation, "allocation", None)

@@ -25,6 +25,7 @@ from .lifecycle import CONFIRMED_STATUSES, HOLDING_STATUSES, RELEASING_STATUSES,
 from .models import Allocation, GpuShare, IdempotencyKey, Quota, RejectionReason, Reservation, ReservationEvent, ReservationStatus
 from .approval_policy import approval_reason
 from .budgets import budget_admit, combined_price_cap
+from .express import express_available, reservation_create_express
 from .placement import placement_find_and_commit
 from .pricing import estimated_cost
 from .quotas import quota_admit
@@ -119,6 +120,15 @@ def reservation_create(
         )
     resolved = resolve_spec(spec, now)
     terms = workload_terms(spec, now)
+
+    if express_available(spec):
+        price_factor = interruptible_price_factor() if spec.interruptible else Decimal(1)
+        reservation = reservation_create_express(customer=customer, resolved=resolved, terms=terms, policy=policy,
+                                                 actor=actor, now=now, price_factor=price_factor)
+        if reservation is not None:
+            logger.debug("Reservation %s for %s ended %s %s", reservation.pk, customer.slug, reservation.status,
+                         reservation.reason_code)
+            return reservation
 
     with transaction.atomic():
         if connection.features.has_select_for_update:

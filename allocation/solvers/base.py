@@ -46,6 +46,7 @@ class NodeState:
     memory_free_mib: int
     gpu_free_milli: tuple[tuple[int, int], ...]
     price_per_gpu_hour: float
+    hostname: str = ""
 
     def fitting_gpus(self, gpu_milli_per_gpu: int) -> list[tuple[int, int]]:
         """Return the ``(gpu_id, free_milli)`` pairs with at least ``gpu_milli_per_gpu`` free."""

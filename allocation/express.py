@@ -1,0 +1,316 @@
+"""The express path of ``reservation_create`` on PostgreSQL: the same rules in about five statements.
+
+The full path in ``services.py`` admits, places and records a request with about 24 statements
+through the ORM, and on these machines the ORM's Python work costs more than the database's. On
+PostgreSQL this module runs the same rules around these statements:
+
+1. ``allocation_admission_context`` (migration 0017) locks the organization row, as the full path
+   does, and returns the duplicate ``external_ref`` if any, the quotas, whether a budget exists and
+   the approval policy.
+2. The quota check (``quota_admit``, given the quotas just read) and the placement shortlist
+   (``placement_shortlist``) read usage and free capacity with the full path's own queries.
+3. ``allocation_reservation_write`` writes the reservation, its models, events and workload, and
+   either the rejection or the first of the ranked placements that still fits. It locks each
+   node and compares it with what the shortlist read. The triggers check the allocation against
+   everything committed, as on the full path.
+
+Quotas, ranking, prices, billing, approvals and every message come from the same Python functions
+as on the full path, so the rules stay in one place. The SQL functions only lock, compare, read
+and write. The reservation returned carries its allocation, shares, models and workload, so the
+API builds its response without reading it back.
+
+The full path runs instead, with nothing written here, for a request that asks to queue, for an
+organization with a budget (its per-node spend check reads each period), and when every ranked
+placement lost its race (the full path reads a fresh shortlist and re-plans on the locked node).
+"""
+
+import json
+import logging
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
+from django.utils import timezone
+
+from marketplace.logs import bind_reservation
+from marketplace.metrics import SOURCE_REQUEST, reservation_decision_record
+from marketplace.models import Gpu, Node, Organization, Region
+
+from .approval_policy import policy_approval_reason
+from .models import Allocation, ApprovalPolicy, GpuShare, RejectionReason, Reservation, ReservationStatus
+from .placement import MAX_COMMIT_ATTEMPTS, PRICE_STEP, placement_diagnose, placement_shortlist
+from .pricing import billed_gpu_milli, estimated_cost
+from .quotas import quota_admit
+from .selectors import NodeFilter
+from .solvers import NodeState, Placement, PlacementPolicy
+from scheduler.models import Workload
+
+logger = logging.getLogger(__name__)
+
+SUBMITTED_NOTE = "Submitted."
+
+
+class _UseFullPath(Exception):
+    """The request needs the full path; the transaction is rolled back, so nothing is written."""
+
+
+def express_available(spec) -> bool:
+    """Return whether the express path can take ``spec`` (a ``services.ReservationSpec``)."""
+    return connection.vendor == "postgresql" and not spec.queue_if_unavailable
+
+
+def reservation_create_express(
+    *, customer: Organization, resolved, terms, policy: PlacementPolicy, actor: AbstractBaseUser | None,
+    now: datetime, price_factor: Decimal,
+) -> Reservation | None:
+    """Admit, place and record ``resolved`` (a ``services.ResolvedSpec``) in one transaction.
+
+    Returns the reservation as ``services.reservation_create`` does, complete for the API's
+    response, or None when the full path must decide it (nothing was written). Raises
+    ``DuplicateExternalRef`` as the full path does.
+    """
+    try:
+        with transaction.atomic():
+            return _decide_and_write(customer=customer, resolved=resolved, terms=terms, policy=policy, actor=actor,
+                                     now=now, price_factor=price_factor)
+    except _UseFullPath as reason:
+        logger.info("Reservation request of %s takes the full path: %s", customer.slug, reason)
+        return None
+
+
+def _decide_and_write(*, customer, resolved, terms, policy, actor, now, price_factor) -> Reservation:
+    from .services import DuplicateExternalRef, node_price_cap
+
+    spec = resolved.spec
+    context = _admission_context(customer.pk, spec.external_ref)
+    if context["duplicate_id"] is not None:
+        raise DuplicateExternalRef(spec.external_ref, context["duplicate_id"])
+    if context["has_budget"]:
+        raise _UseFullPath("the organization has a budget")
+
+    request = resolved.request
+    model_names = {model.id: model.name for model in resolved.models}
+    quota = quota_admit(
+        customer_id=customer.pk, model_ids=tuple(model_names), model_names=model_names,
+        gpu_milli=request.gpu_milli_total, start_at=spec.start_at, end_at=spec.end_at,
+        quotas=[tuple(row) for row in context["quotas"]],
+    )
+    payload = _reservation_payload(customer, resolved, terms, actor, now, quota.borrowed_gpu_milli)
+    if not quota.admitted_model_ids:
+        return _write_rejection(payload, customer, resolved, terms, actor, RejectionReason.QUOTA_EXCEEDED,
+                                quota.detail)
+
+    node_filter = NodeFilter(
+        gpu_model_ids=quota.admitted_model_ids,
+        region_id=resolved.region.id if resolved.region else None,
+        max_price_per_gpu_hour=node_price_cap(spec.max_price_per_gpu_hour, price_factor),
+    )
+    ranked, states = placement_shortlist(request=request, start_at=spec.start_at, end_at=spec.end_at,
+                                         node_filter=node_filter, policy=policy)
+    if not ranked:
+        outcome = placement_diagnose(request, spec.start_at, spec.end_at, node_filter)
+        return _write_rejection(payload, customer, resolved, terms, actor, outcome.reason, outcome.detail)
+
+    approval_policy = _approval_policy(context["approval"])
+    payload["placements"] = [
+        _placement_terms(placement, states[placement.node_id], resolved, policy, price_factor, approval_policy, now)
+        for placement in ranked[:MAX_COMMIT_ATTEMPTS]
+    ]
+    written = _write(payload)
+    for lost in written["lost"]:
+        logger.warning("Placement of reservation %s on node %s lost a race: %s", written["reservation_id"],
+                       lost["node_id"], lost["error"])
+    if written["placed"] is None:
+        raise _UseFullPath(f"all {len(payload['placements'])} ranked nodes lost their races")
+
+    reservation = _reservation_in_memory(payload, written["reservation_id"], customer, resolved, actor)
+    terms_written = payload["placements"][written["placed"]]
+    reservation.status = terms_written["status"]
+    reservation.reason_detail = terms_written["note"]
+    reservation.hold_expires_at = terms_written["hold_expires_at_value"]
+    reservation.allocation = _allocation_in_memory(reservation, written, terms_written, states, payload, resolved)
+    reservation.workload = _workload_in_memory(reservation, terms, payload)
+    bind_reservation(reservation.pk)
+    reservation_decision_record(status=reservation.status, reason="", source=SOURCE_REQUEST)
+    return reservation
+
+
+def _admission_context(customer_id: int, external_ref: str) -> dict:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT allocation_admission_context(%s, %s)", [customer_id, external_ref])
+        value = cursor.fetchone()[0]
+    return value if isinstance(value, dict) else json.loads(value)
+
+
+def _approval_policy(row: dict | None) -> ApprovalPolicy | None:
+    if row is None:
+        return None
+    return ApprovalPolicy(
+        flagged=row["flagged"], max_gpus_without_approval=row["max_gpus"],
+        max_cost_without_approval=Decimal(row["max_cost"]) if row["max_cost"] is not None else None,
+    )
+
+
+def _reservation_payload(customer, resolved, terms, actor, now: datetime, borrowed_gpu_milli: int) -> dict:
+    spec = resolved.spec
+    return {
+        "at": now.isoformat(),
+        "written_at": timezone.now().isoformat(),
+        "actor_id": actor.pk if actor is not None and actor.pk is not None else None,
+        "submitted_note": SUBMITTED_NOTE,
+        "gpu_model_ids": [model.id for model in resolved.models] if spec.gpu_models else [],
+        "gpu_milli_total": resolved.request.gpu_milli_total,
+        "borrowed_gpu_milli": borrowed_gpu_milli,
+        "reservation": {
+            "customer_id": customer.pk, "external_ref": spec.external_ref, "gpu_count": spec.gpu_count,
+            "gpu_milli_per_gpu": spec.gpu_milli_per_gpu, "region_id": resolved.region.id if resolved.region else None,
+            "cpu_millicores": spec.cpu_millicores, "memory_mib": spec.memory_mib,
+            "start_at": spec.start_at.isoformat(), "end_at": spec.end_at.isoformat(),
+            "max_price_per_gpu_hour": (str(spec.max_price_per_gpu_hour)
+                                       if spec.max_price_per_gpu_hour is not None else None),
+            "currency": settings.MARKETPLACE["DEFAULT_CURRENCY"], "do_not_migrate": spec.do_not_migrate,
+        },
+        "workload": {
+            "priority_class_id": terms.priority_class.pk, "queue_id": terms.queue.pk,
+            "interruptible": spec.interruptible,
+            "latest_start_at": terms.latest_start_at.isoformat() if terms.latest_start_at else None,
+            "duration_seconds": _duration_seconds(spec),
+        },
+    }
+
+
+def _duration_seconds(spec) -> int:
+    return max(int((spec.end_at - spec.start_at).total_seconds()), 1)
+
+
+def _placement_terms(placement: Placement, state: NodeState, resolved, policy: PlacementPolicy,
+                     price_factor: Decimal, approval_policy: ApprovalPolicy | None, now: datetime) -> dict:
+    """Return what the writer needs to commit ``placement``: the node as read, the charge, the status and notes."""
+    spec = resolved.spec
+    list_price = Decimal(repr(state.price_per_gpu_hour))
+    price = (list_price * price_factor).quantize(PRICE_STEP)
+    billed = billed_gpu_milli(resolved.request, node_gpu_count=state.gpu_count,
+                              node_cpu_millicores=state.cpu_capacity_millicores,
+                              node_memory_mib=state.memory_capacity_mib)
+    placed_note = f"Placed on node {state.hostname} by policy {policy.name}."
+    needs_approval = policy_approval_reason(
+        approval_policy, gpu_count=spec.gpu_count,
+        estimated_cost=estimated_cost(price_per_gpu_hour=price, billed_milli=billed, start_at=spec.start_at,
+                                      end_at=spec.end_at),
+    )
+    hold_expires_at = None
+    if needs_approval:
+        hold_expires_at = now + timedelta(seconds=settings.MARKETPLACE["APPROVAL_HOLD_SECONDS"])
+        status = ReservationStatus.PENDING_APPROVAL
+        note = (f"{placed_note} Needs an admin's approval because {needs_approval}; the capacity is held until "
+                f"{hold_expires_at.isoformat()}.")
+    else:
+        status = ReservationStatus.ACTIVE if spec.start_at <= now else ReservationStatus.SCHEDULED
+        note = placed_note
+    return {
+        "node_id": placement.node_id, "hostname": state.hostname, "gpu_count": state.gpu_count,
+        "cpu_millicores": state.cpu_capacity_millicores, "memory_mib": state.memory_capacity_mib,
+        "list_price": str(list_price), "gpu_model": state.gpu_model,
+        "gpu_shares": [[gpu_id, milli] for gpu_id, milli in placement.gpu_shares],
+        "billed_gpu_milli": billed, "price_per_gpu_hour": str(price), "status": str(status), "note": note,
+        "hold_expires_at": hold_expires_at.isoformat() if hold_expires_at else None,
+        "hold_expires_at_value": hold_expires_at,
+    }
+
+
+def _write(payload: dict) -> dict:
+    sent = {key: value for key, value in payload.items() if key != "placements"}
+    sent["placements"] = [
+        {key: value for key, value in terms.items() if key != "hold_expires_at_value"}
+        for terms in payload.get("placements", [])
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT allocation_reservation_write(%s::jsonb)", [json.dumps(sent)])
+        value = cursor.fetchone()[0]
+    return value if isinstance(value, dict) else json.loads(value)
+
+
+def _write_rejection(payload: dict, customer, resolved, terms, actor, reason: str, detail: str) -> Reservation:
+    payload["rejection"] = {"reason_code": str(reason), "note": detail}
+    written = _write(payload)
+    reservation = _reservation_in_memory(payload, written["reservation_id"], customer, resolved, actor)
+    reservation.status = ReservationStatus.REJECTED
+    reservation.reason_code = str(reason)
+    reservation.reason_detail = detail
+    reservation._state.fields_cache["allocation"] = None  # Known to have none: spares a query.
+    reservation.workload = _workload_in_memory(reservation, terms, payload)
+    bind_reservation(reservation.pk)
+    reservation_decision_record(status=reservation.status, reason=str(reason), source=SOURCE_REQUEST)
+    return reservation
+
+
+def _reservation_in_memory(payload: dict, reservation_id: int, customer, resolved, actor) -> Reservation:
+    """Return the reservation as written, with its customer, region and requested models attached."""
+    spec = resolved.spec
+    written_at = datetime.fromisoformat(payload["written_at"])
+    reservation = Reservation(
+        id=reservation_id, customer=customer, created_by=actor if payload["actor_id"] else None,
+        external_ref=spec.external_ref, gpu_count=spec.gpu_count, gpu_milli_per_gpu=spec.gpu_milli_per_gpu,
+        region=resolved.region, cpu_millicores=spec.cpu_millicores, memory_mib=spec.memory_mib,
+        start_at=spec.start_at, end_at=spec.end_at, max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
+        currency=payload["reservation"]["currency"], status=ReservationStatus.PENDING, reason_code="",
+        reason_detail="", hold_expires_at=None, do_not_migrate=spec.do_not_migrate, created_at=written_at,
+        updated_at=written_at,
+    )
+    reservation._state.adding = False
+    reservation._state.db = connection.alias
+    requested = sorted(resolved.models, key=lambda model: model.name) if spec.gpu_models else []
+    _prefetched(reservation, "gpu_models", reservation.gpu_models.all(), requested)
+    reservation.response_ready = True
+    return reservation
+
+
+def _allocation_in_memory(reservation: Reservation, written: dict, terms: dict, states: dict[int, NodeState],
+                          payload: dict, resolved) -> Allocation:
+    state = states[terms["node_id"]]
+    # The node filter allows only the resolved models, so the node's model is among them.
+    gpu_model = next(model for model in resolved.models if model.name == state.gpu_model)
+    node = Node(id=state.node_id, hostname=state.hostname, gpu_model=gpu_model, gpu_count=state.gpu_count,
+                cpu_millicores=state.cpu_capacity_millicores, memory_mib=state.memory_capacity_mib,
+                price_per_gpu_hour=Decimal(terms["list_price"]), currency=written["currency"],
+                provider=Organization(slug=written["provider_slug"], kind=Organization.Kind.PROVIDER), region=Region(code=written["region_code"]))
+    allocation = Allocation(
+        id=written["allocation_id"], reservation=reservation, customer_id=reservation.customer_id, node=node,
+        gpu_model=gpu_model, start_at=reservation.start_at, end_at=reservation.end_at,
+        cpu_millicores=reservation.cpu_millicores, memory_mib=reservation.memory_mib,
+        gpu_milli_total=payload["gpu_milli_total"], borrowed_gpu_milli=payload["borrowed_gpu_milli"],
+        billed_gpu_milli=terms["billed_gpu_milli"], price_per_gpu_hour=Decimal(terms["price_per_gpu_hour"]),
+        currency=written["currency"], created_at=reservation.created_at, released_at=None,
+    )
+    allocation._state.adding = False
+    allocation._state.db = connection.alias
+    milli_by_gpu = {gpu_id: milli for gpu_id, milli in terms["gpu_shares"]}
+    shares = []
+    for share_id, gpu_id, index, uuid in written["shares"]:
+        share = GpuShare(id=share_id, allocation=allocation, gpu=Gpu(id=gpu_id, node=node, index=index, uuid=uuid),
+                         gpu_milli=milli_by_gpu[gpu_id], start_at=reservation.start_at, end_at=reservation.end_at)
+        share._state.adding = False
+        shares.append(share)
+    _prefetched(allocation, "shares", allocation.shares.all(), shares)
+    return allocation
+
+
+def _workload_in_memory(reservation: Reservation, terms, payload: dict) -> Workload:
+    spec = payload["workload"]
+    return Workload(
+        reservation=reservation, priority_class=terms.priority_class, queue=terms.queue,
+        interruptible=spec["interruptible"], latest_start_at=terms.latest_start_at,
+        duration_seconds=spec["duration_seconds"], queued_at=None, position=None, waiting_reason_code="",
+        waiting_reason="", estimated_start_at=None, requeued_from=None, start_attempts=0, failed_node_ids=[],
+    )
+
+
+def _prefetched(instance, name: str, queryset, objects: list) -> None:
+    """Fill ``instance``'s prefetch cache for the relation ``name`` with ``objects``, as prefetch_related would."""
+    queryset._result_cache = list(objects)
+    queryset._prefetch_done = True
+    if not hasattr(instance, "_prefetched_objects_cache"):
+        instance._prefetched_objects_cache = {}
+    instance._prefetched_objects_cache[name] = queryset

@@ -1,0 +1,158 @@
+"""The express reservation path on PostgreSQL writes what the full path writes, and falls back to it."""
+
+import logging
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+
+from allocation import express, services
+from allocation.models import Allocation, ApprovalPolicy, Budget, Reservation, ReservationStatus
+from allocation.services import ReservationSpec, quota_set, reservation_create
+from marketplace.models import Gpu, Node
+from scheduler.models import Decision, Workload
+
+from ..conftest import NOW, hours
+from ..factories import NodeFactory, gpu_model
+
+pytestmark = pytest.mark.usefixtures("require_postgres")
+
+
+def spec(**overrides) -> ReservationSpec:
+    values = dict(gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=8000, memory_mib=16384,
+                  start_at=NOW, end_at=NOW + hours(2))
+    values.update(overrides)
+    return ReservationSpec(**values)
+
+
+def written_rows(reservation_id: int) -> dict:
+    """Return what the database holds for a reservation, without ids and wall-clock times."""
+    reservation = Reservation.objects.get(pk=reservation_id)
+    allocation = Allocation.objects.filter(reservation=reservation).select_related("node").first()
+    workload = Workload.objects.get(reservation=reservation)
+    return {
+        "reservation": {field: getattr(reservation, field) for field in (
+            "customer_id", "created_by_id", "external_ref", "gpu_count", "gpu_milli_per_gpu", "region_id",
+            "cpu_millicores", "memory_mib", "start_at", "end_at", "max_price_per_gpu_hour", "currency", "status",
+            "reason_code", "reason_detail", "hold_expires_at", "do_not_migrate")},
+        "gpu_models": sorted(reservation.gpu_models.values_list("name", flat=True)),
+        "events": list(reservation.events.order_by("id").values_list(
+            "from_status", "to_status", "reason_code", "note", "actor_id", "at")),
+        "workload": {field: getattr(workload, field) for field in (
+            "priority_class_id", "queue_id", "interruptible", "latest_start_at", "duration_seconds", "queued_at",
+            "position", "waiting_reason_code", "waiting_reason", "estimated_start_at", "start_attempts",
+            "failed_node_ids")},
+        "allocation": allocation and {
+            "node": allocation.node.hostname,
+            **{field: getattr(allocation, field) for field in (
+                "customer_id", "gpu_model_id", "start_at", "end_at", "cpu_millicores", "memory_mib",
+                "gpu_milli_total", "borrowed_gpu_milli", "billed_gpu_milli", "price_per_gpu_hour", "currency",
+                "released_at")},
+            "shares": list(allocation.shares.order_by("gpu__index").values_list(
+                "gpu__index", "gpu_milli", "start_at", "end_at")),
+        },
+        "decisions": [
+            (kind, code, reason, at, {**detail, "node_id": Node.objects.get(pk=detail["node_id"]).hostname})
+            for kind, code, reason, at, detail in Decision.objects.filter(reservation=reservation).values_list(
+                "kind", "reason_code", "reason", "at", "detail")
+        ],
+    }
+
+
+def rows_from_both_paths(customer, request: ReservationSpec, monkeypatch) -> tuple[dict, dict]:
+    """Create ``request`` on the express path, roll it back, create it on the full path; return both rows."""
+    with transaction.atomic():
+        fast = reservation_create(customer=customer, spec=request, now=NOW)
+        assert getattr(fast, "response_ready", False), "the express path did not take the request"
+        fast_rows = written_rows(fast.pk)
+        transaction.set_rollback(True)
+
+    monkeypatch.setattr(services, "express_available", lambda spec: False)
+    full = reservation_create(customer=customer, spec=request, now=NOW)
+    assert not getattr(full, "response_ready", False)
+    return fast_rows, written_rows(full.pk)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"start_at": NOW + hours(24), "end_at": NOW + hours(30), "external_ref": "job-7"},
+    {"gpu_milli_per_gpu": 460, "gpu_models": ("T4",), "max_price_per_gpu_hour": Decimal("3.5")},
+    {"gpu_count": 2, "cpu_millicores": 60000, "interruptible": True, "do_not_migrate": True},
+    {"gpu_count": 0, "gpu_milli_per_gpu": 0, "cpu_millicores": 4000},
+    {"gpu_count": 4},
+    {"gpu_models": ("V100M32",)},
+    {"max_price_per_gpu_hour": Decimal("0.5")},
+], ids=["now", "future", "share", "interruptible", "cpu-only", "too-big", "no-such-node", "price-cap"])
+def test_same_rows_as_full_path(customer, t4_node, monkeypatch, overrides):
+    fast, full = rows_from_both_paths(customer, spec(**overrides), monkeypatch)
+
+    assert fast == full
+
+
+def test_same_rows_for_approval_hold(customer, t4_node, monkeypatch):
+    ApprovalPolicy.objects.create(organization=customer, max_gpus_without_approval=0)
+
+    fast, full = rows_from_both_paths(customer, spec(), monkeypatch)
+
+    assert fast["reservation"]["status"] == ReservationStatus.PENDING_APPROVAL
+    assert fast == full
+
+
+def test_same_rows_for_quota_rejection(customer, t4_node, monkeypatch):
+    quota_set(organization=customer, gpu_model=None, max_gpu_milli=500)
+
+    fast, full = rows_from_both_paths(customer, spec(), monkeypatch)
+
+    assert fast["reservation"]["reason_code"] == "quota_exceeded"
+    assert fast == full
+
+
+def test_budget_takes_full_path(customer, t4_node, caplog):
+    Budget.objects.create(organization=customer, max_gpu_hours=Decimal("100"))
+
+    with caplog.at_level(logging.INFO, logger="allocation.express"):
+        reservation = reservation_create(customer=customer, spec=spec(), now=NOW)
+
+    assert reservation.status == ReservationStatus.ACTIVE
+    assert not getattr(reservation, "response_ready", False)
+    assert "the organization has a budget" in caplog.text
+
+
+def test_lost_race_falls_back_to_full_path(customer, t4_node, monkeypatch, caplog):
+    reservation_create(customer=customer, spec=spec(), now=NOW)
+    taken = Gpu.objects.get(node=t4_node, shares__isnull=False)
+    shortlist = express.placement_shortlist
+
+    def stale_shortlist(**kwargs):
+        ranked, states = shortlist(**kwargs)
+        # The GPU the first reservation holds, as a shortlist read before it committed would offer it.
+        return [ranked[0].__class__(node_id=t4_node.pk, gpu_shares=((taken.pk, 1000),), score=0.0)], states
+
+    monkeypatch.setattr(express, "placement_shortlist", stale_shortlist)
+    with caplog.at_level(logging.INFO, logger="allocation.express"):
+        second = reservation_create(customer=customer, spec=spec(external_ref="second"), now=NOW)
+
+    assert second.status == ReservationStatus.ACTIVE
+    assert "lost a race" in caplog.text
+    assert "takes the full path" in caplog.text
+    assert Reservation.objects.filter(external_ref="second").count() == 1
+    assert list(Allocation.objects.get(reservation=second).shares.values_list("gpu__index", flat=True)) == [
+        1 - taken.index]
+
+
+def test_node_drained_after_shortlist_is_skipped(customer, t4_node, region, monkeypatch):
+    other = NodeFactory(hostname="t4-b", gpu_model=gpu_model("T4"), gpu_count=2, region=region,
+                        price_per_gpu_hour=Decimal("2.00"))
+    shortlist = express.placement_shortlist
+
+    def drain_first_choice(**kwargs):
+        ranked, states = shortlist(**kwargs)
+        Node.objects.filter(pk=ranked[0].node_id).update(status=Node.Status.DRAINING)
+        return ranked, states
+
+    monkeypatch.setattr(express, "placement_shortlist", drain_first_choice)
+    reservation = reservation_create(customer=customer, spec=spec(), now=NOW)
+
+    assert reservation.status == ReservationStatus.ACTIVE
+    assert reservation.allocation.node.hostname == other.hostname
+    assert Allocation.objects.get(reservation=reservation).node == other
