@@ -13,6 +13,7 @@ from marketplace.models import GPU_MILLI_PER_GPU, GpuModel
 from ..models import Reservation
 from ..pricing import estimated_cost
 from ..services import ReservationSpec
+from .representation import reservation_body
 
 
 ISO_DATETIME = re.compile(
@@ -230,6 +231,9 @@ class ReservationSerializer(serializers.ModelSerializer):
             "allocation", "scheduling", "created_at", "updated_at",
         ]
         read_only_fields = fields
+
+    def to_representation(self, reservation) -> dict:
+        return reservation_body(reservation)
 
     def get_allocation(self, reservation) -> dict | None:
         allocation = getattr(reservation, "allocation", None)
