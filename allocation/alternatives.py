@@ -1,12 +1,14 @@
 """Alternatives for a request that does not fit: the earliest start that fits, and other models or regions now."""
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import Count, Q
 
 from marketplace.models import Gpu, GpuModel, Node
@@ -14,13 +16,15 @@ from marketplace.models import Gpu, GpuModel, Node
 from .budgets import budget_admit, combined_price_cap
 from .placement import placement_rank
 from .quotas import quota_admit
-from .selectors import NodeFilter, allocation_end_instants, candidate_ids
+from .selectors import NodeFilter, allocation_end_instants, candidate_ids, node_states_in_windows
 from .solvers import PlacementPolicy, PlacementRequest
 
 logger = logging.getLogger(__name__)
 
 EARLIEST_START_CANDIDATES = 24
 """Later start instants tried when looking for the earliest start that fits."""
+EARLIEST_START_NODE_LIMIT = 32
+"""Up to this many nodes that could hold a request, all its later start instants are checked in one query."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class Alternatives:
 
 def alternatives_find(
     *, customer_id: int, request: PlacementRequest, start_at: datetime, end_at: datetime,
-    node_filter: NodeFilter, policy: PlacementPolicy, now: datetime,
+    node_filter: NodeFilter, policy: PlacementPolicy, now: datetime, never_fits: bool = False,
 ) -> Alternatives:
     """Find when the request would fit as asked, and which other models or regions fit in its window.
 
@@ -63,19 +67,23 @@ def alternatives_find(
     ``ALTERNATIVES_CACHE_SECONDS`` per customer and request. Alternatives are advice, so a few
     seconds of staleness only makes one less exact.
 
+    With ``never_fits`` (no node of the request's models and region could hold it even when idle)
+    the earliest start is ``None`` without a search.
+
     NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
     ``earliest_start_at`` is ``None`` when the request fits only later than those.
     """
     key = "alternatives:" + ":".join(str(part) for part in (
         customer_id, request.gpu_count, request.gpu_milli_per_gpu, request.cpu_millicores, request.memory_mib,
         start_at.isoformat(), end_at.isoformat(), ",".join(map(str, sorted(node_filter.gpu_model_ids))),
-        node_filter.region_id, node_filter.max_price_per_gpu_hour, policy.name,
+        node_filter.region_id, node_filter.max_price_per_gpu_hour, policy.name, never_fits,
     ))
     cached = cache.get(key)
     if cached is not None:
         return cached
     found = Alternatives(
-        earliest_start_at=_earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now),
+        earliest_start_at=(None if never_fits else
+                           _earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now)),
         options=_options_now(customer_id, request, start_at, end_at, policy),
     )
     cache.set(key, found, settings.MARKETPLACE["ALTERNATIVES_CACHE_SECONDS"])
@@ -89,11 +97,9 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
 
     candidates = allocation_end_instants(start_at, latest_start, limit=EARLIEST_START_CANDIDATES,
                                          node_filter=node_filter, customer_id=customer_id)
-    for candidate in candidates:
-        # One cheap query first checks for room under the request's own filter, which quota and budget
-        # can only narrow. Most candidates fail here.
-        if not candidate_ids(request, candidate, candidate + duration, node_filter, used_limit=1, free_limit=1):
-            continue
+    # Room under the request's own filter is checked first, because quota and budget can only narrow
+    # it. Most candidates fail there.
+    for candidate in _starts_with_room(request, candidates, duration, node_filter):
         decision = quota_admit(
             customer_id=customer_id, model_ids=node_filter.gpu_model_ids, model_names=model_names,
             gpu_milli=request.gpu_milli_total, start_at=candidate, end_at=candidate + duration,
@@ -110,6 +116,36 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
                           policy=policy, summed_first=False):
             return candidate
     return None
+
+
+def _starts_with_room(request: PlacementRequest, candidates: list[datetime], duration: timedelta,
+                      node_filter: NodeFilter) -> Iterator[datetime]:
+    """Yield, in order, those of ``candidates`` at which a node of ``node_filter`` has room for the request.
+
+    When at most ``EARLIEST_START_NODE_LIMIT`` nodes of the filter could ever hold the request, one
+    query reads their state in every candidate window. Otherwise each candidate costs one
+    fleet-wide shortlist query, stopping at the first that fits.
+    """
+    if connection.vendor == "postgresql":
+        nodes = Node.objects.filter(
+            status=Node.Status.ACTIVE, gpu_model_id__in=node_filter.gpu_model_ids,
+            cpu_millicores__gte=request.cpu_millicores, memory_mib__gte=request.memory_mib,
+            gpu_count__gte=request.gpu_count,
+        )
+        if node_filter.region_id is not None:
+            nodes = nodes.filter(region_id=node_filter.region_id)
+        if node_filter.max_price_per_gpu_hour is not None:
+            nodes = nodes.filter(price_per_gpu_hour__lte=node_filter.max_price_per_gpu_hour)
+        node_ids = list(nodes.order_by("id").values_list("id", flat=True)[:EARLIEST_START_NODE_LIMIT + 1])
+        if len(node_ids) <= EARLIEST_START_NODE_LIMIT:
+            windows = node_states_in_windows(node_ids, [(candidate, candidate + duration) for candidate in candidates])
+            for candidate, states in zip(candidates, windows):
+                if any(state.can_hold(request) for state in states):
+                    yield candidate
+            return
+    for candidate in candidates:
+        if candidate_ids(request, candidate, candidate + duration, node_filter, used_limit=1, free_limit=1):
+            yield candidate
 
 
 def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]:
