@@ -9,20 +9,21 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, Q
 
-from marketplace.models import Gpu, GpuModel, Node
+from marketplace.models import GpuModel, Node
 
 from .budgets import budget_admit, combined_price_cap
 from .placement import placement_rank
 from .quotas import quota_admit
-from .selectors import NodeFilter, allocation_end_instants, candidate_ids, node_states_in_windows
+from .selectors import NodeFilter, allocation_end_instants, candidate_ids, lowest_prices, node_states_in_windows
 from .solvers import PlacementPolicy, PlacementRequest
 
 logger = logging.getLogger(__name__)
 
 EARLIEST_START_CANDIDATES = 24
 """Later start instants tried when looking for the earliest start that fits."""
+ALL_NODES = 1_000_000
+"""A shortlist limit above any fleet's size, for queries that want every node that fits."""
 EARLIEST_START_NODE_LIMIT = 32
 """Up to this many nodes that could hold a request, all its later start instants are checked in one query."""
 
@@ -162,27 +163,31 @@ def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]
     )
     budget = budget_admit(customer_id=customer_id, gpu_milli=request.gpu_milli_total, start_at=start_at,
                           end_at=end_at)
-    if budget.refusal:
+    if budget.refusal or not decision.admitted_model_ids:
         return []
-    shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
-    node_ids: list[int] = []
-    for model_id in decision.admitted_model_ids:
-        # Summed usage first, as placement does. The exact per-instant usage runs only when that finds nothing.
-        for exact in (False, True):
-            found = candidate_ids(request, start_at, end_at, NodeFilter((model_id,), None, budget.max_affordable_price),
-                                  used_limit=shortlist_size, free_limit=max(shortlist_size // 4, 2), exact=exact)
-            if found:
-                node_ids.extend(found)
-                break
-    nodes = (
-        Node.objects.filter(id__in=node_ids)
-        .annotate(healthy_gpus=Count("gpus", filter=Q(gpus__health=Gpu.Health.HEALTHY)))
-        .filter(healthy_gpus__gte=request.gpu_count)
-        .values_list("gpu_model_id", "region__code", "price_per_gpu_hour", "currency")
-    )
+    # Summed usage first, as placement does. The exact per-instant usage runs only for the models
+    # where that found no node.
+    price_cap = budget.max_affordable_price
+    rows = _option_rows(request, start_at, end_at, NodeFilter(decision.admitted_model_ids, None, price_cap), exact=False)
+    missing = tuple(sorted(set(decision.admitted_model_ids) - {model_id for model_id, *_rest in rows}))
+    if missing:
+        rows += _option_rows(request, start_at, end_at, NodeFilter(missing, None, price_cap), exact=True)
     cheapest: dict[tuple[str, str], Option] = {}
-    for model_id, region, price, currency in nodes:
+    for model_id, region, price, currency in rows:
         key = (catalogue[model_id], region)
         if key not in cheapest or price < cheapest[key].price_per_gpu_hour:
             cheapest[key] = Option(gpu_model=key[0], region=region, price_per_gpu_hour=price, currency=currency)
     return sorted(cheapest.values(), key=lambda o: (o.price_per_gpu_hour, o.gpu_model, o.region))
+
+
+def _option_rows(request: PlacementRequest, start_at: datetime, end_at: datetime,
+                 node_filter: NodeFilter, *, exact: bool) -> list[tuple]:
+    """Return ``(gpu_model_id, region code, price, currency)`` for the nodes of ``node_filter`` that can hold the request.
+
+    One shortlist query without limits finds the nodes with room. The second keeps those with
+    enough healthy GPUs, which the shortlist does not check on empty nodes, and returns the lowest
+    price per model, region and currency.
+    """
+    node_ids = candidate_ids(request, start_at, end_at, node_filter, used_limit=ALL_NODES, free_limit=ALL_NODES,
+                             exact=exact)
+    return lowest_prices(node_ids, min_healthy_gpus=request.gpu_count)

@@ -297,6 +297,26 @@ def _states_from_rows(rows: Iterable[tuple]) -> dict[int, NodeState]:
     return states
 
 
+def lowest_prices(node_ids: list[int], min_healthy_gpus: int) -> list[tuple[int, str, Decimal, str]]:
+    """Return ``(gpu_model_id, region code, lowest price, currency)`` over those of ``node_ids`` with enough healthy GPUs."""
+    if not node_ids:
+        return []
+    if connection.vendor == "postgresql":
+        in_nodes, node_params = "= ANY(%s)", [list(node_ids)]  # One parameter, however many nodes.
+    else:
+        in_nodes, node_params = f"IN ({', '.join(['%s'] * len(node_ids))})", list(node_ids)
+    sql = f"""
+        SELECT n.gpu_model_id, r.code, MIN(n.price_per_gpu_hour), n.currency
+        FROM {_table(Node)} n JOIN {_table(Region)} r ON r.id = n.region_id
+        WHERE n.id {in_nodes} AND {_healthy_gpus_sql("n")} >= %s
+        GROUP BY n.gpu_model_id, r.code, n.currency
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*node_params, min_healthy_gpus])
+        return [(model_id, region, Decimal(str(price)).quantize(Decimal("0.0001")), currency)
+                for model_id, region, price, currency in cursor.fetchall()]
+
+
 def node_states_in_windows(node_ids: list[int], windows: list[tuple[datetime, datetime]]) -> list[list[NodeState]]:
     """Return, for each window, the ``NodeState`` of each of ``node_ids`` that is active and free of maintenance then.
 
