@@ -13,7 +13,7 @@ from django.db import connection
 from marketplace.models import GpuModel, Node
 
 from .budgets import budget_admit, combined_price_cap
-from .placement import placement_rank
+from .placement import any_node_could_hold, placement_rank
 from .quotas import quota_admit
 from .selectors import NodeFilter, allocation_end_instants, candidate_ids, lowest_prices, node_states_in_windows
 from .solvers import PlacementPolicy, PlacementRequest
@@ -56,7 +56,7 @@ class Alternatives:
 
 def alternatives_find(
     *, customer_id: int, request: PlacementRequest, start_at: datetime, end_at: datetime,
-    node_filter: NodeFilter, policy: PlacementPolicy, now: datetime, never_fits: bool = False,
+    node_filter: NodeFilter, policy: PlacementPolicy, now: datetime,
 ) -> Alternatives:
     """Find when the request would fit as asked, and which other models or regions fit in its window.
 
@@ -68,8 +68,8 @@ def alternatives_find(
     ``ALTERNATIVES_CACHE_SECONDS`` per customer and request. Alternatives are advice, so a few
     seconds of staleness only makes one less exact.
 
-    With ``never_fits`` (no node of the request's models and region could hold it even when idle)
-    the earliest start is ``None`` without a search.
+    When no node of the request's models and region could hold it even idle, the earliest start
+    is ``None`` without a search.
 
     NOTE: only the first ``EARLIEST_START_CANDIDATES`` such instants are tried, so
     ``earliest_start_at`` is ``None`` when the request fits only later than those.
@@ -77,14 +77,14 @@ def alternatives_find(
     key = "alternatives:" + ":".join(str(part) for part in (
         customer_id, request.gpu_count, request.gpu_milli_per_gpu, request.cpu_millicores, request.memory_mib,
         start_at.isoformat(), end_at.isoformat(), ",".join(map(str, sorted(node_filter.gpu_model_ids))),
-        node_filter.region_id, node_filter.max_price_per_gpu_hour, policy.name, never_fits,
+        node_filter.region_id, node_filter.max_price_per_gpu_hour, policy.name,
     ))
     cached = cache.get(key)
     if cached is not None:
         return cached
     found = Alternatives(
-        earliest_start_at=(None if never_fits else
-                           _earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now)),
+        earliest_start_at=(_earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now)
+                           if any_node_could_hold(request, node_filter) else None),
         options=_options_now(customer_id, request, start_at, end_at, policy),
     )
     cache.set(key, found, settings.MARKETPLACE["ALTERNATIVES_CACHE_SECONDS"])

@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from marketplace.logs import bind_reservation
 from marketplace.metrics import SOURCE_REQUEST, reservation_decision_record
-from marketplace.models import Gpu, Node, Organization, Region
+from marketplace.models import Gpu, GpuModel, Node, Organization, Region
 
 from .approval_policy import policy_approval_reason
 from .models import Allocation, ApprovalPolicy, GpuShare, RejectionReason, Reservation, ReservationStatus
@@ -114,6 +114,7 @@ def _decide_and_write(*, customer, resolved, terms, policy, actor, now, price_fa
         return _write_rejection(payload, customer, resolved, terms, actor, outcome.reason, outcome.detail)
 
     approval_policy = _approval_policy(context["approval"])
+    payload["allowed_gpu_model_ids"] = list(node_filter.gpu_model_ids)
     payload["placements"] = [
         _placement_terms(placement, states[placement.node_id], resolved, policy, price_factor, approval_policy, now)
         for placement in ranked[:MAX_COMMIT_ATTEMPTS]
@@ -125,7 +126,7 @@ def _decide_and_write(*, customer, resolved, terms, policy, actor, now, price_fa
     if written["placed"] is None:
         raise _UseFullPath(f"all {len(payload['placements'])} ranked nodes lost their races")
 
-    reservation = _reservation_in_memory(payload, written["reservation_id"], customer, resolved, actor)
+    reservation = _reservation_in_memory(payload, written, customer, resolved, actor)
     terms_written = payload["placements"][written["placed"]]
     reservation.status = terms_written["status"]
     reservation.reason_detail = terms_written["note"]
@@ -235,7 +236,7 @@ def _write(payload: dict) -> dict:
 def _write_rejection(payload: dict, customer, resolved, terms, actor, reason: str, detail: str) -> Reservation:
     payload["rejection"] = {"reason_code": str(reason), "note": detail}
     written = _write(payload)
-    reservation = _reservation_in_memory(payload, written["reservation_id"], customer, resolved, actor)
+    reservation = _reservation_in_memory(payload, written, customer, resolved, actor)
     reservation.status = ReservationStatus.REJECTED
     reservation.reason_code = str(reason)
     reservation.reason_detail = detail
@@ -246,9 +247,10 @@ def _write_rejection(payload: dict, customer, resolved, terms, actor, reason: st
     return reservation
 
 
-def _reservation_in_memory(payload: dict, reservation_id: int, customer, resolved, actor) -> Reservation:
+def _reservation_in_memory(payload: dict, written: dict, customer, resolved, actor) -> Reservation:
     """Return the reservation as written, with its customer, region and requested models attached."""
     spec = resolved.spec
+    reservation_id = written["reservation_id"]
     written_at = datetime.fromisoformat(payload["written_at"])
     reservation = Reservation(
         id=reservation_id, customer=customer, created_by=actor if payload["actor_id"] else None,
@@ -261,7 +263,7 @@ def _reservation_in_memory(payload: dict, reservation_id: int, customer, resolve
     )
     reservation._state.adding = False
     reservation._state.db = connection.alias
-    requested = sorted(resolved.models, key=lambda model: model.name) if spec.gpu_models else []
+    requested = [_gpu_model(model_id, name, resolved) for model_id, name in written["requested_models"]]
     _prefetched(reservation, "gpu_models", reservation.gpu_models.all(), requested)
     reservation.response_ready = True
     return reservation
@@ -270,8 +272,7 @@ def _reservation_in_memory(payload: dict, reservation_id: int, customer, resolve
 def _allocation_in_memory(reservation: Reservation, written: dict, terms: dict, states: dict[int, NodeState],
                           payload: dict, resolved) -> Allocation:
     state = states[terms["node_id"]]
-    # The node filter allows only the resolved models, so the node's model is among them.
-    gpu_model = next(model for model in resolved.models if model.name == state.gpu_model)
+    gpu_model = _gpu_model(written["gpu_model_id"], written["gpu_model_name"], resolved)
     node = Node(id=state.node_id, hostname=state.hostname, gpu_model=gpu_model, gpu_count=state.gpu_count,
                 cpu_millicores=state.cpu_capacity_millicores, memory_mib=state.memory_capacity_mib,
                 price_per_gpu_hour=Decimal(terms["list_price"]), currency=written["currency"],
@@ -295,6 +296,14 @@ def _allocation_in_memory(reservation: Reservation, written: dict, terms: dict, 
         shares.append(share)
     _prefetched(allocation, "shares", allocation.shares.all(), shares)
     return allocation
+
+
+def _gpu_model(model_id: int, name: str, resolved) -> GpuModel:
+    """Return the catalogue's model ``model_id``; read it again if this process's cached copy has another name."""
+    for model in resolved.models:
+        if model.id == model_id and model.name == name:
+            return model
+    return GpuModel.objects.get(pk=model_id)
 
 
 def _workload_in_memory(reservation: Reservation, terms, payload: dict) -> Workload:

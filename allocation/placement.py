@@ -281,7 +281,7 @@ def placement_diagnose(request: PlacementRequest, start_at: datetime, end_at: da
                 ),
             )
 
-    if not _any_node_could_hold(request, node_filter):
+    if not any_node_could_hold(request, node_filter):
         return PlacementOutcome(
             allocation=None,
             reason=RejectionReason.NO_MATCHING_NODE,
@@ -300,7 +300,7 @@ def placement_diagnose(request: PlacementRequest, start_at: datetime, end_at: da
     )
 
 
-def _any_node_could_hold(request: PlacementRequest, node_filter: NodeFilter) -> bool:
+def any_node_could_hold(request: PlacementRequest, node_filter: NodeFilter) -> bool:
     """Return whether an active node of the filter's models and region could hold the request when idle.
 
     Plain SQL: this runs for every rejection, where compiling the ORM query cost more than running it.

@@ -115,7 +115,7 @@ def reservation_quote(
 def _no_fit(customer, request, spec, node_filter, policy, now, reason: str, detail: str) -> Quote:
     alternatives = alternatives_find(
         customer_id=customer.id, request=request, start_at=spec.start_at, end_at=spec.end_at,
-        node_filter=node_filter, policy=policy, now=now, never_fits=reason == RejectionReason.NO_MATCHING_NODE,
+        node_filter=node_filter, policy=policy, now=now,
     )
     return Quote(fits=False, start_at=spec.start_at, end_at=spec.end_at, reason_code=str(reason), detail=detail,
                  alternatives=alternatives)
@@ -139,5 +139,5 @@ def reservation_alternatives(
         customer_id=reservation.customer_id, request=request, start_at=reservation.start_at,
         end_at=reservation.end_at,
         node_filter=NodeFilter(model_ids, reservation.region_id, reservation.max_price_per_gpu_hour),
-        policy=policy, now=now, never_fits=reservation.reason_code == RejectionReason.NO_MATCHING_NODE,
+        policy=policy, now=now,
     )

@@ -53,6 +53,7 @@ DECLARE
     healthy_chosen integer;
     v_allocation_id bigint;
     lost jsonb := '[]'::jsonb;
+    requested_models jsonb;
 BEGIN
     INSERT INTO allocation_reservation (
         customer_id, created_by_id, external_ref, gpu_count, gpu_milli_per_gpu, region_id, cpu_millicores,
@@ -68,6 +69,10 @@ BEGIN
 
     INSERT INTO allocation_reservation_gpu_models (reservation_id, gpumodel_id)
     SELECT v_reservation_id, model_id::bigint FROM jsonb_array_elements_text(p->'gpu_model_ids') AS model_id;
+    -- The requested models as the API lists them: ordered by name in the database's collation.
+    SELECT COALESCE(jsonb_agg(jsonb_build_array(m.id, m.name) ORDER BY m.name), '[]'::jsonb) INTO requested_models
+    FROM marketplace_gpumodel m
+    WHERE m.id IN (SELECT model_id::bigint FROM jsonb_array_elements_text(p->'gpu_model_ids') AS model_id);
     INSERT INTO allocation_reservationevent (reservation_id, actor_id, at, from_status, to_status, reason_code, note)
     VALUES (v_reservation_id, actor, at_, '', 'pending', '', p->>'submitted_note');
     INSERT INTO scheduler_workload (
@@ -88,19 +93,22 @@ BEGIN
                                                  note)
         VALUES (v_reservation_id, actor, at_, 'pending', 'rejected', p->'rejection'->>'reason_code',
                 p->'rejection'->>'note');
-        RETURN jsonb_build_object('reservation_id', v_reservation_id, 'placed', NULL);
+        RETURN jsonb_build_object('reservation_id', v_reservation_id, 'placed', NULL,
+                                  'requested_models', requested_models);
     END IF;
 
     FOR placement IN SELECT value FROM jsonb_array_elements(p->'placements') LOOP
         attempt := attempt + 1;
         BEGIN
             SELECT n.id, n.hostname, n.status, n.gpu_count, n.cpu_millicores, n.memory_mib, n.price_per_gpu_hour,
-                   n.currency, pr.slug AS provider_slug, rg.code AS region_code,
+                   n.currency, n.gpu_model_id, n.region_id, gm.name AS gpu_model_name, pr.slug AS provider_slug,
+                   rg.code AS region_code,
                    EXISTS (SELECT 1 FROM marketplace_maintenancewindow mw
                            WHERE mw.node_id = n.id AND mw.start_at < (r->>'end_at')::timestamptz
                              AND mw.end_at > (r->>'start_at')::timestamptz) AS in_maintenance
             INTO node
             FROM marketplace_node n
+            JOIN marketplace_gpumodel gm ON gm.id = n.gpu_model_id
             JOIN marketplace_organization pr ON pr.id = n.provider_id
             JOIN marketplace_region rg ON rg.id = n.region_id
             WHERE n.id = (placement->>'node_id')::bigint
@@ -111,6 +119,8 @@ BEGIN
               AND g.id IN (SELECT (share->>0)::bigint FROM jsonb_array_elements(placement->'gpu_shares') AS share);
 
             IF node.id IS NULL OR node.status <> 'active' OR node.in_maintenance
+               OR NOT (p->'allowed_gpu_model_ids' @> to_jsonb(node.gpu_model_id))
+               OR node.region_id IS DISTINCT FROM COALESCE((r->>'region_id')::bigint, node.region_id)
                OR node.hostname <> placement->>'hostname'
                OR node.gpu_count <> (placement->>'gpu_count')::integer
                OR node.cpu_millicores <> (placement->>'cpu_millicores')::integer
@@ -155,14 +165,17 @@ BEGIN
 
         RETURN jsonb_build_object(
             'reservation_id', v_reservation_id, 'placed', attempt - 1, 'allocation_id', v_allocation_id,
+            'requested_models', requested_models,
             'currency', node.currency, 'provider_slug', node.provider_slug, 'region_code', node.region_code,
+            'gpu_model_id', node.gpu_model_id, 'gpu_model_name', node.gpu_model_name,
             'lost', lost,
             'shares', COALESCE((
                 SELECT jsonb_agg(jsonb_build_array(s.id, s.gpu_id, g.index, g.uuid::text) ORDER BY g.index)
                 FROM allocation_gpushare s JOIN marketplace_gpu g ON g.id = s.gpu_id
                 WHERE s.allocation_id = v_allocation_id), '[]'::jsonb));
     END LOOP;
-    RETURN jsonb_build_object('reservation_id', v_reservation_id, 'placed', NULL, 'lost', lost);
+    RETURN jsonb_build_object('reservation_id', v_reservation_id, 'placed', NULL, 'lost', lost,
+                              'requested_models', requested_models);
 END;
 $$;
 """

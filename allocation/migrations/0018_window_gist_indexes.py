@@ -4,6 +4,9 @@ The fleet-wide usage queries of placement read every allocation and share overla
 With only B-tree indexes on ``end_at``, PostgreSQL also read every row ending after the window,
 all bookings up to the horizon. The range indexes return only the overlapping rows. SQLite keeps
 its plain comparisons and gets no index here.
+
+The indexes are built ``CONCURRENTLY``, so reservations keep being written while they build; that
+needs the migration to run outside a transaction.
 """
 
 from django.db import migrations
@@ -18,7 +21,8 @@ def create(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         for name, table in INDEXES.items():
             schema_editor.execute(
-                f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING gist (tstzrange(start_at, end_at, '[)'))",
+                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} "
+                f"USING gist (tstzrange(start_at, end_at, '[)'))",
                 params=None,
             )
 
@@ -26,10 +30,12 @@ def create(apps, schema_editor):
 def drop(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         for name in INDEXES:
-            schema_editor.execute(f"DROP INDEX IF EXISTS {name}", params=None)
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}", params=None)
 
 
 class Migration(migrations.Migration):
+
+    atomic = False
 
     dependencies = [("allocation", "0017_express_reservation_functions")]
 

@@ -156,3 +156,57 @@ def test_node_drained_after_shortlist_is_skipped(customer, t4_node, region, monk
     assert reservation.status == ReservationStatus.ACTIVE
     assert reservation.allocation.node.hostname == other.hostname
     assert Allocation.objects.get(reservation=reservation).node == other
+
+
+
+def test_model_renamed_elsewhere_keeps_express_path(customer, t4_node):
+    from marketplace.models import GpuModel
+
+    reservation_create(customer=customer, spec=spec(gpu_milli_per_gpu=100), now=NOW)
+    # An update without signals, as another process's rename looks to this one's 5-second cache.
+    GpuModel.objects.filter(name="T4").update(name="T4-16GB")
+
+    second = reservation_create(customer=customer, spec=spec(gpu_milli_per_gpu=100), now=NOW)
+
+    assert second.status == ReservationStatus.ACTIVE
+    assert second.allocation.gpu_model.name == "T4-16GB"
+
+
+def test_node_model_changed_after_shortlist_is_skipped(customer, t4_node, region, monkeypatch):
+    other = NodeFactory(hostname="t4-b", gpu_model=gpu_model("T4"), gpu_count=2, region=region,
+                        price_per_gpu_hour=Decimal("2.00"))
+    shortlist = express.placement_shortlist
+
+    def change_first_choice(**kwargs):
+        ranked, states = shortlist(**kwargs)
+        Node.objects.filter(pk=ranked[0].node_id).update(gpu_model=gpu_model("A10"))
+        return ranked, states
+
+    monkeypatch.setattr(express, "placement_shortlist", change_first_choice)
+    reservation = reservation_create(customer=customer, spec=spec(gpu_models=("T4",)), now=NOW)
+
+    assert reservation.status == ReservationStatus.ACTIVE
+    assert Allocation.objects.get(reservation=reservation).node == other
+    assert reservation.allocation.gpu_model.name == "T4"
+
+
+def test_writer_lists_every_required_column():
+    """Fail when the writer leaves out a NOT NULL column that has no database default.
+
+    Such a column would send every request to the full path, or answer it with a 500.
+    """
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_get_functiondef('allocation_reservation_write(jsonb)'::regprocedure)")
+        source = cursor.fetchone()[0]
+        for table in ("allocation_reservation", "allocation_reservation_gpu_models", "allocation_reservationevent",
+                      "scheduler_workload", "allocation_allocation", "allocation_gpushare", "scheduler_decision"):
+            cursor.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s AND is_nullable = 'NO' "
+                "AND column_default IS NULL AND is_identity = 'NO'", [table])
+            required = {row[0] for row in cursor.fetchall()} - {"id"}
+            listed = source.split(f"INSERT INTO {table} (", 1)[1].split(")", 1)[0]
+            columns = {column.strip() for column in listed.split(",")}
+
+            assert required <= columns, (table, required - columns)

@@ -166,3 +166,23 @@ def test_earliest_start_after_own_booking(api, customer, fleet):
     assert rejected["reason_code"] == "quota_exceeded"
     assert rejected["alternatives"]["earliest_start_at"] == at(4).replace("+00:00", "Z")
     assert booked_then.status_code == 201, booked_then.json()
+
+
+def test_earliest_start_when_quota_narrowed_the_models(api, customer, region):
+    """A per-model quota can leave only models that cannot hold the request, while the requested ones can later."""
+    from allocation.services import ReservationSpec, reservation_create
+
+    NodeFactory(hostname="t4", gpu_count=1, region=region)
+    NodeFactory(hostname="a10-a", gpu_model=gpu_model("A10"), gpu_count=4, region=region)
+    quota_set(organization=customer, gpu_model=gpu_model("A10"), max_gpu_milli=4000)
+    reservation_create(customer=customer, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=1024, gpu_models=("A10",),
+        start_at=BASE, end_at=BASE + timedelta(hours=1)))
+    request = body(gpu_count=4, gpu_models=["T4", "A10"], start_at=at(0), end_at=at(2))
+
+    quoted = api.post("/api/v1/quotes/", request, format="json").json()
+    rejected = api.post("/api/v1/reservations/", request, format="json").json()
+
+    assert rejected["reason_code"] == "no_matching_node"
+    assert quoted["alternatives"]["earliest_start_at"] == at(1).replace("+00:00", "Z")
+    assert rejected["alternatives"]["earliest_start_at"] == at(1).replace("+00:00", "Z")
