@@ -10,12 +10,14 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 
-from marketplace.models import GpuModel, Node
+from marketplace.models import GpuModel
 
 from .budgets import budget_admit, combined_price_cap
 from .placement import any_node_could_hold, placement_rank
 from .quotas import quota_admit
-from .selectors import NodeFilter, allocation_end_instants, candidate_ids, lowest_prices, node_states_in_windows
+from .selectors import (
+    NodeFilter, allocation_end_instants, candidate_ids, lowest_prices, node_states_in_windows, nodes_that_could_hold,
+)
 from .solvers import PlacementPolicy, PlacementRequest
 
 logger = logging.getLogger(__name__)
@@ -128,17 +130,8 @@ def _starts_with_room(request: PlacementRequest, candidates: list[datetime], dur
     fleet-wide shortlist query, stopping at the first that fits.
     """
     if connection.vendor == "postgresql":
-        nodes = Node.objects.filter(
-            status=Node.Status.ACTIVE, gpu_model_id__in=node_filter.gpu_model_ids,
-            cpu_millicores__gte=request.cpu_millicores, memory_mib__gte=request.memory_mib,
-            gpu_count__gte=request.gpu_count,
-        )
-        if node_filter.region_id is not None:
-            nodes = nodes.filter(region_id=node_filter.region_id)
-        if node_filter.max_price_per_gpu_hour is not None:
-            nodes = nodes.filter(price_per_gpu_hour__lte=node_filter.max_price_per_gpu_hour)
-        node_ids = list(nodes.order_by("id").values_list("id", flat=True)[:EARLIEST_START_NODE_LIMIT + 1])
-        if len(node_ids) <= EARLIEST_START_NODE_LIMIT:
+        node_ids = nodes_that_could_hold(request, node_filter, limit=EARLIEST_START_NODE_LIMIT)
+        if node_ids is not None:
             windows = node_states_in_windows(node_ids, [(candidate, candidate + duration) for candidate in candidates])
             for candidate, states in zip(candidates, windows):
                 if any(state.can_hold(request) for state in states):

@@ -226,6 +226,21 @@ def candidate_ids(
         return [row[0] for row in cursor.fetchall()]
 
 
+def nodes_that_could_hold(request: PlacementRequest, node_filter: NodeFilter, *, limit: int) -> list[int] | None:
+    """Return the ids of the filter's active nodes big enough for the request when idle, or None if more than ``limit``.
+
+    When the filter is narrow (one scarce model, one region), this small set can be checked window
+    by window in one query.
+    """
+    conditions, params = _node_conditions("n", node_filter)
+    sql = (f"SELECT n.id FROM {_table(Node)} n WHERE {conditions} AND n.cpu_millicores >= %s "
+           f"AND n.memory_mib >= %s AND n.gpu_count >= %s ORDER BY n.id LIMIT %s")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, request.cpu_millicores, request.memory_mib, request.gpu_count, limit + 1])
+        node_ids = [row[0] for row in cursor.fetchall()]
+    return node_ids if len(node_ids) <= limit else None
+
+
 def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -> list[NodeState]:
     """Load what is free on each of ``node_ids`` at the busiest instant of the window, as ``NodeState``."""
     node_ids = list(dict.fromkeys(node_ids))
