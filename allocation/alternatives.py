@@ -18,7 +18,7 @@ from .quotas import quota_admit
 from .selectors import (
     NodeFilter, allocation_end_instants, candidate_ids, lowest_prices, node_states_in_windows, nodes_that_could_hold,
 )
-from .solvers import PlacementPolicy, PlacementRequest
+from .solvers import NodeState, PlacementPolicy, PlacementRequest
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
                                          node_filter=node_filter, customer_id=customer_id)
     # Room under the request's own filter is checked first, because quota and budget can only narrow
     # it. Most candidates fail there.
-    for candidate in _starts_with_room(request, candidates, duration, node_filter):
+    for candidate, states in _starts_with_room(request, candidates, duration, node_filter):
         decision = quota_admit(
             customer_id=customer_id, model_ids=node_filter.gpu_model_ids, model_names=model_names,
             gpu_milli=request.gpu_milli_total, start_at=candidate, end_at=candidate + duration,
@@ -114,6 +114,12 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
         if budget.refusal:
             continue
         price_cap, _ = combined_price_cap(node_filter.max_price_per_gpu_hour, budget)
+        if (states is not None and set(decision.admitted_model_ids) == set(node_filter.gpu_model_ids)
+                and price_cap == node_filter.max_price_per_gpu_hour):
+            # Quota and budget left the filter as it was, and ``states`` holds every node it allows.
+            if policy.rank(request, states):
+                return candidate
+            continue
         shifted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, price_cap)
         if placement_rank(request=request, start_at=candidate, end_at=candidate + duration, node_filter=shifted,
                           policy=policy, summed_first=False):
@@ -122,12 +128,13 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
 
 
 def _starts_with_room(request: PlacementRequest, candidates: list[datetime], duration: timedelta,
-                      node_filter: NodeFilter) -> Iterator[datetime]:
+                      node_filter: NodeFilter) -> Iterator[tuple[datetime, list[NodeState] | None]]:
     """Yield, in order, those of ``candidates`` at which a node of ``node_filter`` has room for the request.
 
     When at most ``EARLIEST_START_NODE_LIMIT`` nodes of the filter could ever hold the request, one
-    query reads their state in every candidate window. Otherwise each candidate costs one
-    fleet-wide shortlist query, stopping at the first that fits.
+    query reads their state in every candidate window, and each candidate comes with the states
+    of all those nodes that are active and free of maintenance then. Otherwise each candidate
+    costs one fleet-wide shortlist query, stopping at the first that fits, and comes with None.
     """
     if connection.vendor == "postgresql":
         node_ids = nodes_that_could_hold(request, node_filter, limit=EARLIEST_START_NODE_LIMIT)
@@ -135,11 +142,11 @@ def _starts_with_room(request: PlacementRequest, candidates: list[datetime], dur
             windows = node_states_in_windows(node_ids, [(candidate, candidate + duration) for candidate in candidates])
             for candidate, states in zip(candidates, windows):
                 if any(state.can_hold(request) for state in states):
-                    yield candidate
+                    yield candidate, states
             return
     for candidate in candidates:
         if candidate_ids(request, candidate, candidate + duration, node_filter, used_limit=1, free_limit=1):
-            yield candidate
+            yield candidate, None
 
 
 def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]:
