@@ -140,23 +140,35 @@ def test_lost_race_falls_back_to_full_path(customer, t4_node, monkeypatch, caplo
         1 - taken.index]
 
 
-def test_node_drained_after_shortlist_is_skipped(customer, t4_node, region, monkeypatch):
-    other = NodeFactory(hostname="t4-b", gpu_model=gpu_model("T4"), gpu_count=2, region=region,
-                        price_per_gpu_hour=Decimal("2.00"))
+def change_first_choice_after_shortlist(monkeypatch, **changes) -> None:
+    """Make the express path's shortlist update its first choice's node with ``changes``, as a concurrent writer."""
     shortlist = express.placement_shortlist
 
-    def drain_first_choice(**kwargs):
+    def changed(**kwargs):
         ranked, states = shortlist(**kwargs)
-        Node.objects.filter(pk=ranked[0].node_id).update(status=Node.Status.DRAINING)
+        Node.objects.filter(pk=ranked[0].node_id).update(**changes)
         return ranked, states
 
-    monkeypatch.setattr(express, "placement_shortlist", drain_first_choice)
-    reservation = reservation_create(customer=customer, spec=spec(), now=NOW)
+    monkeypatch.setattr(express, "placement_shortlist", changed)
+
+
+@pytest.mark.parametrize("changes", [
+    {"status": Node.Status.DRAINING},
+    {"gpu_model_id": "A10"},
+], ids=["drained", "model-changed"])
+def test_node_changed_after_shortlist_is_skipped(customer, t4_node, region, monkeypatch, changes):
+    other = NodeFactory(hostname="t4-b", gpu_model=gpu_model("T4"), gpu_count=2, region=region,
+                        price_per_gpu_hour=Decimal("2.00"))
+    if "gpu_model_id" in changes:
+        changes = {"gpu_model_id": gpu_model(changes["gpu_model_id"]).pk}
+    change_first_choice_after_shortlist(monkeypatch, **changes)
+
+    reservation = reservation_create(customer=customer, spec=spec(gpu_models=("T4",)), now=NOW)
 
     assert reservation.status == ReservationStatus.ACTIVE
-    assert reservation.allocation.node.hostname == other.hostname
     assert Allocation.objects.get(reservation=reservation).node == other
-
+    assert reservation.allocation.node.hostname == other.hostname
+    assert reservation.allocation.gpu_model.name == "T4"
 
 
 def test_model_renamed_elsewhere_keeps_express_path(customer, t4_node):
@@ -170,24 +182,6 @@ def test_model_renamed_elsewhere_keeps_express_path(customer, t4_node):
 
     assert second.status == ReservationStatus.ACTIVE
     assert second.allocation.gpu_model.name == "T4-16GB"
-
-
-def test_node_model_changed_after_shortlist_is_skipped(customer, t4_node, region, monkeypatch):
-    other = NodeFactory(hostname="t4-b", gpu_model=gpu_model("T4"), gpu_count=2, region=region,
-                        price_per_gpu_hour=Decimal("2.00"))
-    shortlist = express.placement_shortlist
-
-    def change_first_choice(**kwargs):
-        ranked, states = shortlist(**kwargs)
-        Node.objects.filter(pk=ranked[0].node_id).update(gpu_model=gpu_model("A10"))
-        return ranked, states
-
-    monkeypatch.setattr(express, "placement_shortlist", change_first_choice)
-    reservation = reservation_create(customer=customer, spec=spec(gpu_models=("T4",)), now=NOW)
-
-    assert reservation.status == ReservationStatus.ACTIVE
-    assert Allocation.objects.get(reservation=reservation).node == other
-    assert reservation.allocation.gpu_model.name == "T4"
 
 
 def test_writer_lists_every_required_column():
