@@ -1,8 +1,9 @@
 """Load generator for `make bench-api`: concurrent HTTP clients against a running server.
 
-Runs in its own process. Each thread keeps one HTTP/1.1 connection open and sends requests until
-the deadline; the summary (statuses, latencies, ids of placed and rejected reservations) is
-written as JSON.
+Runs in its own process. Each thread sends requests until the deadline over one
+``http.client.HTTPConnection``, which opens the connection again whenever the server closed it;
+gunicorn's sync workers close it after every response. The summary (statuses, latencies, ids of
+placed and rejected reservations) is written as JSON.
 
     python -m bench.api_client --url http://127.0.0.1:8211 --tokens tokens.json --mix spread \\
         --seconds 20 --clients 16 --output result.json
