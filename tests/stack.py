@@ -67,12 +67,14 @@ class Stack:
                            f"127.0.0.1:{port}", "--timeout", "60", "--graceful-timeout", "5"])
         wait_for(self._web_responds, timeout=60, message="gunicorn responding")
 
-    def start_worker(self, name: str, queue: str, pool: str = "prefork") -> subprocess.Popen:
-        process = self.start(name, [
+    def start_worker(self, name: str, queue: str, pool: str = "prefork", supervised: bool = False) -> subprocess.Popen:
+        """Start a Celery worker; ``supervised`` runs it under ``bin/respawn``, as ``make up`` does."""
+        command = [
             sys.executable, "-m", "celery", "-A", "marketplace", "worker", f"--hostname={name}@drill",
             f"--pool={pool}", "--concurrency=1", "-Q", queue, "--without-heartbeat", "--without-mingle",
             "--without-gossip", "--loglevel=INFO",
-        ])
+        ]
+        process = self.start(name, [str(REPO_ROOT / "bin" / "respawn"), *command] if supervised else command)
         wait_for(lambda: "ready" in self.log(name), timeout=60, message=f"worker {name} ready")
         return process
 

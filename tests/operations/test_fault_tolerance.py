@@ -70,7 +70,9 @@ def test_redis_restart_loses_no_reservation(tmp_path: Path):
     tokens, agents = small_fleet()
     with drill_stack(tmp_path) as stack:
         stack.start_web()
-        stack.start_worker("worker1", "celery")
+        # Supervised as in production: Celery's Redis transport can fail for good right after it
+        # reconnects ("Unrecoverable error"), and then bin/respawn starts the worker again.
+        stack.start_worker("worker1", "celery", supervised=True)
         load = MixedLoad(stack.url, tokens, agents, seed=1)
         thread, holder = run_load_in_background(load, seconds=14)
 
@@ -80,7 +82,7 @@ def test_redis_restart_loses_no_reservation(tmp_path: Path):
         stack.redis.start()
         thread.join(timeout=120)
 
-        # The worker reconnects by itself and takes new tasks.
+        # The worker reconnects by itself, or comes back under bin/respawn, and takes new tasks.
         result = stack_celery(stack).send_task("scheduler.run_cycle", kwargs={"trigger": "drill"})
         result.get(timeout=90)
 
