@@ -81,7 +81,7 @@ def reservation_create_express(
 
 
 def _decide_and_write(*, customer, resolved, terms, policy, actor, now, price_factor) -> Reservation:
-    from .services import DuplicateExternalRef, node_price_cap
+    from .services import DuplicateExternalRef, node_price_cap  # services imports this module.
 
     spec = resolved.spec
     context = _admission_context(customer.pk, spec.external_ref)
@@ -124,7 +124,8 @@ def _decide_and_write(*, customer, resolved, terms, policy, actor, now, price_fa
         logger.warning("Placement of reservation %s on node %s lost a race: %s", written["reservation_id"],
                        lost["node_id"], lost["error"])
     if written["placed"] is None:
-        raise _UseFullPath(f"all {len(payload['placements'])} ranked nodes lost their races")
+        raise _UseFullPath(f"all {len(payload['placements'])} ranked nodes lost their races, so reservation "
+                           f"{written['reservation_id']} is rolled back")
 
     reservation = _reservation_in_memory(payload, written, customer, resolved, actor)
     terms_written = payload["placements"][written["placed"]]
