@@ -116,7 +116,7 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
         price_cap, _ = combined_price_cap(node_filter.max_price_per_gpu_hour, budget)
         if (states is not None and set(decision.admitted_model_ids) == set(node_filter.gpu_model_ids)
                 and price_cap == node_filter.max_price_per_gpu_hour):
-            # Quota and budget left the filter as it was, and ``states`` holds every node it allows.
+            # Quota and budget left the filter as it was, and ``states`` contains every node it allows.
             if policy.rank(request, states):
                 return candidate
             continue
@@ -132,8 +132,8 @@ def _starts_with_room(request: PlacementRequest, candidates: list[datetime], dur
     """Yield, in order, those of ``candidates`` at which a node of ``node_filter`` has room for the request.
 
     When at most ``EARLIEST_START_NODE_LIMIT`` nodes of the filter could ever hold the request, one
-    query reads their state in every candidate window, and each candidate comes with the states
-    of all those nodes that are active and free of maintenance then. Otherwise each candidate
+    query reads their state in every candidate window. Each candidate then comes with the states of
+    those nodes that are active and free of maintenance in its window. Otherwise each candidate
     costs one fleet-wide shortlist query, stopping at the first that fits, and comes with None.
     """
     if connection.vendor == "postgresql":

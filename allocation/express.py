@@ -19,9 +19,12 @@ as on the full path, so the rules stay in one place. The SQL functions only lock
 and write. The reservation returned carries its allocation, shares, models and workload, so the
 API builds its response without reading it back.
 
-The full path runs instead, with nothing written here, for a request that asks to queue, for an
-organization with a budget (its per-node spend check reads each period), and when every ranked
-placement lost its race (the full path reads a fresh shortlist and re-plans on the locked node).
+The full path runs instead, with nothing written here, in three cases:
+
+- a request with ``queue_if_unavailable``;
+- an organization with a budget, because its per-node spend check reads each period;
+- every ranked placement lost its race. The full path then reads a fresh shortlist and re-plans
+  on the locked node.
 """
 
 import json

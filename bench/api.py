@@ -122,10 +122,10 @@ Measured by `make bench-api`, which runs
 
     python -m bench.api --output docs/benchmarks.md
 
-on {results['measured_at']}, on {results['machine']}: gunicorn with {WORKERS} sync workers and
-PostgreSQL on the same machine, the trace fleet (1,213 nodes), {CLIENTS} concurrent clients in a
-second process (the sync workers close each connection after its response, so every request
-opens one), {SECONDS} s per mix. *floor* is an authenticated no-op
+on {results['measured_at']}, on {results['machine']}. gunicorn runs {WORKERS} sync workers, with
+PostgreSQL on the same machine and the trace fleet (1,213 nodes). {CLIENTS} concurrent clients
+send requests from a second process for {SECONDS} s per mix. The sync workers close each
+connection after its response, so every request opens one. *floor* is an authenticated no-op
 POST (`/api/v1/ping/`), the stack's own cost; *spread* asks for trace-like shapes over random
 models and windows in the next week; *contended* sends 80 % of requests after the scarcest model
 (A10, two GPUs in the fleet) in one window. Rates count decisions (201, 202 or 409 answers), or

@@ -120,13 +120,13 @@ def test_budget_takes_full_path(customer, t4_node, caplog):
 
 def test_lost_race_falls_back_to_full_path(customer, t4_node, monkeypatch, caplog):
     reservation_create(customer=customer, spec=spec(), now=NOW)
-    taken = Gpu.objects.get(node=t4_node, shares__isnull=False)
+    held_gpu = Gpu.objects.get(node=t4_node, shares__isnull=False)
     shortlist = express.placement_shortlist
 
     def stale_shortlist(**kwargs):
         ranked, states = shortlist(**kwargs)
         # The GPU the first reservation holds, as a shortlist read before it committed would offer it.
-        return [ranked[0].__class__(node_id=t4_node.pk, gpu_shares=((taken.pk, 1000),), score=0.0)], states
+        return [ranked[0].__class__(node_id=t4_node.pk, gpu_shares=((held_gpu.pk, 1000),), score=0.0)], states
 
     monkeypatch.setattr(express, "placement_shortlist", stale_shortlist)
     with caplog.at_level(logging.INFO, logger="allocation.express"):
@@ -137,7 +137,7 @@ def test_lost_race_falls_back_to_full_path(customer, t4_node, monkeypatch, caplo
     assert "takes the full path" in caplog.text
     assert Reservation.objects.filter(external_ref="second").count() == 1
     assert list(Allocation.objects.get(reservation=second).shares.values_list("gpu__index", flat=True)) == [
-        1 - taken.index]
+        1 - held_gpu.index]
 
 
 def change_first_choice_after_shortlist(monkeypatch, **changes) -> None:
@@ -187,7 +187,7 @@ def test_model_renamed_elsewhere_keeps_express_path(customer, t4_node):
 def test_writer_lists_every_required_column():
     """Fail when the writer leaves out a NOT NULL column that has no database default.
 
-    Such a column would send every request to the full path, or answer it with a 500.
+    Such a column would send every request to the full path, or fail it with a 500.
     """
     from django.db import connection
 
