@@ -29,7 +29,7 @@ The full path runs instead, with nothing written here, in three cases:
 
 import json
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -42,9 +42,10 @@ from marketplace.metrics import SOURCE_REQUEST, reservation_decision_record
 from marketplace.models import Gpu, GpuModel, Node, Organization, Region
 
 from .approval_policy import policy_approval_reason
+from .lifecycle import placed_status
 from .models import Allocation, ApprovalPolicy, GpuShare, RejectionReason, Reservation, ReservationStatus
-from .placement import MAX_COMMIT_ATTEMPTS, PRICE_STEP, placement_diagnose, placement_shortlist
-from .pricing import billed_gpu_milli, estimated_cost
+from .placement import MAX_COMMIT_ATTEMPTS, placement_diagnose, placement_shortlist
+from .pricing import billed_gpu_milli, charged_price, estimated_cost
 from .quotas import quota_admit
 from .selectors import NodeFilter
 from .solvers import NodeState, Placement, PlacementPolicy
@@ -119,7 +120,7 @@ def _decide_and_write(*, customer, resolved, terms, policy, actor, now, price_fa
     approval_policy = _approval_policy(context["approval"])
     payload["allowed_gpu_model_ids"] = list(node_filter.gpu_model_ids)
     payload["placements"] = [
-        _placement_terms(placement, states[placement.node_id], resolved, policy, price_factor, approval_policy, now)
+        _choice(placement, states[placement.node_id], resolved, policy, price_factor, approval_policy, now)
         for placement in ranked[:MAX_COMMIT_ATTEMPTS]
     ]
     written = _write(payload)
@@ -131,11 +132,13 @@ def _decide_and_write(*, customer, resolved, terms, policy, actor, now, price_fa
                            f"{written['reservation_id']} is rolled back")
 
     reservation = _reservation_in_memory(payload, written, customer, resolved, actor)
-    terms_written = payload["placements"][written["placed"]]
-    reservation.status = terms_written["status"]
-    reservation.reason_detail = terms_written["note"]
-    reservation.hold_expires_at = terms_written["hold_expires_at_value"]
-    reservation.allocation = _allocation_in_memory(reservation, written, terms_written, states, payload, resolved)
+    chosen = payload["placements"][written["placed"]]
+    reservation.status = chosen["status"]
+    reservation.reason_detail = chosen["note"]
+    if chosen["hold_expires_at"] is not None:
+        reservation.hold_expires_at = datetime.fromisoformat(chosen["hold_expires_at"])
+    reservation.allocation = _allocation_in_memory(reservation, written, chosen, states[chosen["node_id"]], payload,
+                                                   resolved)
     reservation.workload = _workload_in_memory(reservation, terms, payload)
     bind_reservation(reservation.pk)
     reservation_decision_record(status=reservation.status, reason="", source=SOURCE_REQUEST)
@@ -190,49 +193,37 @@ def _duration_seconds(spec) -> int:
     return max(int((spec.end_at - spec.start_at).total_seconds()), 1)
 
 
-def _placement_terms(placement: Placement, state: NodeState, resolved, policy: PlacementPolicy,
-                     price_factor: Decimal, approval_policy: ApprovalPolicy | None, now: datetime) -> dict:
-    """Return what the writer needs to commit ``placement``: the node as read, the charge, the status and notes."""
+def _choice(placement: Placement, state: NodeState, resolved, policy: PlacementPolicy,
+            price_factor: Decimal, approval_policy: ApprovalPolicy | None, now: datetime) -> dict:
+    """Return what the writer needs to commit ``placement``: the node as read, the charge, the status and note."""
     spec = resolved.spec
-    list_price = Decimal(repr(state.price_per_gpu_hour))
-    price = (list_price * price_factor).quantize(PRICE_STEP)
+    list_price = Decimal(repr(state.price_per_gpu_hour))  # The shortest repr is the stored 4-place value.
+    price = charged_price(list_price, price_factor)
     billed = billed_gpu_milli(resolved.request, node_gpu_count=state.gpu_count,
                               node_cpu_millicores=state.cpu_capacity_millicores,
                               node_memory_mib=state.memory_capacity_mib)
-    placed_note = f"Placed on node {state.hostname} by policy {policy.name}."
     needs_approval = policy_approval_reason(
         approval_policy, gpu_count=spec.gpu_count,
         estimated_cost=estimated_cost(price_per_gpu_hour=price, billed_milli=billed, start_at=spec.start_at,
                                       end_at=spec.end_at),
     )
-    hold_expires_at = None
-    if needs_approval:
-        hold_expires_at = now + timedelta(seconds=settings.MARKETPLACE["APPROVAL_HOLD_SECONDS"])
-        status = ReservationStatus.PENDING_APPROVAL
-        note = (f"{placed_note} Needs an admin's approval because {needs_approval}; the capacity is held until "
-                f"{hold_expires_at.isoformat()}.")
-    else:
-        status = ReservationStatus.ACTIVE if spec.start_at <= now else ReservationStatus.SCHEDULED
-        note = placed_note
+    placed = placed_status(placed_note=f"Placed on node {state.hostname} by policy {policy.name}.",
+                           needs_approval=needs_approval, start_at=spec.start_at, now=now)
     return {
         "node_id": placement.node_id, "hostname": state.hostname, "gpu_count": state.gpu_count,
         "cpu_millicores": state.cpu_capacity_millicores, "memory_mib": state.memory_capacity_mib,
-        "list_price": str(list_price), "gpu_model": state.gpu_model,
+        "list_price": str(list_price),
         "gpu_shares": [[gpu_id, milli] for gpu_id, milli in placement.gpu_shares],
-        "billed_gpu_milli": billed, "price_per_gpu_hour": str(price), "status": str(status), "note": note,
-        "hold_expires_at": hold_expires_at.isoformat() if hold_expires_at else None,
-        "hold_expires_at_value": hold_expires_at,
+        "billed_gpu_milli": billed, "price_per_gpu_hour": str(price), "status": str(placed.status),
+        "note": placed.note,
+        "hold_expires_at": placed.hold_expires_at.isoformat() if placed.hold_expires_at else None,
     }
 
 
 def _write(payload: dict) -> dict:
-    sent = {key: value for key, value in payload.items() if key != "placements"}
-    sent["placements"] = [
-        {key: value for key, value in terms.items() if key != "hold_expires_at_value"}
-        for terms in payload.get("placements", [])
-    ]
+    """Call the writer with ``payload``; return what it wrote: ids, the placed choice or None, and lost races."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT allocation_reservation_write(%s::jsonb)", [json.dumps(sent)])
+        cursor.execute("SELECT allocation_reservation_write(%s::jsonb)", [json.dumps(payload)])
         value = cursor.fetchone()[0]
     return value if isinstance(value, dict) else json.loads(value)
 
@@ -273,25 +264,28 @@ def _reservation_in_memory(payload: dict, written: dict, customer, resolved, act
     return reservation
 
 
-def _allocation_in_memory(reservation: Reservation, written: dict, terms: dict, states: dict[int, NodeState],
+def _allocation_in_memory(reservation: Reservation, written: dict, chosen: dict, state: NodeState,
                           payload: dict, resolved) -> Allocation:
-    state = states[terms["node_id"]]
+    """Return the allocation the writer inserted for ``chosen``, with its node and shares attached."""
     gpu_model = _gpu_model(written["gpu_model_id"], written["gpu_model_name"], resolved)
-    node = Node(id=state.node_id, hostname=state.hostname, gpu_model=gpu_model, gpu_count=state.gpu_count,
-                cpu_millicores=state.cpu_capacity_millicores, memory_mib=state.memory_capacity_mib,
-                price_per_gpu_hour=Decimal(terms["list_price"]), currency=written["currency"],
-                provider=Organization(slug=written["provider_slug"], kind=Organization.Kind.PROVIDER), region=Region(code=written["region_code"]))
+    node = Node(
+        id=state.node_id, hostname=state.hostname, gpu_model=gpu_model, gpu_count=state.gpu_count,
+        cpu_millicores=state.cpu_capacity_millicores, memory_mib=state.memory_capacity_mib,
+        price_per_gpu_hour=Decimal(chosen["list_price"]), currency=written["currency"],
+        provider=Organization(slug=written["provider_slug"], kind=Organization.Kind.PROVIDER),
+        region=Region(code=written["region_code"]),
+    )
     allocation = Allocation(
         id=written["allocation_id"], reservation=reservation, customer_id=reservation.customer_id, node=node,
         gpu_model=gpu_model, start_at=reservation.start_at, end_at=reservation.end_at,
         cpu_millicores=reservation.cpu_millicores, memory_mib=reservation.memory_mib,
         gpu_milli_total=payload["gpu_milli_total"], borrowed_gpu_milli=payload["borrowed_gpu_milli"],
-        billed_gpu_milli=terms["billed_gpu_milli"], price_per_gpu_hour=Decimal(terms["price_per_gpu_hour"]),
+        billed_gpu_milli=chosen["billed_gpu_milli"], price_per_gpu_hour=Decimal(chosen["price_per_gpu_hour"]),
         currency=written["currency"], created_at=reservation.created_at, released_at=None,
     )
     allocation._state.adding = False
     allocation._state.db = connection.alias
-    milli_by_gpu = {gpu_id: milli for gpu_id, milli in terms["gpu_shares"]}
+    milli_by_gpu = {gpu_id: milli for gpu_id, milli in chosen["gpu_shares"]}
     shares = []
     for share_id, gpu_id, index, uuid in written["shares"]:
         share = GpuShare(id=share_id, allocation=allocation, gpu=Gpu(id=gpu_id, node=node, index=index, uuid=uuid),
@@ -311,11 +305,12 @@ def _gpu_model(model_id: int, name: str, resolved) -> GpuModel:
 
 
 def _workload_in_memory(reservation: Reservation, terms, payload: dict) -> Workload:
-    spec = payload["workload"]
+    """Return the workload row as written, from the request's scheduling ``terms``."""
+    written = payload["workload"]
     return Workload(
         reservation=reservation, priority_class=terms.priority_class, queue=terms.queue,
-        interruptible=spec["interruptible"], latest_start_at=terms.latest_start_at,
-        duration_seconds=spec["duration_seconds"], queued_at=None, position=None, waiting_reason_code="",
+        interruptible=written["interruptible"], latest_start_at=terms.latest_start_at,
+        duration_seconds=written["duration_seconds"], queued_at=None, position=None, waiting_reason_code="",
         waiting_reason="", estimated_start_at=None, requeued_from=None, start_attempts=0, failed_node_ids=[],
     )
 

@@ -5,6 +5,11 @@ and writes the event row. On PostgreSQL a trigger rejects any other update of th
 A queued reservation holds nothing: the scheduling cycle places it later, or it expires.
 """
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+
 from .models import ReservationStatus as S
 
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
@@ -28,6 +33,28 @@ RELEASING_STATUSES = TERMINAL_STATUSES - {S.COMPLETED}
 """Final statuses reached before the window ends: moving into one releases capacity, quota and budget."""
 CONFIRMED_STATUSES = frozenset({S.SCHEDULED, S.ACTIVE})
 """Statuses that advance with the clock: scheduled starts, and both complete when the window ends."""
+
+
+@dataclass(frozen=True)
+class PlacedStatus:
+    """The status a newly placed reservation moves to, the note that explains it, and its approval hold."""
+
+    status: str
+    note: str
+    hold_expires_at: datetime | None = None
+
+
+def placed_status(*, placed_note: str, needs_approval: str, start_at: datetime, now: datetime) -> PlacedStatus:
+    """Return where a placed reservation goes: pending approval when ``needs_approval`` gives a reason, else active or scheduled.
+
+    ``placed_note`` names the node and policy. A hold lasts ``APPROVAL_HOLD_SECONDS`` from ``now``.
+    """
+    if needs_approval:
+        hold_expires_at = now + timedelta(seconds=settings.MARKETPLACE["APPROVAL_HOLD_SECONDS"])
+        note = (f"{placed_note} Needs an admin's approval because {needs_approval}; the capacity is held until "
+                f"{hold_expires_at.isoformat()}.")
+        return PlacedStatus(S.PENDING_APPROVAL, note, hold_expires_at)
+    return PlacedStatus(S.ACTIVE if start_at <= now else S.SCHEDULED, placed_note)
 
 
 def can_transition(current: str, target: str) -> bool:

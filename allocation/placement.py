@@ -22,7 +22,7 @@ from marketplace.models import Gpu, MaintenanceWindow, Node
 
 from .models import Allocation, Budget, GpuShare, RejectionReason, Reservation
 from .budgets import budget_fits
-from .pricing import billed_gpu_milli
+from .pricing import billed_gpu_milli, charged_price
 from .selectors import NodeFilter, candidate_ids, node_states
 from .solvers import NodeState, Placement, PlacementPolicy, PlacementRequest
 
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 MAX_COMMIT_ATTEMPTS = 5
 """Ranked choices tried from one shortlist."""
-PRICE_STEP = Decimal("0.0001")
 SHORTLIST_ROUNDS = 3
 """Shortlists read before a request that lost every race is rejected as ``no_capacity``."""
 
@@ -214,7 +213,7 @@ def _commit(
 
     billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
                               node_memory_mib=node.memory_mib)
-    price = (node.price_per_gpu_hour * price_factor).quantize(PRICE_STEP)
+    price = charged_price(node.price_per_gpu_hour, price_factor)
     if not budget_fits(budget=budget, billed_milli=billed,
                        price_per_gpu_hour=price, start_at=reservation.start_at,
                        end_at=reservation.end_at):

@@ -9,6 +9,12 @@ from marketplace.models import GPU_MILLI_PER_GPU
 from .solvers import PlacementRequest
 
 CENT = Decimal("0.01")
+PRICE_STEP = Decimal("0.0001")
+
+
+def charged_price(list_price: Decimal, price_factor: Decimal) -> Decimal:
+    """Return the price per GPU-hour a reservation pays on a node: its list price times ``price_factor``, to 4 places."""
+    return (list_price * price_factor).quantize(PRICE_STEP)
 
 
 def billed_gpu_milli(

@@ -12,8 +12,8 @@ from .alternatives import Alternatives, alternatives_find
 from .approval_policy import approval_reason
 from .budgets import budget_admit, budget_fits, combined_price_cap
 from .models import RejectionReason, Reservation
-from .placement import PRICE_STEP, placement_diagnose, placement_rank
-from .pricing import billed_gpu_milli, estimated_cost
+from .placement import placement_diagnose, placement_rank
+from .pricing import billed_gpu_milli, charged_price, estimated_cost
 from .quotas import quota_admit
 from .selectors import NodeFilter
 from .services import ReservationSpec, interruptible_price_factor, node_price_cap, resolve_spec
@@ -86,7 +86,7 @@ def reservation_quote(
         node = Node.objects.select_related("gpu_model", "region").get(pk=placement.node_id)
         billed = billed_gpu_milli(request, node_gpu_count=node.gpu_count, node_cpu_millicores=node.cpu_millicores,
                                   node_memory_mib=node.memory_mib)
-        price = (node.price_per_gpu_hour * factor).quantize(PRICE_STEP)
+        price = charged_price(node.price_per_gpu_hour, factor)
         if not budget_fits(budget=budget.budget, billed_milli=billed, price_per_gpu_hour=price,
                            start_at=spec.start_at, end_at=spec.end_at):
             continue

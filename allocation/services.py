@@ -21,7 +21,7 @@ from marketplace.metrics import SOURCE_REQUEST, SOURCE_SCHEDULER, reservation_de
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, MarketplaceError, NotFound
 from marketplace.models import GPU_MILLI_PER_GPU, GpuModel, Node, Organization, Region
 
-from .lifecycle import CONFIRMED_STATUSES, HOLDING_STATUSES, RELEASING_STATUSES, can_transition
+from .lifecycle import CONFIRMED_STATUSES, HOLDING_STATUSES, RELEASING_STATUSES, can_transition, placed_status
 from .models import Allocation, GpuShare, IdempotencyKey, Quota, RejectionReason, Reservation, ReservationEvent, ReservationStatus
 from .approval_policy import approval_reason
 from .budgets import budget_admit, combined_price_cap
@@ -256,27 +256,20 @@ def _confirm(reservation: Reservation, allocation: Allocation, policy, *, actor,
 
     Records a ``placed`` decision with ``placed_reason`` added to the placement's own note.
     """
-    placed_note = f"Placed on node {allocation.node.hostname} by policy {policy.name}."
     needs_approval = approval_reason(
         customer_id=reservation.customer_id, gpu_count=reservation.gpu_count,
         estimated_cost=estimated_cost(price_per_gpu_hour=allocation.price_per_gpu_hour,
                                       billed_milli=allocation.billed_gpu_milli,
                                       start_at=allocation.start_at, end_at=allocation.end_at),
     )
-    if needs_approval:
-        hold = timedelta(seconds=settings.MARKETPLACE["APPROVAL_HOLD_SECONDS"])
-        reservation.hold_expires_at = now + hold
+    placed = placed_status(placed_note=f"Placed on node {allocation.node.hostname} by policy {policy.name}.",
+                           needs_approval=needs_approval, start_at=reservation.start_at, now=now)
+    if placed.hold_expires_at is not None:
+        reservation.hold_expires_at = placed.hold_expires_at
         reservation.save(update_fields=["hold_expires_at"])
-        note = (f"{placed_note} Needs an admin's approval because {needs_approval}; the capacity is held until "
-                f"{reservation.hold_expires_at.isoformat()}.")
-        reservation_transition(reservation=reservation, to_status=ReservationStatus.PENDING_APPROVAL, actor=actor,
-                               now=now, note=note)
-    else:
-        placed_status = ReservationStatus.ACTIVE if reservation.start_at <= now else ReservationStatus.SCHEDULED
-        note = placed_note
-        reservation_transition(reservation=reservation, to_status=placed_status, actor=actor, now=now, note=note)
+    reservation_transition(reservation=reservation, to_status=placed.status, actor=actor, now=now, note=placed.note)
     Decision.objects.create(reservation=reservation, kind=Decision.Kind.PLACED, at=now,
-                            reason=f"{note} {placed_reason}".strip(),
+                            reason=f"{placed.note} {placed_reason}".strip(),
                             detail={"node_id": allocation.node_id, "status": reservation.status})
 
 
