@@ -26,7 +26,7 @@ def spec(**overrides) -> ReservationSpec:
 
 
 def written_rows(reservation_id: int) -> dict:
-    """Return what the database holds for a reservation, without ids and wall-clock times."""
+    """Return what the database contains for a reservation, without ids and wall-clock times."""
     reservation = Reservation.objects.get(pk=reservation_id)
     allocation = Allocation.objects.filter(reservation=reservation).select_related("node").first()
     workload = Workload.objects.get(reservation=reservation)
@@ -180,6 +180,7 @@ def test_model_renamed_elsewhere_keeps_express_path(customer, t4_node):
 
     second = reservation_create(customer=customer, spec=spec(gpu_milli_per_gpu=100), now=NOW)
 
+    assert getattr(second, "response_ready", False)
     assert second.status == ReservationStatus.ACTIVE
     assert second.allocation.gpu_model.name == "T4-16GB"
 

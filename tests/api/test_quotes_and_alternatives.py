@@ -168,7 +168,7 @@ def test_earliest_start_after_own_booking(api, customer, fleet):
     assert booked_then.status_code == 201, booked_then.json()
 
 
-def test_earliest_start_when_quota_narrowed_the_models(api, customer, region):
+def test_earliest_start_after_quota_narrowing(api, customer, region):
     """A per-model quota can leave only models that cannot hold the request, while the requested ones can later."""
     from allocation.services import ReservationSpec, reservation_create
 
