@@ -157,6 +157,9 @@ class Reservation(models.Model):
             models.Index(fields=["customer", "status"], name="reservation_customer_status"),
             models.Index(fields=["status", "start_at"], name="reservation_status_start"),
             models.Index(fields=["status", "end_at"], name="reservation_status_end"),
+            # The duplicate external_ref lookup runs as a prepared statement, whose generic plan cannot
+            # use the partial unique index below, since that needs the literal '' and 'rejected'.
+            models.Index(fields=["customer", "external_ref"], name="reservation_customer_ref"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(end_at__gt=F("start_at")), name="reservation_window_not_empty"),

@@ -135,6 +135,15 @@ def _node_use_cte(where: str = "", exact: bool = True) -> str:
     return f"node_use AS ({build(_table(Allocation), 'node_id', values, where)})"
 
 
+def _keep_subquery() -> str:
+    """Return the clause that keeps PostgreSQL from merging a subquery into its parent.
+
+    A merged subquery runs a lookup in its select list again for each use of that column outside.
+    With ``OFFSET 0`` PostgreSQL computes the subquery's rows once. SQLite needs nothing.
+    """
+    return "OFFSET 0" if connection.vendor == "postgresql" else ""
+
+
 def _window(start_at: datetime, end_at: datetime) -> list[Any]:
     return [_when(start_at), _when(end_at), _when(start_at), _when(end_at)]
 
@@ -170,12 +179,18 @@ def candidate_ids(
     sql = f"""
         WITH {_gpu_use_cte(exact=exact)}, {_node_use_cte(exact=exact)},
         node_gpu_use AS (
-            SELECT g.node_id,
-                   SUM(CASE WHEN u.used_milli > %s THEN 1 ELSE 0 END) AS blocked_gpus,
-                   SUM(u.used_milli) AS used_milli
-            FROM gpu_use u JOIN {_table(Gpu)} g ON g.id = u.gpu_id
-            WHERE g.health = %s
-            GROUP BY g.node_id
+            SELECT node_id,
+                   SUM(CASE WHEN used_milli > %s THEN 1 ELSE 0 END) AS blocked_gpus,
+                   SUM(used_milli) AS used_milli
+            FROM (
+                -- One lookup per used GPU by primary key. As a join, PostgreSQL's generic plan read
+                -- every GPU of the fleet to hash them (0.7 ms of 1.6 ms on the trace fleet).
+                SELECT (SELECT g.node_id FROM {_table(Gpu)} g WHERE g.id = u.gpu_id AND g.health = %s) AS node_id,
+                       u.used_milli
+                FROM gpu_use u {_keep_subquery()}
+            ) healthy_use
+            WHERE node_id IS NOT NULL
+            GROUP BY node_id
         )
         SELECT id FROM (
             SELECT n.id

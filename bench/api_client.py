@@ -37,7 +37,7 @@ def reservation_body(rng: random.Random, mix: str, base: datetime, serial: int) 
         start = base + timedelta(hours=1)
         return {"gpu_count": 1, "cpu_millicores": 2000, "memory_mib": 4096, "gpu_models": [SCARCEST_MODEL],
                 "start_at": start.isoformat(), "end_at": (start + timedelta(hours=2)).isoformat(),
-                "external_ref": f"bench-{serial}"}
+                "external_ref": f"bench-{mix}-{serial}"}
     gpu_count = weighted(rng, GPU_COUNTS)
     milli = weighted(rng, SHARE_SIZES) if gpu_count == 1 else 1000
     start = base + timedelta(minutes=rng.randrange(0, 7 * 24 * 60))
@@ -45,7 +45,7 @@ def reservation_body(rng: random.Random, mix: str, base: datetime, serial: int) 
         "gpu_count": gpu_count, "gpu_milli_per_gpu": milli,
         "cpu_millicores": rng.choice([1000, 2000, 4000, 8000]), "memory_mib": rng.choice([2048, 4096, 8192, 16384]),
         "start_at": start.isoformat(), "end_at": (start + timedelta(hours=rng.randint(1, 8))).isoformat(),
-        "external_ref": f"bench-{serial}",
+        "external_ref": f"bench-{mix}-{serial}",
     }
     if rng.random() < 0.5:
         body["gpu_models"] = [rng.choice(MODELS)]
