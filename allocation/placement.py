@@ -23,7 +23,7 @@ from marketplace.models import Gpu, MaintenanceWindow, Node
 from .models import Allocation, Budget, GpuShare, RejectionReason, Reservation
 from .budgets import budget_fits
 from .pricing import billed_gpu_milli, charged_price
-from .selectors import NodeFilter, candidate_ids, node_states
+from .selectors import NodeFilter, candidate_ids, node_states, nodes_that_could_hold
 from .solvers import NodeState, Placement, PlacementPolicy, PlacementRequest
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,19 @@ def placement_shortlist(
     *, request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter,
     policy: PlacementPolicy, summed_first: bool = True,
 ) -> tuple[list[Placement], dict[int, NodeState]]:
-    """Return what ``placement_rank`` returns, and the state of each shortlisted node by id."""
+    """Return what ``placement_rank`` returns, and the state of each shortlisted node by id.
+
+    When no more nodes of the filter could hold the request than a shortlist holds (a scarce
+    model, one region), their exact state is read directly: one short query and one state
+    query instead of two passes over the usage of the whole fleet in the window.
+    """
     shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
+    if summed_first:
+        node_ids = nodes_that_could_hold(request, node_filter, limit=shortlist_size)
+        if node_ids is not None:
+            states = node_states(node_ids, start_at, end_at)
+            return policy.rank(request, states), {state.node_id: state for state in states}
+
     states: list[NodeState] = []
     for exact in ((False, True) if summed_first else (True,)):
         ids = candidate_ids(request, start_at, end_at, node_filter, used_limit=shortlist_size,
