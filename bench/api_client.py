@@ -32,7 +32,10 @@ def weighted(rng: random.Random, pairs):
 
 
 def reservation_body(rng: random.Random, mix: str, base: datetime, serial: int) -> dict:
-    """Return one request body; ``contended`` sends most clients after the scarcest model in one window."""
+    """Return one request body; ``contended`` sends most clients after the scarcest model in one window.
+
+    Any other mix sends spread requests. ``external_ref`` names the mix, so no two mixes collide.
+    """
     if mix == "contended" and rng.random() < 0.8:
         start = base + timedelta(hours=1)
         return {"gpu_count": 1, "cpu_millicores": 2000, "memory_mib": 4096, "gpu_models": [SCARCEST_MODEL],
@@ -91,7 +94,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Send concurrent reservation requests to a running server.")
     parser.add_argument("--url", required=True)
     parser.add_argument("--tokens", type=Path, required=True, help="JSON list of API tokens, one per customer.")
-    parser.add_argument("--mix", choices=["spread", "contended", "floor"], required=True)
+    parser.add_argument("--mix", choices=["warmup", "spread", "contended", "floor"], required=True,
+                        help="warmup sends the spread mix's requests under their own external_ref values.")
     parser.add_argument("--seconds", type=float, default=20.0, help="How long to send requests.")
     parser.add_argument("--clients", type=int, default=16, help="Concurrent client threads.")
     parser.add_argument("--output", type=Path, required=True)
