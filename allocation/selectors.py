@@ -248,11 +248,15 @@ def nodes_that_could_hold(request: PlacementRequest, node_filter: NodeFilter, *,
     by window in one query.
     """
     conditions, params = _node_conditions("n", node_filter)
+    # The order of the node_model_free_order index: for one model PostgreSQL reads only that model's
+    # nodes. Ordered by id, it walked the primary key through the whole fleet to find the two nodes
+    # of the scarcest model.
     sql = (f"SELECT n.id FROM {_table(Node)} n WHERE {conditions} AND n.cpu_millicores >= %s "
-           f"AND n.memory_mib >= %s AND n.gpu_count >= %s ORDER BY n.id LIMIT %s")
+           f"AND n.memory_mib >= %s AND n.gpu_count >= %s "
+           f"ORDER BY n.gpu_count, n.cpu_millicores, n.price_per_gpu_hour, n.id LIMIT %s")
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, request.cpu_millicores, request.memory_mib, request.gpu_count, limit + 1])
-        node_ids = [row[0] for row in cursor.fetchall()]
+        node_ids = sorted(row[0] for row in cursor.fetchall())
     return node_ids if len(node_ids) <= limit else None
 
 

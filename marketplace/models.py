@@ -135,6 +135,11 @@ class Node(models.Model):
             models.Index(
                 fields=["status", "gpu_count", "cpu_millicores", "price_per_gpu_hour", "id"], name="node_free_order",
             ),
+            # The same order within one GPU model: a request for a scarce model reads only its nodes.
+            models.Index(
+                fields=["gpu_model", "status", "gpu_count", "cpu_millicores", "price_per_gpu_hour", "id"],
+                name="node_model_free_order",
+            ),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(cpu_millicores__gt=0), name="node_cpu_positive"),
