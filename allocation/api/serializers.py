@@ -13,7 +13,7 @@ from marketplace.models import GPU_MILLI_PER_GPU, GpuModel
 from ..models import Reservation
 from ..pricing import estimated_cost
 from ..services import ReservationSpec
-from .representation import reservation_body
+from .representation import alternatives_body, reservation_body
 
 
 ISO_DATETIME = re.compile(
@@ -296,6 +296,9 @@ class AlternativesSerializer(serializers.Serializer):
         allow_null=True, help_text="Earliest start at which the request fits as asked; null if none was found.",
     )
     options = OptionSerializer(many=True, help_text="GPU models and regions where it fits in its window now.")
+
+    def to_representation(self, alternatives) -> dict:
+        return alternatives_body(alternatives)
 
 
 class QuoteSerializer(serializers.Serializer):

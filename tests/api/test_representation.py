@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 from rest_framework import serializers
 
-from allocation.api.serializers import ReservationSerializer
+from allocation.alternatives import Alternatives, Option
+from allocation.api.serializers import AlternativesSerializer, ReservationSerializer
 from allocation.api.views import ReservationViewSet
 from allocation.models import ApprovalPolicy
 from allocation.services import ReservationSpec, reservation_cancel, reservation_create
@@ -68,3 +69,17 @@ def test_body_matches_after_cancel(customer, t4_node):
 
     assert read.allocation.released_at is not None
     assert ReservationSerializer(read).data == generic_body(read)
+
+
+@pytest.mark.parametrize("alternatives", [
+    Alternatives(earliest_start_at=None),
+    Alternatives(earliest_start_at=NOW + hours(5), options=[
+        Option(gpu_model="T4", region="eu-central", price_per_gpu_hour=Decimal("1.5"), currency="EUR"),
+        Option(gpu_model="A10", region="us-east", price_per_gpu_hour=Decimal("0.1234"), currency="USD"),
+    ]),
+    Alternatives(earliest_start_at=NOW.astimezone(dt_timezone(timedelta(hours=-5)))),
+], ids=["none-found", "options", "offset"])
+def test_alternatives_body_matches_generic_serializer(alternatives):
+    generic = serializers.Serializer.to_representation(AlternativesSerializer(), alternatives)
+
+    assert AlternativesSerializer(alternatives).data == generic
