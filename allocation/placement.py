@@ -76,7 +76,7 @@ def placement_shortlist(
     """
     shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
     if summed_first:
-        node_ids = nodes_that_could_hold(request, node_filter, limit=shortlist_size)
+        node_ids = nodes_that_could_hold(request, node_filter, limit=shortlist_size, window=(start_at, end_at))
         if node_ids is not None:
             states = node_states(node_ids, start_at, end_at)
             return policy.rank(request, states), {state.node_id: state for state in states}

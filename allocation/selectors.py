@@ -241,13 +241,16 @@ def candidate_ids(
         return [row[0] for row in cursor.fetchall()]
 
 
-def nodes_that_could_hold(request: PlacementRequest, node_filter: NodeFilter, *, limit: int) -> list[int] | None:
+def nodes_that_could_hold(
+    request: PlacementRequest, node_filter: NodeFilter, *, limit: int, window: tuple[datetime, datetime] | None = None,
+) -> list[int] | None:
     """Return the ids of the filter's active nodes big enough for the request when idle, or None if more than ``limit``.
 
     When the filter is narrow (one scarce model, one region), this small set can be checked window
-    by window in one query.
+    by window in one query. With ``window``, nodes with maintenance overlapping it are left out;
+    without, the caller checks maintenance itself (as ``node_states_in_windows`` does).
     """
-    conditions, params = _node_conditions("n", node_filter)
+    conditions, params = _node_conditions("n", node_filter, window=window)
     # The order of the node_model_free_order index: for one model PostgreSQL reads only that model's
     # nodes. Ordered by id, it walked the primary key through the whole fleet to find the two nodes
     # of the scarcest model.
