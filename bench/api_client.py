@@ -56,7 +56,7 @@ def reservation_body(rng: random.Random, mix: str, base: datetime, serial: int) 
 
 
 def run_client(index, url, token, mix, deadline, base, results, lock):
-    rng = random.Random(index)
+    rng = random.Random(f"{mix}:{index}")  # Each mix its own sequence: spread does not repeat the warm-up.
     target = urlparse(url)
     connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
     headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}

@@ -98,12 +98,6 @@ if env.str("DATABASE_URL", default=""):
     # cost 3 ms against 0.2 ms to run it. Set false behind a pooler in transaction mode.
     if env.bool("DB_SERVER_SIDE_BINDING", default=True):
         DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
-    # A prepared statement gets a custom plan while PostgreSQL estimates it cheaper than the generic
-    # one. For the node-state query of a few nodes it always did, so it was planned on every call:
-    # 0.6 ms of planning against 0.3 ms of running. Generic plans keep the hot queries planned once.
-    plan_cache_mode = env.str("DB_PLAN_CACHE_MODE", default="force_generic_plan")
-    if plan_cache_mode:
-        DATABASES["default"].setdefault("OPTIONS", {})["options"] = f"-c plan_cache_mode={plan_cache_mode}"
 else:
     DATABASES = {
         "default": {

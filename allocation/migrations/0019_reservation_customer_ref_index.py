@@ -16,7 +16,17 @@ NAME = "reservation_customer_ref"
 
 
 def create(apps, schema_editor):
-    concurrently = "CONCURRENTLY " if schema_editor.connection.vendor == "postgresql" else ""
+    concurrently = ""
+    if schema_editor.connection.vendor == "postgresql":
+        concurrently = "CONCURRENTLY "
+        # A concurrent build that failed (a lock timeout, a cancelled migration) leaves an invalid
+        # index, which IF NOT EXISTS would keep: the planner never uses it, yet every write updates it.
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute("SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                           "WHERE c.relname = %s", [NAME])
+            row = cursor.fetchone()
+        if row is not None and row[0]:
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY {NAME}", params=None)
     schema_editor.execute(
         f"CREATE INDEX {concurrently}IF NOT EXISTS {NAME} ON allocation_reservation (customer_id, external_ref)",
         params=None,

@@ -4,7 +4,7 @@ import logging
 from decimal import Decimal
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from allocation import express, services
 from allocation.models import Allocation, ApprovalPolicy, Budget, Reservation, ReservationStatus
@@ -205,3 +205,35 @@ def test_writer_lists_every_required_column():
             columns = {column.strip() for column in listed.split(",")}
 
             assert required <= columns, (table, required - columns)
+
+
+def current_plan_cache_mode() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW plan_cache_mode")
+        return cursor.fetchone()[0]
+
+
+def test_express_transaction_uses_generic_plans(customer, t4_node, monkeypatch):
+    modes = []
+    shortlist = express.placement_shortlist
+
+    def recording_shortlist(**kwargs):
+        modes.append(current_plan_cache_mode())
+        return shortlist(**kwargs)
+
+    monkeypatch.setattr(express, "placement_shortlist", recording_shortlist)
+
+    reservation_create(customer=customer, spec=spec(), now=NOW)
+
+    assert modes == ["force_generic_plan"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_generic_plans_end_with_the_transaction(customer, t4_node):
+    before = current_plan_cache_mode()
+
+    reservation = reservation_create(customer=customer, spec=spec(), now=NOW)
+
+    assert reservation.status == ReservationStatus.ACTIVE
+    assert current_plan_cache_mode() == before
+    assert before == "auto"
