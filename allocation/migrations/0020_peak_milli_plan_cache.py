@@ -3,46 +3,36 @@
 The quota guard calls it for every allocation inserted by a customer with quotas. As a
 ``LANGUAGE sql`` function that cannot be inlined, PostgreSQL 15 planned its body on every call:
 0.4 ms of planning against 0.2 ms of running it. PL/pgSQL caches the plan of each statement per
-session. The function returns the same value as before.
+session. The query is migration 0010's, unchanged, so the function returns the same values.
 """
+
+import importlib
 
 from django.db import migrations
 
-PEAK_FUNCTION = """
-CREATE OR REPLACE FUNCTION allocation_peak_milli(customer bigint, model bigint, window_start timestamptz,
-                                                 window_end timestamptz) RETURNS bigint LANGUAGE {language} STABLE AS $$
-{body}
-$$;
-"""
+COHORT_QUOTA_GUARD = importlib.import_module("allocation.migrations.0010_cohort_quota_guard")
+SQL_HEADER = "LANGUAGE sql STABLE AS $$"
+SQL_FOOTER = "\n$$;"
 
-PEAK_QUERY = """
-    SELECT COALESCE(MAX(running), 0) FROM (
-        SELECT SUM(delta) OVER (ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS running
-        FROM (
-            SELECT GREATEST(a.start_at, window_start) AS at, a.gpu_milli_total::bigint AS delta
-            FROM allocation_allocation a
-            WHERE a.customer_id = customer AND a.end_at > window_start AND a.start_at < window_end
-              AND a.end_at > a.start_at AND (model IS NULL OR a.gpu_model_id = model)
-            UNION ALL
-            SELECT LEAST(a.end_at, window_end), -a.gpu_milli_total::bigint
-            FROM allocation_allocation a
-            WHERE a.customer_id = customer AND a.end_at > window_start AND a.start_at < window_end
-              AND a.end_at > a.start_at AND (model IS NULL OR a.gpu_model_id = model)
-        ) deltas
-    ) sweep"""
+
+def plpgsql_function() -> str:
+    """Return migration 0010's function with its query wrapped in a PL/pgSQL ``RETURN``."""
+    source = COHORT_QUOTA_GUARD.PEAK_FUNCTION.rstrip() + "\n"
+    assert SQL_HEADER in source and source.endswith(SQL_FOOTER + "\n")
+    source = source.replace(SQL_HEADER, "LANGUAGE plpgsql STABLE AS $$\nBEGIN\n    RETURN (")
+    return source[:-len(SQL_FOOTER) - 1] + ");\nEND;\n$$;\n"
 
 
 def to_plpgsql(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        body = f"BEGIN\n    RETURN ({PEAK_QUERY});\nEND;"
-        schema_editor.execute(PEAK_FUNCTION.format(language="plpgsql", body=body), params=None)
+        schema_editor.execute(plpgsql_function(), params=None)
 
 
 def to_sql(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute("DROP FUNCTION allocation_peak_milli(bigint, bigint, timestamptz, timestamptz)",
                               params=None)
-        schema_editor.execute(PEAK_FUNCTION.format(language="sql", body=PEAK_QUERY), params=None)
+        schema_editor.execute(COHORT_QUOTA_GUARD.PEAK_FUNCTION, params=None)
 
 
 class Migration(migrations.Migration):
