@@ -5,37 +5,22 @@ parameters are unknown when PostgreSQL plans it. The partial unique index
 ``reservation_unique_external_ref`` only serves a query whose conditions name the literal ``''``
 and ``'rejected'``, so the generic plan read every reservation of the customer instead: 1 ms at
 600 reservations, growing with the customer's history. This index serves the lookup at any size.
-
-On PostgreSQL it is built ``CONCURRENTLY``, so reservations keep being written while it builds;
-that needs the migration to run outside a transaction.
+It is built without blocking writes (``marketplace.online_indexes``).
 """
 
 from django.db import migrations, models
+
+from marketplace.online_indexes import index_create, index_drop
 
 NAME = "reservation_customer_ref"
 
 
 def create(apps, schema_editor):
-    concurrently = ""
-    if schema_editor.connection.vendor == "postgresql":
-        concurrently = "CONCURRENTLY "
-        # A concurrent build that failed (a lock timeout, a cancelled migration) leaves an invalid
-        # index, which IF NOT EXISTS would keep: the planner never uses it, yet every write updates it.
-        with schema_editor.connection.cursor() as cursor:
-            cursor.execute("SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                           "WHERE c.relname = %s", [NAME])
-            row = cursor.fetchone()
-        if row is not None and row[0]:
-            schema_editor.execute(f"DROP INDEX CONCURRENTLY {NAME}", params=None)
-    schema_editor.execute(
-        f"CREATE INDEX {concurrently}IF NOT EXISTS {NAME} ON allocation_reservation (customer_id, external_ref)",
-        params=None,
-    )
+    index_create(schema_editor, NAME, "ON allocation_reservation (customer_id, external_ref)")
 
 
 def drop(apps, schema_editor):
-    concurrently = "CONCURRENTLY " if schema_editor.connection.vendor == "postgresql" else ""
-    schema_editor.execute(f"DROP INDEX {concurrently}IF EXISTS {NAME}", params=None)
+    index_drop(schema_editor, NAME)
 
 
 class Migration(migrations.Migration):
