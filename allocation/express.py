@@ -114,7 +114,7 @@ def _decide_and_write(*, customer, resolved, terms, policy, actor, now, price_fa
     ranked, states = placement_shortlist(request=request, start_at=spec.start_at, end_at=spec.end_at,
                                          node_filter=node_filter, policy=policy)
     if not ranked:
-        outcome = placement_diagnose(request, spec.start_at, spec.end_at, node_filter)
+        outcome = placement_diagnose(request, spec.start_at, spec.end_at, node_filter, shortlisted_any=bool(states))
         return _write_rejection(payload, customer, resolved, terms, actor, outcome.reason, outcome.detail)
 
     approval_policy = _approval_policy(context["approval"])

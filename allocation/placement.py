@@ -272,8 +272,15 @@ def _replan_locked_node(
     return replanned[0]
 
 
-def placement_diagnose(request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter) -> PlacementOutcome:
-    """Explain why no node fits: the price cap, current usage, or a shape no node can ever hold."""
+def placement_diagnose(
+    request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter, *,
+    shortlisted_any: bool = False,
+) -> PlacementOutcome:
+    """Explain why no node fits: the price cap, current usage, or a shape no node can ever hold.
+
+    ``shortlisted_any`` says the shortlist read at least one node's state; such a node could hold
+    the request when idle, so that question needs no query.
+    """
     window = f"from {start_at:%Y-%m-%d %H:%M} to {end_at:%Y-%m-%d %H:%M} UTC"
     shape = describe_shape(request)
 
@@ -291,7 +298,7 @@ def placement_diagnose(request: PlacementRequest, start_at: datetime, end_at: da
                 ),
             )
 
-    if not any_node_could_hold(request, node_filter):
+    if not shortlisted_any and not any_node_could_hold(request, node_filter):
         return PlacementOutcome(
             allocation=None,
             reason=RejectionReason.NO_MATCHING_NODE,

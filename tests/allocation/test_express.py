@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection, transaction
 
-from allocation import express, services
+from allocation import express, placement, services
 from allocation.models import Allocation, ApprovalPolicy, Budget, Reservation, ReservationStatus
 from allocation.services import ReservationSpec, quota_set, reservation_create
 from marketplace.models import Gpu, Node
@@ -237,3 +237,22 @@ def test_generic_plans_end_with_the_transaction(customer, t4_node):
     assert reservation.status == ReservationStatus.ACTIVE
     assert current_plan_cache_mode() == before
     assert before == "auto"
+
+
+def test_full_node_rejection_skips_idle_fit_query(customer, t4_node, monkeypatch):
+    reservation_create(customer=customer, spec=spec(gpu_count=2, gpu_milli_per_gpu=1000), now=NOW)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the shortlist already read a node that could hold the request")
+
+    monkeypatch.setattr(placement, "any_node_could_hold", must_not_run)
+    rejected = reservation_create(customer=customer, spec=spec(gpu_count=1, gpu_milli_per_gpu=1000), now=NOW)
+
+    assert rejected.status == ReservationStatus.REJECTED
+    assert rejected.reason_code == "no_capacity"
+
+
+def test_oversized_request_still_names_no_matching_node(customer, t4_node):
+    rejected = reservation_create(customer=customer, spec=spec(gpu_count=8, gpu_milli_per_gpu=1000), now=NOW)
+
+    assert rejected.reason_code == "no_matching_node"
