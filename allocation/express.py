@@ -29,6 +29,7 @@ The full path runs instead, with nothing written here, in three cases:
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -60,6 +61,19 @@ class _UseFullPath(Exception):
     """The request needs the full path; the transaction is rolled back, so nothing is written."""
 
 
+@dataclass(frozen=True)
+class _DecidedBeforeWriting:
+    """The admission context alone settled the request: the full path takes it, or ``error`` is raised.
+
+    The transaction then ends with a commit, not a rollback, since it wrote nothing: psycopg drops
+    every prepared statement of a connection that runs ROLLBACK, so each later request on it would
+    plan its queries again. An organization with a budget takes this way on every request.
+    """
+
+    full_path_reason: str = ""
+    error: Exception | None = None
+
+
 def express_available(spec) -> bool:
     """Return whether the express path can take ``spec`` (a ``services.ReservationSpec``)."""
     return connection.vendor == "postgresql" and not spec.queue_if_unavailable
@@ -77,22 +91,30 @@ def reservation_create_express(
     """
     try:
         with transaction.atomic():
-            return _decide_and_write(customer=customer, resolved=resolved, terms=terms, policy=policy, actor=actor,
-                                     now=now, price_factor=price_factor)
+            decided = _decide_and_write(customer=customer, resolved=resolved, terms=terms, policy=policy, actor=actor,
+                                        now=now, price_factor=price_factor)
     except _UseFullPath as reason:
         logger.info("Reservation request of %s takes the full path: %s", customer.slug, reason)
         return None
+    if isinstance(decided, Reservation):
+        return decided
+    if decided.error is not None:
+        raise decided.error
+    logger.info("Reservation request of %s takes the full path: %s", customer.slug, decided.full_path_reason)
+    return None
 
 
-def _decide_and_write(*, customer, resolved, terms, policy, actor, now, price_factor) -> Reservation:
+def _decide_and_write(
+    *, customer, resolved, terms, policy, actor, now, price_factor,
+) -> Reservation | _DecidedBeforeWriting:
     from .services import DuplicateExternalRef, node_price_cap  # services imports this module.
 
     spec = resolved.spec
     context = _admission_context(customer.pk, spec.external_ref)
     if context["duplicate_id"] is not None:
-        raise DuplicateExternalRef(spec.external_ref, context["duplicate_id"])
+        return _DecidedBeforeWriting(error=DuplicateExternalRef(spec.external_ref, context["duplicate_id"]))
     if context["has_budget"]:
-        raise _UseFullPath("the organization has a budget")
+        return _DecidedBeforeWriting(full_path_reason="the organization has a budget")
 
     request = resolved.request
     model_names = {model.id: model.name for model in resolved.models}

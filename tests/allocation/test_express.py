@@ -256,3 +256,35 @@ def test_oversized_request_still_names_no_matching_node(customer, t4_node):
     rejected = reservation_create(customer=customer, spec=spec(gpu_count=8, gpu_milli_per_gpu=1000), now=NOW)
 
     assert rejected.reason_code == "no_matching_node"
+
+
+@pytest.fixture
+def savepoint_rollbacks(monkeypatch):
+    """Record each savepoint rollback; the test's own transaction makes the express transaction a savepoint."""
+    calls = []
+    roll_back = connection.savepoint_rollback
+
+    def recorded(savepoint_id):
+        calls.append(savepoint_id)
+        return roll_back(savepoint_id)
+
+    monkeypatch.setattr(connection, "savepoint_rollback", recorded)
+    return calls
+
+
+def test_budget_fallback_does_not_roll_back(customer, t4_node, savepoint_rollbacks):
+    Budget.objects.create(organization=customer, max_gpu_hours=Decimal("100"))
+
+    reservation = reservation_create(customer=customer, spec=spec(), now=NOW)
+
+    assert reservation.status == ReservationStatus.ACTIVE
+    assert savepoint_rollbacks == []
+
+
+def test_duplicate_external_ref_does_not_roll_back(customer, t4_node, savepoint_rollbacks):
+    reservation_create(customer=customer, spec=spec(external_ref="job-7"), now=NOW)
+
+    with pytest.raises(services.DuplicateExternalRef):
+        reservation_create(customer=customer, spec=spec(external_ref="job-7"), now=NOW)
+
+    assert savepoint_rollbacks == []
