@@ -58,7 +58,7 @@ SUBMITTED_NOTE = "Submitted."
 
 
 class _UseFullPath(Exception):
-    """The request needs the full path; the transaction is rolled back, so nothing is written."""
+    """Every ranked choice lost its race: the transaction is rolled back and the full path decides."""
 
 
 @dataclass(frozen=True)
