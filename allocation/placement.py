@@ -70,9 +70,9 @@ def placement_shortlist(
 ) -> tuple[list[Placement], dict[int, NodeState]]:
     """Return what ``placement_rank`` returns, and the state of each shortlisted node by id.
 
-    When no more nodes of the filter could hold the request than a shortlist holds (a scarce
-    model, one region), their exact state is read directly: one short query and one state
-    query instead of two passes over the usage of the whole fleet in the window.
+    When at most ``PLACEMENT_SHORTLIST_SIZE`` nodes of the filter could hold the request (a scarce
+    model, one region), their exact state is read directly. That takes one short query and one
+    state query, instead of two passes over the usage of the whole fleet in the window.
     """
     shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
     if summed_first:
@@ -278,8 +278,8 @@ def placement_diagnose(
 ) -> PlacementOutcome:
     """Explain why no node fits: the price cap, current usage, or a shape no node can ever hold.
 
-    ``shortlisted_any`` says the shortlist read at least one node's state; such a node could hold
-    the request when idle, so that question needs no query.
+    ``shortlisted_any`` is true when the shortlist read at least one node's state. Such a node
+    could hold the request when idle, so no query is needed to rule out ``no_matching_node``.
     """
     window = f"from {start_at:%Y-%m-%d %H:%M} to {end_at:%Y-%m-%d %H:%M} UTC"
     shape = describe_shape(request)

@@ -143,8 +143,8 @@ send requests from a second process for {SECONDS} s per mix. The sync workers cl
 connection after its response, so every request opens one. First, {WARMUP_SECONDS} s of spread
 requests, not counted, book capacity ({results['warmup_placed']} reservations placed), so the mixes
 run on a marketplace that already has bookings. Before each mix the bench runs `ANALYZE`, as
-autovacuum does on a running system once a tenth of a table has changed; within one minute
-autovacuum would not, and PostgreSQL would plan with the statistics of empty booking tables.
+autovacuum does on a running system once a tenth of a table has changed. Within the bench's
+minute autovacuum would not, so PostgreSQL would plan with the statistics of empty booking tables.
 Each mix uses its own `external_ref` values. *floor* is an authenticated no-op
 POST (`/api/v1/ping/`), the stack's own cost; *spread* asks for trace-like shapes over random
 models and windows in the next week; *contended* sends 80 % of requests after the scarcest model
