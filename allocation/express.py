@@ -63,11 +63,11 @@ class _UseFullPath(Exception):
 
 @dataclass(frozen=True)
 class _DecidedBeforeWriting:
-    """The admission context alone settled the request: the full path takes it, or ``error`` is raised.
+    """The outcome of a request the admission context alone settled: the full path takes it, or ``error`` is raised.
 
-    The transaction then ends with a commit, not a rollback, since it wrote nothing: psycopg drops
-    every prepared statement of a connection that runs ROLLBACK, so each later request on it would
-    plan its queries again. An organization with a budget takes this way on every request.
+    The transaction commits, because it wrote nothing. A rollback would make psycopg drop every
+    prepared statement of the connection, so later requests on it would plan their queries again.
+    Every request of an organization with a budget ends here.
     """
 
     full_path_reason: str = ""

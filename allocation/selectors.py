@@ -247,8 +247,8 @@ def nodes_that_could_hold(
     """Return the ids of the filter's active nodes big enough for the request when idle, or None if more than ``limit``.
 
     When the filter is narrow (one scarce model, one region), this small set can be checked window
-    by window in one query. With ``window``, nodes with maintenance overlapping it are left out;
-    without, the caller checks maintenance itself (as ``node_states_in_windows`` does).
+    by window in one query. With ``window``, nodes with maintenance overlapping it are left out.
+    Without it, the caller checks maintenance itself, as ``node_states_in_windows`` does.
     """
     conditions, params = _node_conditions("n", node_filter, window=window)
     # The order of the node_model_free_order index: for one model PostgreSQL reads only that model's

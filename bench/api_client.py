@@ -56,7 +56,7 @@ def reservation_body(rng: random.Random, mix: str, base: datetime, serial: int) 
 
 
 def run_client(index, url, token, mix, deadline, base, results, lock):
-    rng = random.Random(f"{mix}:{index}")  # Each mix its own sequence: spread does not repeat the warm-up.
+    rng = random.Random(f"{mix}:{index}")  # Each mix gets its own sequence, so spread does not repeat the warm-up.
     target = urlparse(url)
     connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
     headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--tokens", type=Path, required=True, help="JSON list of API tokens, one per customer.")
     parser.add_argument("--mix", choices=["warmup", "spread", "contended", "floor"], required=True,
-                        help="warmup sends the spread mix's requests under their own external_ref values.")
+                        help="warmup sends spread requests with external_ref values of its own.")
     parser.add_argument("--seconds", type=float, default=20.0, help="How long to send requests.")
     parser.add_argument("--clients", type=int, default=16, help="Concurrent client threads.")
     parser.add_argument("--output", type=Path, required=True)

@@ -1,10 +1,10 @@
 """Build indexes in migrations without blocking writes, and without keeping one that a failed build left behind.
 
 On PostgreSQL an index is built ``CONCURRENTLY``, so reservations keep being written while it
-builds; the migration must then run outside a transaction (``atomic = False``). A concurrent
+builds. The migration must then run outside a transaction (``atomic = False``). A concurrent
 build that fails (a lock timeout, a cancelled migration) leaves the index marked invalid, and
-``CREATE INDEX ... IF NOT EXISTS`` would then keep it: the planner never uses an invalid index,
-yet every write still updates it. ``index_create`` drops such an index first. SQLite builds the
+``CREATE INDEX ... IF NOT EXISTS`` would keep it. The planner never uses an invalid index, yet
+every write still updates it, so ``index_create`` drops such an index first. SQLite builds the
 index plainly.
 """
 

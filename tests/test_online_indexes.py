@@ -18,6 +18,12 @@ def index_state() -> bool | None:
     return row[0] if row is not None else None
 
 
+def index_oid() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s::regclass::oid", [NAME])
+        return cursor.fetchone()[0]
+
+
 def build() -> None:
     with connection.schema_editor(atomic=False) as editor:
         index_create(editor, NAME, DEFINITION)
@@ -52,12 +58,8 @@ def test_rebuilds_invalid_index(outside_transaction):
 
 def test_keeps_valid_index(outside_transaction):
     build()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT %s::regclass::oid", [NAME])
-        first_oid = cursor.fetchone()[0]
+    first_oid = index_oid()
 
     build()
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT %s::regclass::oid", [NAME])
-        assert cursor.fetchone()[0] == first_oid
+    assert index_oid() == first_oid

@@ -239,7 +239,7 @@ def test_generic_plans_end_with_the_transaction(customer, t4_node):
     assert before == "auto"
 
 
-def test_full_node_rejection_skips_idle_fit_query(customer, t4_node, monkeypatch):
+def test_full_node_skips_idle_fit_query(customer, t4_node, monkeypatch):
     reservation_create(customer=customer, spec=spec(gpu_count=2, gpu_milli_per_gpu=1000), now=NOW)
 
     def must_not_run(*args, **kwargs):
@@ -252,7 +252,7 @@ def test_full_node_rejection_skips_idle_fit_query(customer, t4_node, monkeypatch
     assert rejected.reason_code == "no_capacity"
 
 
-def test_oversized_request_still_names_no_matching_node(customer, t4_node):
+def test_oversized_request_has_no_matching_node(customer, t4_node):
     rejected = reservation_create(customer=customer, spec=spec(gpu_count=8, gpu_milli_per_gpu=1000), now=NOW)
 
     assert rejected.reason_code == "no_matching_node"
@@ -281,7 +281,7 @@ def test_budget_fallback_does_not_roll_back(customer, t4_node, savepoint_rollbac
     assert savepoint_rollbacks == []
 
 
-def test_duplicate_external_ref_does_not_roll_back(customer, t4_node, savepoint_rollbacks):
+def test_duplicate_ref_does_not_roll_back(customer, t4_node, savepoint_rollbacks):
     reservation_create(customer=customer, spec=spec(external_ref="job-7"), now=NOW)
 
     with pytest.raises(services.DuplicateExternalRef):

@@ -67,7 +67,7 @@ def test_maintenance_rejection_blames_no_race(customer, region):
 
 
 def test_free_node_beside_maintenance_nodes(customer, region):
-    """Five half-used nodes fit best, so the policy would rank them first; each has maintenance in the window."""
+    """Five half-used nodes fit best, so the policy would rank them first. Each has maintenance in the window."""
     for index in range(5):
         node = NodeFactory(hostname=f"half-{index}", gpu_count=1, region=region)
         reservation_create(customer=customer, spec=spec(), now=NOW)  # Lands on the one node with room.

@@ -66,7 +66,7 @@ def fleet_passes(monkeypatch):
     return calls
 
 
-def test_direct_read_ranks_like_the_fleet_passes(partly_booked_fleet, fleet_passes):
+def test_direct_read_ranks_like_fleet_passes(partly_booked_fleet, fleet_passes):
     direct_ranked, direct_states = shortlist(summed_first=True)
     assert fleet_passes == []
     exact_ranked, _ = shortlist(summed_first=False)
