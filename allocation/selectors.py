@@ -241,6 +241,46 @@ def candidate_ids(
         return [row[0] for row in cursor.fetchall()]
 
 
+def cheapest_empty_nodes(request: PlacementRequest, start_at: datetime, end_at: datetime,
+                         node_filter: NodeFilter) -> list[int]:
+    """Return, per GPU model, region and currency of ``node_filter``, the cheapest node with no booking in the window.
+
+    Each returned node can hold the request: it is active, free of maintenance in the window, big
+    enough, and has ``request.gpu_count`` healthy GPUs. Per group, the ``node_price_order`` index
+    gives the nodes cheapest first and the scan stops at the first that qualifies, so the cost
+    follows the number of groups, not the fleet's size.
+    """
+    free_sql, free_params = _node_conditions("e", node_filter, window=(start_at, end_at))
+    # The groups come from the index alone (an index-only scan), so their conditions are only the
+    # leading columns; the lateral part checks the rest.
+    group_sql = f"n.gpu_model_id IN ({', '.join(['%s'] * len(node_filter.gpu_model_ids))})"
+    group_params: list[Any] = list(node_filter.gpu_model_ids)
+    if node_filter.region_id is not None:
+        group_sql += " AND n.region_id = %s"
+        group_params.append(node_filter.region_id)
+    sql = f"""
+        SELECT (
+            SELECT e.id FROM {_table(Node)} e
+            WHERE e.gpu_model_id = g.gpu_model_id AND e.region_id = g.region_id AND e.currency = g.currency
+              AND {free_sql}
+              AND e.cpu_millicores >= %s AND e.memory_mib >= %s
+              AND NOT EXISTS (
+                  SELECT 1 FROM {_table(Allocation)} a
+                  WHERE a.node_id = e.id AND a.end_at > %s AND a.start_at < %s AND a.end_at > a.start_at
+              )
+              AND {_healthy_gpus_sql("e")} >= %s
+            ORDER BY e.price_per_gpu_hour, e.id
+            LIMIT 1
+        ) AS cheapest
+        FROM (SELECT DISTINCT n.gpu_model_id, n.region_id, n.currency FROM {_table(Node)} n WHERE {group_sql}) g
+    """
+    params = [*free_params, request.cpu_millicores, request.memory_mib, _when(start_at), _when(end_at),
+              request.gpu_count, *group_params]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall() if row[0] is not None]
+
+
 def nodes_that_could_hold(
     request: PlacementRequest, node_filter: NodeFilter, *, limit: int, window: tuple[datetime, datetime] | None = None,
 ) -> list[int] | None:
@@ -261,6 +301,16 @@ def nodes_that_could_hold(
         cursor.execute(sql, [*params, request.cpu_millicores, request.memory_mib, request.gpu_count, limit + 1])
         node_ids = sorted(row[0] for row in cursor.fetchall())
     return node_ids if len(node_ids) <= limit else None
+
+
+def models_that_could_hold(request: PlacementRequest, node_filter: NodeFilter) -> set[int]:
+    """Return the ids of the filter's GPU models with an active node big enough for the request when idle."""
+    conditions, params = _node_conditions("n", node_filter)
+    sql = (f"SELECT DISTINCT n.gpu_model_id FROM {_table(Node)} n WHERE {conditions} AND n.cpu_millicores >= %s "
+           f"AND n.memory_mib >= %s AND n.gpu_count >= %s")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, request.cpu_millicores, request.memory_mib, request.gpu_count])
+        return {row[0] for row in cursor.fetchall()}
 
 
 def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -> list[NodeState]:

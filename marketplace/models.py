@@ -140,6 +140,9 @@ class Node(models.Model):
                 fields=["gpu_model", "status", "gpu_count", "cpu_millicores", "price_per_gpu_hour", "id"],
                 name="node_model_free_order",
             ),
+            # Cheapest first within a model, region and currency: the options of a 409 stop at the
+            # first empty node that fits in each group.
+            models.Index(fields=["gpu_model", "region", "currency", "price_per_gpu_hour", "id"], name="node_price_order"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(cpu_millicores__gt=0), name="node_cpu_positive"),
