@@ -85,9 +85,10 @@ class FragmentationTracker:
         # A shape without GPUs never makes any GPU usable; its milli is irrelevant.
         self.shape_milli = np.array([max(shape.gpu_milli_per_gpu, 1) for shape in shapes], dtype=np.int64)
         self.uses_gpu = self.shape_count > 0
-        self.model_ok = np.stack([
-            fleet.model_mask([shape.gpu_model] if shape.gpu_model else None) for shape in shapes
-        ], axis=1) if shapes else np.zeros((fleet.size, 0), dtype=bool)
+        # Most shapes allow any model, so each distinct model's mask is computed once.
+        masks = {name: fleet.model_mask([name] if name else None) for name in {shape.gpu_model for shape in shapes}}
+        self.model_ok = (np.stack([masks[shape.gpu_model] for shape in shapes], axis=1) if shapes
+                         else np.zeros((fleet.size, 0), dtype=bool))
 
         self.fitting_count = np.zeros((fleet.size, len(shapes)), dtype=np.int64)
         """(n, M) GPUs with at least the shape's milli free."""
