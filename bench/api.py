@@ -4,8 +4,11 @@ It creates a fresh PostgreSQL database with the trace fleet and one API user per
 starts gunicorn with several sync workers. A warm-up of spread requests books capacity first.
 For each mix (the authenticated no-op floor, spread, contended) the planner statistics are
 refreshed and a separate client process (``bench.api_client``) sends requests for a fixed time.
-Finally plain SQL, written apart from the product's own queries, checks that no GPU, node or
-quota was overrun, that every 201 or 202 has an allocation and that no 409 has one.
+Then a second gunicorn, whose workers read no capacity (``bench/record_only.py``), answers spread
+requests by recording each as rejected: the *record-only* mix, the ceiling of any per-request
+decision in a web worker. Finally plain SQL, written apart from the product's own queries, checks
+that no GPU, node or quota was overrun, that every 201 or 202 has an allocation and that no 409
+has one.
 
     python -m bench.api --output docs/benchmarks.md
 """
@@ -20,6 +23,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -86,6 +91,22 @@ def wait_until_ready(url: str, token: str) -> None:
     raise RuntimeError(f"gunicorn did not respond on {url} within 20 s; check its output above")
 
 
+@contextmanager
+def gunicorn(env: dict, url: str, token: str, *options: str) -> Iterator[None]:
+    """Run gunicorn with ``WORKERS`` sync workers on ``PORT`` (and ``options``) until the block ends."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "marketplace.wsgi", "--workers", str(WORKERS), "--bind",
+         f"127.0.0.1:{PORT}", "--log-level", "warning", *options],
+        cwd=REPO_ROOT, env=env,
+    )
+    try:
+        wait_until_ready(url, token)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def refresh_statistics(database_url: str) -> None:
     """Run ANALYZE, as autovacuum does on a running marketplace once a tenth of a table has changed.
 
@@ -128,7 +149,7 @@ def render(results: dict) -> str:
     rows = "\n".join(
         f"| {m['mix']} | {m['requests']} | {m['per_second']} | {m['p50_ms']} | {m['p99_ms']} | "
         f"`{json.dumps(m['statuses'])}` |"
-        for m in results["mixes"]
+        for m in (*results["mixes"], results["record_only"])
     )
     violations = "\n".join(f"| {name} | {count} |" for name, count in results["violations"].items())
     return f"""## Reservation API under load
@@ -155,10 +176,17 @@ models and windows in the next week; *contended* sends 80 % of requests after th
 |---|---:|---:|---:|---:|---|
 {rows}
 
-Decisions per second over both mixes: {results['decisions_per_second']}; floor ratio
+Decisions per second over spread and contended: {results['decisions_per_second']}; floor ratio
 (decisions per second / floor requests per second): {results['floor_ratio']}; p99 over both
 mixes: {results['p99_ms']} ms. Targets on 2-core machines: at least 300 decisions per second, at
 least half the floor's throughput, p99 under 150 ms, zero violations.
+
+*record_only* ran afterwards on a second gunicorn whose workers read no capacity
+(`bench/record_only.py`). They answer spread requests with a 409 without alternatives, after the
+same authentication, validation, admission context and quota check, and record the rejected
+reservation with its event, workload and decision rows. That is the ceiling of any decision
+made per request in a web worker: ratio {results['record_only_ratio']} to the floor. It is not
+counted in the decisions per second.
 
 Invariants checked afterwards with plain SQL over the tables:
 
@@ -185,35 +213,31 @@ def main() -> None:
     tokens = create_tokens(env)
     url = f"http://127.0.0.1:{PORT}"
 
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "marketplace.wsgi", "--workers", str(WORKERS), "--bind",
-         f"127.0.0.1:{PORT}", "--log-level", "warning"],
-        cwd=REPO_ROOT, env=env,
-    )
-    try:
-        wait_until_ready(url, tokens[0])
-        with tempfile.TemporaryDirectory(prefix="marketplace-bench-api-") as tmp:
-            workdir = Path(tmp)
-            tokens_file = workdir / "tokens.json"
-            tokens_file.write_text(json.dumps(tokens))
+    with tempfile.TemporaryDirectory(prefix="marketplace-bench-api-") as tmp:
+        workdir = Path(tmp)
+        tokens_file = workdir / "tokens.json"
+        tokens_file.write_text(json.dumps(tokens))
+        with gunicorn(env, url, tokens[0]):
             warmup = run_mix(url, tokens_file, "warmup", workdir, seconds=WARMUP_SECONDS)
             mixes = []
             for mix in ("floor", "spread", "contended"):
                 refresh_statistics(database_url)
                 mixes.append(run_mix(url, tokens_file, mix, workdir))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        with gunicorn(env, url, tokens[0], "--config", "bench/record_only.py"):
+            refresh_statistics(database_url)
+            record_only = run_mix(url, tokens_file, "record_only", workdir)
 
     floor, decided = mixes[0], mixes[1:]
-    placed = [i for m in (warmup, *decided) for i in m["placed_ids"]]
-    rejected = [i for m in (warmup, *decided) for i in m["rejected_ids"]]
+    placed = [i for m in (warmup, *decided, record_only) for i in m["placed_ids"]]
+    rejected = [i for m in (warmup, *decided, record_only) for i in m["rejected_ids"]]
     decisions_per_second = round(sum(m["per_second"] for m in decided) / len(decided), 1)
     results = {
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
                    f"Python {platform.python_version()}",
         "mixes": mixes,
+        "record_only": record_only,
+        "record_only_ratio": round(record_only["per_second"] / floor["per_second"], 3) if floor["per_second"] else None,
         "warmup_placed": len(warmup["placed_ids"]),
         "decisions_per_second": decisions_per_second,
         "floor_ratio": round(decisions_per_second / floor["per_second"], 3) if floor["per_second"] else None,
@@ -225,6 +249,7 @@ def main() -> None:
     print(json.dumps({
         "decisions_per_second": results["decisions_per_second"], "p99_ms": results["p99_ms"],
         "floor_ratio": results["floor_ratio"], "violations": sum(results["violations"].values()),
+        "record_only_ratio": results["record_only_ratio"],
     }))
 
 
