@@ -4,11 +4,12 @@ It creates a fresh PostgreSQL database with the trace fleet and one API user per
 starts gunicorn with several sync workers. A warm-up of spread requests books capacity first.
 For each mix (the authenticated no-op floor, spread, contended) the planner statistics are
 refreshed and a separate client process (``bench.api_client``) sends requests for a fixed time.
-Then a second gunicorn, whose workers read no capacity (``bench/record_only.py``), answers spread
-requests by recording each as rejected: the *record-only* mix, the ceiling of any per-request
-decision in a web worker. Finally plain SQL, written apart from the product's own queries, checks
-that no GPU, node or quota was overrun, that every 201 or 202 has an allocation and that no 409
-has one.
+Then two more gunicorns, whose workers leave parts of the decision out (``bench/ceilings.py``),
+serve spread requests: *record_only* reads no capacity and records each request as rejected, the
+ceiling of any decision made per request in a web worker; *validate_only* runs no statement after
+authentication, the ceiling of the web tier alone. Finally plain SQL, written apart from the
+product's own queries, checks that no GPU, node or quota was overrun, that every 201 or 202 has an
+allocation and that no 409 has one. The validate-only mix writes nothing, so it is not checked.
 
     python -m bench.api --output docs/benchmarks.md
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench.ceilings import CEILINGS
 from bench.invariants import check_invariants
 from bench.report import write_section
 
@@ -149,7 +151,7 @@ def render(results: dict) -> str:
     rows = "\n".join(
         f"| {m['mix']} | {m['requests']} | {m['per_second']} | {m['p50_ms']} | {m['p99_ms']} | "
         f"`{json.dumps(m['statuses'])}` |"
-        for m in (*results["mixes"], results["record_only"])
+        for m in (*results["mixes"], *results["ceilings"])
     )
     violations = "\n".join(f"| {name} | {count} |" for name, count in results["violations"].items())
     return f"""## Reservation API under load
@@ -181,12 +183,16 @@ Decisions per second over spread and contended: {results['decisions_per_second']
 mixes: {results['p99_ms']} ms. Targets on 2-core machines: at least 300 decisions per second, at
 least half the floor's throughput, p99 under 150 ms, zero violations.
 
-*record_only* ran afterwards on a second gunicorn whose workers read no capacity
-(`bench/record_only.py`). They answer spread requests with a 409 without alternatives, after the
-same authentication, validation, admission context and quota check, and record the rejected
-reservation with its event, workload and decision rows. That is the ceiling of any decision
-made per request in a web worker: ratio {results['record_only_ratio']} to the floor. It is not
-counted in the decisions per second.
+The two ceiling mixes ran afterwards, each on its own gunicorn whose workers leave part of the
+decision out (`bench/ceilings.py`), and are not counted in the decisions per second. Both answer
+spread requests with a 409 without alternatives. *record_only* reads no capacity: after the same
+authentication, validation, admission context and quota check it records the rejected
+reservation with its event, workload and decision rows. That is the ceiling of any decision made
+per request in a web worker: ratio {results['ceiling_ratios']['record_only']} to the floor.
+*validate_only* runs no statement after authentication: it parses and validates the body and
+returns the 409 body of an unsaved reservation. That is the ceiling of the web tier alone, which
+a design that decides in another process would still pay: ratio
+{results['ceiling_ratios']['validate_only']}.
 
 Invariants checked afterwards with plain SQL over the tables:
 
@@ -223,11 +229,14 @@ def main() -> None:
             for mix in ("floor", "spread", "contended"):
                 refresh_statistics(database_url)
                 mixes.append(run_mix(url, tokens_file, mix, workdir))
-        with gunicorn(env, url, tokens[0], "--config", "bench/record_only.py"):
-            refresh_statistics(database_url)
-            record_only = run_mix(url, tokens_file, "record_only", workdir)
+        ceilings = []
+        for ceiling in CEILINGS:
+            with gunicorn(dict(env, BENCH_CEILING=ceiling), url, tokens[0], "--config", "bench/ceilings.py"):
+                refresh_statistics(database_url)
+                ceilings.append(run_mix(url, tokens_file, ceiling, workdir))
 
     floor, decided = mixes[0], mixes[1:]
+    record_only = next(m for m in ceilings if m["mix"] == "record_only")
     placed = [i for m in (warmup, *decided, record_only) for i in m["placed_ids"]]
     rejected = [i for m in (warmup, *decided, record_only) for i in m["rejected_ids"]]
     decisions_per_second = round(sum(m["per_second"] for m in decided) / len(decided), 1)
@@ -236,8 +245,9 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
                    f"Python {platform.python_version()}",
         "mixes": mixes,
-        "record_only": record_only,
-        "record_only_ratio": round(record_only["per_second"] / floor["per_second"], 3) if floor["per_second"] else None,
+        "ceilings": ceilings,
+        "ceiling_ratios": {m["mix"]: round(m["per_second"] / floor["per_second"], 3) if floor["per_second"] else None
+                           for m in ceilings},
         "warmup_placed": len(warmup["placed_ids"]),
         "decisions_per_second": decisions_per_second,
         "floor_ratio": round(decisions_per_second / floor["per_second"], 3) if floor["per_second"] else None,
@@ -249,7 +259,7 @@ def main() -> None:
     print(json.dumps({
         "decisions_per_second": results["decisions_per_second"], "p99_ms": results["p99_ms"],
         "floor_ratio": results["floor_ratio"], "violations": sum(results["violations"].values()),
-        "record_only_ratio": results["record_only_ratio"],
+        "ceiling_ratios": results["ceiling_ratios"],
     }))
 
 

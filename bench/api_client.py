@@ -94,8 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Send concurrent reservation requests to a running server.")
     parser.add_argument("--url", required=True)
     parser.add_argument("--tokens", type=Path, required=True, help="JSON list of API tokens, one per customer.")
-    parser.add_argument("--mix", choices=["warmup", "spread", "contended", "floor", "record_only"], required=True,
-                        help="warmup and record_only send spread requests with external_ref values of their own.")
+    parser.add_argument("--mix", choices=["warmup", "spread", "contended", "floor", "record_only", "validate_only"],
+                        required=True,
+                        help="warmup and the ceiling mixes send spread requests with external_ref values of their own.")
     parser.add_argument("--seconds", type=float, default=20.0, help="How long to send requests.")
     parser.add_argument("--clients", type=int, default=16, help="Concurrent client threads.")
     parser.add_argument("--output", type=Path, required=True)
