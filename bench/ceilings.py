@@ -60,7 +60,8 @@ def validate_only_patches() -> list[tuple[object, str, object]]:
         )
         reservation._state.adding = False
         _prefetched(reservation, "gpu_models", reservation.gpu_models.all(), [])
-        reservation._state.fields_cache["allocation"] = None
+        reservation._state.fields_cache["allocation"] = None  # Known to have none, so neither is read.
+        reservation._state.fields_cache["workload"] = None
         reservation.response_ready = True
         return reservation
 
