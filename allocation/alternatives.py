@@ -16,8 +16,8 @@ from .budgets import budget_admit, combined_price_cap
 from .placement import any_node_could_hold, placement_rank
 from .quotas import quota_admit
 from .selectors import (
-    NodeFilter, allocation_end_instants, candidate_ids, cheapest_empty_nodes, lowest_prices, models_that_could_hold,
-    node_states_in_windows, nodes_that_could_hold,
+    NodeFilter, allocation_end_instants, candidate_ids, cheapest_empty_nodes, lowest_prices, node_states_in_windows,
+    nodes_that_could_hold,
 )
 from .solvers import NodeState, PlacementPolicy, PlacementRequest
 
@@ -166,16 +166,8 @@ def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]
                           end_at=end_at)
     if budget.refusal or not decision.admitted_model_ids:
         return []
-    # Summed usage first, as placement does. The exact per-instant usage runs only for the models
-    # where that found no node, and only over their partly used nodes: the empty ones were exact already.
-    price_cap = budget.max_affordable_price
-    rows = _option_rows(request, start_at, end_at, NodeFilter(decision.admitted_model_ids, None, price_cap), exact=False)
-    missing = set(decision.admitted_model_ids) - {model_id for model_id, *_rest in rows}
-    if missing:
-        missing &= models_that_could_hold(request, NodeFilter(tuple(missing), None, price_cap))
-    if missing:
-        rows += _option_rows(request, start_at, end_at, NodeFilter(tuple(sorted(missing)), None, price_cap),
-                             exact=True)
+    node_filter = NodeFilter(decision.admitted_model_ids, None, budget.max_affordable_price)
+    rows = _option_rows(request, start_at, end_at, node_filter)
     cheapest: dict[tuple[str, str], Option] = {}
     for model_id, region, price, currency in rows:
         key = (catalogue[model_id], region)
@@ -185,15 +177,15 @@ def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]
 
 
 def _option_rows(request: PlacementRequest, start_at: datetime, end_at: datetime,
-                 node_filter: NodeFilter, *, exact: bool) -> list[tuple]:
+                 node_filter: NodeFilter) -> list[tuple]:
     """Return ``(gpu_model_id, region code, price, currency)`` for the nodes of ``node_filter`` that can hold the request.
 
-    The partly used nodes with room come from the shortlist query without a limit, and without
-    ``exact`` the cheapest empty node of each model, region and currency joins them: an empty node
-    needs no exact pass. The last query keeps the nodes with enough healthy GPUs, which the
-    shortlist does not check, and returns the lowest price per model, region and currency.
+    The partly used nodes with room come from the shortlist query without a limit, with exact
+    per-instant usage, so a node that fits between two shorter bookings counts. The cheapest empty
+    node of each model, region and currency joins them. The last query keeps the nodes with enough
+    healthy GPUs, which the shortlist does not check, and returns the lowest price per model,
+    region and currency.
     """
-    node_ids = candidate_ids(request, start_at, end_at, node_filter, used_limit=ALL_NODES, free_limit=0, exact=exact)
-    if not exact:
-        node_ids += cheapest_empty_nodes(request, start_at, end_at, node_filter)
+    node_ids = candidate_ids(request, start_at, end_at, node_filter, used_limit=ALL_NODES, free_limit=0, exact=True)
+    node_ids += cheapest_empty_nodes(request, start_at, end_at, node_filter)
     return lowest_prices(node_ids, min_healthy_gpus=request.gpu_count)

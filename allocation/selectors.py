@@ -247,14 +247,17 @@ def cheapest_empty_nodes(request: PlacementRequest, start_at: datetime, end_at: 
 
     Each returned node can hold the request: it is active, free of maintenance in the window, big
     enough, and has ``request.gpu_count`` healthy GPUs. Per group, the ``node_price_order`` index
-    gives the nodes cheapest first and the scan stops at the first that qualifies, so the cost
-    follows the number of groups, not the fleet's size.
+    gives the nodes cheapest first and the scan stops at the first that qualifies. When most nodes
+    are booked or too small, a group's scan reads all of its nodes, as listing every empty node did.
     """
     free_sql, free_params = _node_conditions("e", node_filter, window=(start_at, end_at))
-    # The groups come from the index alone (an index-only scan), so their conditions are only the
-    # leading columns; the lateral part checks the rest.
-    group_sql = f"n.gpu_model_id IN ({', '.join(['%s'] * len(node_filter.gpu_model_ids))})"
-    group_params: list[Any] = list(node_filter.gpu_model_ids)
+    # Only groups with a node big enough when idle are searched. The nodes booked in the window are
+    # read once, as a hashed set: PostgreSQL checks it before the healthy-GPU count, so that count
+    # runs only for empty nodes.
+    group_sql = (f"n.gpu_model_id IN ({', '.join(['%s'] * len(node_filter.gpu_model_ids))}) "
+                 f"AND n.gpu_count >= %s AND n.cpu_millicores >= %s AND n.memory_mib >= %s")
+    group_params: list[Any] = [*node_filter.gpu_model_ids, request.gpu_count, request.cpu_millicores,
+                               request.memory_mib]
     if node_filter.region_id is not None:
         group_sql += " AND n.region_id = %s"
         group_params.append(node_filter.region_id)
@@ -263,21 +266,25 @@ def cheapest_empty_nodes(request: PlacementRequest, start_at: datetime, end_at: 
             SELECT e.id FROM {_table(Node)} e
             WHERE e.gpu_model_id = g.gpu_model_id AND e.region_id = g.region_id AND e.currency = g.currency
               AND {free_sql}
-              AND e.cpu_millicores >= %s AND e.memory_mib >= %s
-              AND NOT EXISTS (
-                  SELECT 1 FROM {_table(Allocation)} a
-                  WHERE a.node_id = e.id AND a.end_at > %s AND a.start_at < %s AND a.end_at > a.start_at
-              )
+              AND e.gpu_count >= %s AND e.cpu_millicores >= %s AND e.memory_mib >= %s
+              AND e.id NOT IN (SELECT a.node_id FROM {_table(Allocation)} a WHERE {_overlaps_window("a")})
               AND {_healthy_gpus_sql("e")} >= %s
             ORDER BY e.price_per_gpu_hour, e.id
             LIMIT 1
         ) AS cheapest
         FROM (SELECT DISTINCT n.gpu_model_id, n.region_id, n.currency FROM {_table(Node)} n WHERE {group_sql}) g
     """
-    params = [*free_params, request.cpu_millicores, request.memory_mib, _when(start_at), _when(end_at),
-              request.gpu_count, *group_params]
+    params = [*free_params, request.gpu_count, request.cpu_millicores, request.memory_mib, _when(start_at),
+              _when(end_at), request.gpu_count, *group_params]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        # Planned for its values on every call. PostgreSQL's generic plan, which a prepared statement
+        # gets after five calls, underestimates the rows of each group. It then sorts all of a
+        # group's nodes instead of reading the price index until the first fit (5 ms, not 1 ms).
+        if connection.vendor == "postgresql":
+            with connection.wrap_database_errors:
+                cursor.cursor.execute(sql, params, prepare=False)
+        else:
+            cursor.execute(sql, params)
         return [row[0] for row in cursor.fetchall() if row[0] is not None]
 
 
@@ -301,16 +308,6 @@ def nodes_that_could_hold(
         cursor.execute(sql, [*params, request.cpu_millicores, request.memory_mib, request.gpu_count, limit + 1])
         node_ids = sorted(row[0] for row in cursor.fetchall())
     return node_ids if len(node_ids) <= limit else None
-
-
-def models_that_could_hold(request: PlacementRequest, node_filter: NodeFilter) -> set[int]:
-    """Return the ids of the filter's GPU models with an active node big enough for the request when idle."""
-    conditions, params = _node_conditions("n", node_filter)
-    sql = (f"SELECT DISTINCT n.gpu_model_id FROM {_table(Node)} n WHERE {conditions} AND n.cpu_millicores >= %s "
-           f"AND n.memory_mib >= %s AND n.gpu_count >= %s")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, request.cpu_millicores, request.memory_mib, request.gpu_count])
-        return {row[0] for row in cursor.fetchall()}
 
 
 def node_states(node_ids: Iterable[int], start_at: datetime, end_at: datetime) -> list[NodeState]:

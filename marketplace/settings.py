@@ -342,6 +342,9 @@ LOGGING = {
     "formatters": {
         "structured": formatter(json_lines=env.str("LOG_FORMAT", default="text") == "json"),
     },
+    "filters": {
+        "skip_conflicts": {"()": "marketplace.logs.SkipResponseStatus", "statuses": [409]},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "structured"},
     },
@@ -353,10 +356,8 @@ LOGGING = {
         "scheduler": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "providers": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "celery": {"level": env.str("CELERY_LOG_LEVEL", default="INFO")},
-        # Django logs every 4xx answer as a warning. A 409 for a full window is a normal decision, which
-        # the allocation logger records with its reason, and the warnings cost 6 % of a worker's CPU under
-        # contention. Server errors are still logged.
-        "django.request": {"level": env.str("REQUEST_LOG_LEVEL", default="ERROR")},
+        # Django logs every 4xx answer as a warning; its 409s are left out (see SkipResponseStatus).
+        "django.request": {"level": env.str("REQUEST_LOG_LEVEL", default="WARNING"), "filters": ["skip_conflicts"]},
     },
 }
 
