@@ -12,11 +12,17 @@ after loading the application:
   so no statement runs after authentication. What remains is the web tier of a reservation
   request, which a design that decides elsewhere (an allocator process) would still pay.
 
-These are measuring tools only; the product never imports this module.
+These are measuring tools only; the product never imports this module. It replaces
+``gunicorn.conf.py`` for these servers, so it repeats that file's ``child_exit`` hook.
 """
 
 import itertools
 import os
+import runpy
+from pathlib import Path
+
+child_exit = runpy.run_path(str(Path(__file__).resolve().parents[1] / "gunicorn.conf.py"))["child_exit"]
+"""The web process's own hook, which gunicorn finds by name here."""
 
 NO_CAPACITY_DETAIL = "The ceiling mixes of the bench read no capacity and place nothing."
 
