@@ -126,7 +126,8 @@ def reservation_create(
         reservation = reservation_create_express(customer=customer, resolved=resolved, terms=terms, policy=policy,
                                                  actor=actor, now=now, price_factor=price_factor)
         if reservation is not None:
-            _log_decision(reservation, customer)
+            logger.debug("Reservation %s for %s ended %s %s", reservation.pk, customer.slug, reservation.status,
+                         reservation.reason_code)
             return reservation
 
     with transaction.atomic():
@@ -158,17 +159,9 @@ def reservation_create(
         _admit_and_place(reservation, resolved, policy, actor=actor, now=now, workload=workload,
                          queue_if_unavailable=spec.queue_if_unavailable)
 
-    _log_decision(reservation, customer)
+    logger.debug("Reservation %s for %s ended %s %s", reservation.pk, customer.slug, reservation.status,
+                 reservation.reason_code)
     return reservation
-
-
-def _log_decision(reservation: Reservation, customer: Organization) -> None:
-    """Log the outcome of a reservation request, with the reason and its detail when it was rejected."""
-    if reservation.status == ReservationStatus.REJECTED:
-        logger.info("Reservation %s of %s rejected: %s. %s", reservation.pk, customer.slug, reservation.reason_code,
-                    reservation.reason_detail)
-    else:
-        logger.info("Reservation %s of %s is %s", reservation.pk, customer.slug, reservation.status)
 
 
 QUEUEABLE_REASONS = frozenset({RejectionReason.NO_CAPACITY, RejectionReason.QUOTA_EXCEEDED})

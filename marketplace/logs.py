@@ -48,8 +48,8 @@ def configure_structlog() -> None:
 class SkipResponseStatus(logging.Filter):
     """Drop Django's per-response records (``django.request``) whose response has one of ``statuses``.
 
-    A 409 for a full window is a normal decision: ``allocation.services`` logs each decision with
-    its reason at INFO, and Django's warning for every 409 cost 6 % of a worker's CPU under
+    A 409 for a full window is a normal decision: the reservation API logs each decision with its
+    reason at INFO (``allocation.api.views``), and Django's warning for every 409 cost 6 % of a worker's CPU under
     contention. Other 4xx responses (bad tokens, forbidden tenants) and server errors stay logged.
     """
 

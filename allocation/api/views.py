@@ -1,5 +1,7 @@
 """Reservation, GPU model and offer endpoints; each view parses input, calls a service and renders."""
 
+import logging
+
 import django_filters
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -34,6 +36,9 @@ from .serializers import (
     QuoteSerializer,
     ReservationSerializer,
 )
+
+
+logger = logging.getLogger(__name__)
 
 
 def customer_of(request: Request) -> Organization:
@@ -128,12 +133,15 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         reservation = placed_reservation_for_response(created) or self.get_queryset().get(pk=created.pk)
         body = ReservationSerializer(reservation).data
         if reservation.status == ReservationStatus.REJECTED:
+            logger.info("Reservation %s of %s rejected: %s. %s", reservation.pk, customer.slug,
+                        reservation.reason_code, reservation.reason_detail)
             alternatives = reservation_alternatives(reservation=reservation)
             return problem_response(problem(
                 status=409, code=reservation.reason_code, title="Reservation rejected",
                 detail=reservation.reason_detail, reason_code=reservation.reason_code, reservation=body,
                 alternatives=AlternativesSerializer(alternatives).data,
             ))
+        logger.info("Reservation %s of %s is %s", reservation.pk, customer.slug, reservation.status)
         if reservation.status == ReservationStatus.QUEUED:
             request_cycle("submit")
         # 202: holding capacity until an admin approves it, or waiting in the queue.

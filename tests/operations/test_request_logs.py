@@ -60,7 +60,7 @@ def test_decisions_logged_with_reason(logged, api, t4_node):
     rejected = api.post("/api/v1/reservations/", two_gpus_body(), format="json").json()["reservation"]
 
     lines = [record.getMessage() for record in logged
-             if record.name == "allocation.services" and record.levelno == logging.INFO]
+             if record.name == "allocation.api.views" and record.levelno == logging.INFO]
     assert f"Reservation {placed['id']} of acme is scheduled" in lines
     assert any(line.startswith(f"Reservation {rejected['id']} of acme rejected: {rejected['reason_code']}. ")
                for line in lines)
