@@ -44,6 +44,10 @@ _DRF_FIXES = {
 }
 
 
+CSRF_FIX = ("Send the csrftoken cookie's value in the X-CSRFToken header, or authenticate with "
+            "'Authorization: Token <your API token>' instead of the session.")
+
+
 def problem(
     *, status: int, code: str, title: str, detail: str, errors: list[dict[str, str]] | None = None, **extra: Any,
 ) -> dict[str, Any]:
@@ -92,6 +96,8 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
         code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
         detail = str(exc.detail).strip()
         fix = _DRF_FIXES.get(code, "")
+        if detail.startswith("CSRF Failed"):  # DRF's session authentication rejected a POST without a CSRF token.
+            fix = CSRF_FIX
         if fix:
             detail = f"{detail.rstrip('.')}. {fix}"
         headers = {}

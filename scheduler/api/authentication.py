@@ -56,4 +56,4 @@ class NodeKeyScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "apiKey", "in": "header", "name": "Authorization",
-                "description": "'Node <key>': the node's agent key, issued with manage.py issue_node_key."}
+                "description": "`Node KEY`, where KEY is the node's agent key, issued with manage.py issue_node_key."}

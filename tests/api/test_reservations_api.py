@@ -555,3 +555,18 @@ def test_placed_body_reads_twice(customer, t4_node, django_assert_num_queries):
     assert data["allocation"]["node"] == "t4-a"
     assert data["allocation"]["provider"]
     assert data["gpu_models"] == ["T4"]
+
+
+def test_session_post_without_csrf_names_fix(client, customer, t4_node):
+    from django.test import Client
+
+    user, _ = member_with_token(customer, "session-user")
+    session_client = Client(enforce_csrf_checks=True)
+    session_client.force_login(user)
+
+    response = session_client.post("/api/v1/reservations/", body(), content_type="application/json")
+
+    data = assert_problem(response, 403, "permission_denied")
+    assert data["detail"].startswith("CSRF Failed")
+    assert "X-CSRFToken" in data["detail"]
+    assert "Ask an owner" not in data["detail"]
