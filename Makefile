@@ -8,7 +8,7 @@ PORT ?= 8000
 # sets: an empty value wins over .env, and the settings treat it as unset.
 DEMO_ENV := env DATABASE_URL= REDIS_URL=
 
-.PHONY: install demo test up down bench bench-api bench-forecast bench-placement bench-scheduler bench-heartbeats bench-soak serve clean
+.PHONY: install demo test up down bench bench-api bench-writes bench-forecast bench-placement bench-scheduler bench-heartbeats bench-soak serve clean
 
 $(VENV)/.installed: pyproject.toml agent/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,10 @@ bench-soak: install
 # Needs a local PostgreSQL; BENCH_ADMIN_DATABASE_URL names another server with the right to create databases.
 bench-api: install
 	$(BIN)/python -m bench.api --output docs/benchmarks.md
+
+# PostgreSQL's CPU per written reservation, one per transaction or in batches (about 1 minute).
+bench-writes: install
+	$(BIN)/python -m bench.batched_writes --output docs/benchmarks.md
 
 clean:
 	rm -rf var .pytest_cache
