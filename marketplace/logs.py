@@ -45,20 +45,21 @@ def configure_structlog() -> None:
     )
 
 
-class SkipResponseStatus(logging.Filter):
-    """Drop Django's per-response records (``django.request``) whose response has one of ``statuses``.
+DECISION_LOGGED = "reservation_decision_logged"
+"""The attribute a view sets on Django's request once it has logged the request's decision itself."""
 
-    A 409 for a full window is a normal decision: the reservation API logs each decision with its
-    reason at INFO (``allocation.api.views``), and Django's warning for every 409 cost 6 % of a worker's CPU under
-    contention. Other 4xx responses (bad tokens, forbidden tenants) and server errors stay logged.
+
+class SkipLoggedDecisions(logging.Filter):
+    """Drop Django's per-response record (``django.request``) of a request whose view logged its decision.
+
+    A 409 for a full window is a normal decision, which the reservation API logs at INFO with its
+    reason; Django's warning for each such 409 cost 6 % of a worker's CPU under contention. Other
+    4xx responses (bad tokens, duplicate references, invalid transitions) and server errors stay
+    logged.
     """
 
-    def __init__(self, statuses: list[int]):
-        super().__init__()
-        self.statuses = frozenset(statuses)
-
     def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(record, "status_code", None) not in self.statuses
+        return not getattr(getattr(record, "request", None), DECISION_LOGGED, False)
 
 
 def bind_reservation(reservation_id: int) -> None:

@@ -343,7 +343,7 @@ LOGGING = {
         "structured": formatter(json_lines=env.str("LOG_FORMAT", default="text") == "json"),
     },
     "filters": {
-        "skip_conflicts": {"()": "marketplace.logs.SkipResponseStatus", "statuses": [409]},
+        "skip_logged_decisions": {"()": "marketplace.logs.SkipLoggedDecisions"},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "structured"},
@@ -356,8 +356,9 @@ LOGGING = {
         "scheduler": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "providers": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "celery": {"level": env.str("CELERY_LOG_LEVEL", default="INFO")},
-        # Django logs every 4xx answer as a warning; its 409s are left out (see SkipResponseStatus).
-        "django.request": {"level": env.str("REQUEST_LOG_LEVEL", default="WARNING"), "filters": ["skip_conflicts"]},
+        # Django logs every 4xx response as a warning; rejected reservations are left out (see SkipLoggedDecisions).
+        "django.request": {"level": env.str("REQUEST_LOG_LEVEL", default="WARNING"),
+                           "filters": ["skip_logged_decisions"]},
     },
 }
 

@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from marketplace.api.errors import problem, problem_response
 from marketplace.api.serializers import problem_responses
 from marketplace.exceptions import FieldProblem, InvalidRequest, NotFound, PermissionDenied
+from marketplace.logs import DECISION_LOGGED
 from marketplace.models import GpuModel, Organization, Region
 
 from ..models import GpuShare, Reservation, ReservationStatus
@@ -135,6 +136,7 @@ class ReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         if reservation.status == ReservationStatus.REJECTED:
             logger.info("Reservation %s of %s rejected: %s. %s", reservation.pk, customer.slug,
                         reservation.reason_code, reservation.reason_detail)
+            setattr(request._request, DECISION_LOGGED, True)  # Django's own 4xx warning would repeat this line.
             alternatives = reservation_alternatives(reservation=reservation)
             return problem_response(problem(
                 status=409, code=reservation.reason_code, title="Reservation rejected",

@@ -1,4 +1,4 @@
-"""Request and decision logs: Django's 4xx warnings without 409s, and one INFO line per reservation decision."""
+"""Request and decision logs: Django's 4xx warnings without rejected reservations, and one INFO line per decision."""
 
 import logging
 from datetime import timedelta
@@ -45,7 +45,7 @@ def test_unauthenticated_request_is_warned(logged):
     assert request_lines(logged) == [(logging.WARNING, 401)]
 
 
-def test_conflict_has_no_request_warning(logged, api, t4_node):
+def test_rejection_has_no_request_warning(logged, api, t4_node):
     assert api.post("/api/v1/reservations/", two_gpus_body(), format="json").status_code == 201
     logged.clear()
 
@@ -74,3 +74,14 @@ def test_server_error_is_logged(logged, api, monkeypatch):
 
     assert api.get("/api/v1/ping/").status_code == 500
     assert request_lines(logged) == [(logging.ERROR, 500)]
+
+
+def test_duplicate_reference_is_warned(logged, api, t4_node):
+    first = api.post("/api/v1/reservations/", {**two_gpus_body(), "external_ref": "job-1"}, format="json")
+    logged.clear()
+
+    again = api.post("/api/v1/reservations/", {**two_gpus_body(), "external_ref": "job-1"}, format="json")
+
+    assert first.status_code == 201
+    assert again.status_code == 409
+    assert request_lines(logged) == [(logging.WARNING, 409)]
