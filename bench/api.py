@@ -202,12 +202,17 @@ Invariants checked afterwards with plain SQL over the tables:
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, help="Markdown file whose API section to write.")
+def postgres_bench_arguments(description: str) -> argparse.Namespace:
+    """Parse ``--output`` and ``--admin-database-url``, the options of a bench that creates its own databases."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--output", type=Path, help="Markdown file whose section to write.")
     parser.add_argument("--admin-database-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL", DEFAULT_ADMIN_URL),
                         help="PostgreSQL URL with the right to create databases.")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = postgres_bench_arguments(__doc__.splitlines()[0])
 
     database_url = prepare_database(args.admin_database_url)
     # Plain HTTP on 127.0.0.1, so no redirect to HTTPS, as under make up.

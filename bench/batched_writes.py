@@ -16,7 +16,6 @@ This measures what that saves, on the writes alone:
     python -m bench.batched_writes --output docs/benchmarks.md
 """
 
-import argparse
 import json
 import os
 import random
@@ -26,10 +25,10 @@ from pathlib import Path
 
 import psycopg
 
+from bench.api import postgres_bench_arguments
 from bench.api_client import reservation_body
 from bench.report import machine_description, write_section
 
-DEFAULT_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 DATABASE = "marketplace_bench_writes"
 WARMUP = 1500
 CAPTURED = 400
@@ -120,9 +119,9 @@ Measured by `make bench-writes`, which runs
     python -m bench.batched_writes --output docs/benchmarks.md
 
 on {results['measured_at']}, on {results['machine']}. The trace fleet first took {WARMUP} spread
-requests through the reservation service. The writer payloads of {CAPTURED} more ({results['captured']}
-writes; {results['captured_placed']} placements, the rest rejections) were then replayed in the same
-order on two copies of the database taken before them: one per transaction, as each API request
+requests through the reservation service. Then the writer payloads of {CAPTURED} more ({results['captured']}
+writes; {results['captured_placed']} placements, the rest rejections) were recorded. Two copies of the database, taken
+before those requests, replayed them in the same order: one per transaction, as each API request
 writes today, and {BATCH} per transaction in one statement, as an allocator that decides requests
 together could. CPU is the PostgreSQL backend's, from `/proc`, per reservation written:
 
@@ -137,11 +136,7 @@ reservation remain.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, help="Markdown file whose section to write.")
-    parser.add_argument("--admin-database-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL", DEFAULT_ADMIN_URL),
-                        help="PostgreSQL URL with the right to create databases.")
-    args = parser.parse_args()
+    args = postgres_bench_arguments(__doc__.splitlines()[0])
 
     database_url = recreate(args.admin_database_url, DATABASE)
     os.environ.update(DATABASE_URL=database_url, REDIS_URL="", SECRET_KEY=os.environ.get("SECRET_KEY", "bench"),
