@@ -53,7 +53,7 @@ class SkipLoggedDecisions(logging.Filter):
     """Drop Django's per-response record (``django.request``) of a request whose view logged its decision.
 
     A 409 for a full window is a normal decision, which the reservation API logs at INFO with its
-    reason; Django's warning for each such 409 cost 6 % of a worker's CPU under contention. Other
+    reason. Django's warning for each such 409 cost 6 % of a worker's CPU under contention. Other
     4xx responses (bad tokens, duplicate references, invalid transitions) and server errors stay
     logged.
     """

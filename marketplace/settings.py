@@ -356,7 +356,7 @@ LOGGING = {
         "scheduler": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "providers": {"level": env.str("APP_LOG_LEVEL", default="INFO")},
         "celery": {"level": env.str("CELERY_LOG_LEVEL", default="INFO")},
-        # Django logs every 4xx response as a warning; rejected reservations are left out (see SkipLoggedDecisions).
+        # Django logs every 4xx response as a warning, except for rejected reservations (see SkipLoggedDecisions).
         "django.request": {"level": env.str("REQUEST_LOG_LEVEL", default="WARNING"),
                            "filters": ["skip_logged_decisions"]},
     },

@@ -65,7 +65,7 @@ class StrictSerializer(serializers.Serializer):
 
     Each instance gets shallow copies of the declared fields, which the serializer then binds to
     itself, instead of DRF's deep copies: DRF builds every field again from its arguments, which
-    took about half of a reservation body's validation time. Nested serializers and list or dict
+    took about a third of a reservation body's validation time (281 to 186 us per body). Nested serializers and list or dict
     fields are still deep-copied, because a shallow copy would share their bound children.
     Subclasses must not change a field's validators or error messages on an instance.
     """

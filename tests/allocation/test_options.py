@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 
 def exact_options(customer_id, request, start_at, end_at) -> dict:
-    """Check every admitted node's exact state at its busiest instant; return the lowest price per (model, region)."""
+    """Return the lowest price per (model, region) over the admitted nodes whose exact state can hold the request."""
     catalogue = dict(GpuModel.objects.values_list("id", "name"))
     decision = quota_admit(customer_id=customer_id, model_ids=tuple(catalogue), model_names=catalogue,
                            gpu_milli=request.gpu_milli_total, start_at=start_at, end_at=end_at)
