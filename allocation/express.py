@@ -43,12 +43,13 @@ from marketplace.metrics import SOURCE_REQUEST, reservation_decision_record
 from marketplace.models import Gpu, GpuModel, Node, Organization, Region
 
 from .approval_policy import policy_approval_reason
+from .ledger_sync import ledger_for_window, ledger_shortlist, ledger_usage_reader
 from .lifecycle import placed_status
 from .models import Allocation, ApprovalPolicy, GpuShare, RejectionReason, Reservation, ReservationStatus
 from .placement import MAX_COMMIT_ATTEMPTS, placement_diagnose, placement_shortlist
 from .pricing import billed_gpu_milli, charged_price, estimated_cost
 from .quotas import quota_admit
-from .selectors import NodeFilter
+from .selectors import NodeFilter, customer_usage
 from .solvers import NodeState, Placement, PlacementPolicy
 from scheduler.models import Workload
 
@@ -118,10 +119,13 @@ def _decide_and_write(
 
     request = resolved.request
     model_names = {model.id: model.name for model in resolved.models}
+    # Read after the customer's row is locked, so it holds every committed admission of the customer.
+    ledger = ledger_for_window(spec.start_at)
     quota = quota_admit(
         customer_id=customer.pk, model_ids=tuple(model_names), model_names=model_names,
         gpu_milli=request.gpu_milli_total, start_at=spec.start_at, end_at=spec.end_at,
         quotas=[tuple(row) for row in context["quotas"]],
+        read_usage=ledger_usage_reader(ledger) if ledger is not None else customer_usage,
     )
     payload = _reservation_payload(customer, resolved, terms, actor, now, quota.borrowed_gpu_milli)
     if not quota.admitted_model_ids:
@@ -133,8 +137,12 @@ def _decide_and_write(
         region_id=resolved.region.id if resolved.region else None,
         max_price_per_gpu_hour=node_price_cap(spec.max_price_per_gpu_hour, price_factor),
     )
-    ranked, states = placement_shortlist(request=request, start_at=spec.start_at, end_at=spec.end_at,
-                                         node_filter=node_filter, policy=policy)
+    if ledger is not None:
+        ranked, states = ledger_shortlist(ledger, request=request, start_at=spec.start_at, end_at=spec.end_at,
+                                          node_filter=node_filter, policy=policy)
+    else:
+        ranked, states = placement_shortlist(request=request, start_at=spec.start_at, end_at=spec.end_at,
+                                             node_filter=node_filter, policy=policy)
     if not ranked:
         outcome = placement_diagnose(request, spec.start_at, spec.end_at, node_filter, shortlisted_any=bool(states))
         return _write_rejection(payload, customer, resolved, terms, actor, outcome.reason, outcome.detail)

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Callable
 
 from django.db import connection
 from django.db.models import Sum
@@ -26,13 +27,15 @@ class QuotaDecision:
 def quota_admit(
     *, customer_id: int, model_ids: tuple[int, ...], model_names: dict[int, str], gpu_milli: int,
     start_at: datetime, end_at: datetime, quotas: list[tuple[int | None, int]] | None = None,
+    read_usage: Callable[..., CustomerUsage] = customer_usage,
 ) -> QuotaDecision:
     """Return the models in ``model_ids`` on which ``gpu_milli`` more fits the customer's quotas.
 
     Usage is the customer's peak over the instants of the window, so the limit applies at every
     instant. The caller has locked the customer's row, so concurrent requests of one customer are
     checked one after another. ``quotas`` gives the customer's ``(gpu_model_id, max_gpu_milli)``
-    rows when the caller has read them already.
+    rows when the caller has read them already. ``read_usage`` reads the customer's usage, with the
+    signature of ``selectors.customer_usage``; the express path passes the capacity ledger's.
     """
     if quotas is None:
         quotas = list(Quota.objects.filter(organization_id=customer_id).values_list("gpu_model_id", "max_gpu_milli"))
@@ -40,10 +43,10 @@ def quota_admit(
         return QuotaDecision(admitted_model_ids=model_ids)
 
     limits = dict(quotas)
-    usage_bound = customer_usage(customer_id, start_at, end_at, exact=False)
+    usage_bound = read_usage(customer_id, start_at, end_at, exact=False)
     if _within_limits(limits, usage_bound, model_ids, gpu_milli):
         return QuotaDecision(admitted_model_ids=model_ids)
-    peaks = customer_usage(customer_id, start_at, end_at)
+    peaks = read_usage(customer_id, start_at, end_at)
     usage, total_usage = peaks.by_model, peaks.total
 
     overall_limit = limits.get(None)

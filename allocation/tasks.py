@@ -9,6 +9,7 @@ from task_runs.models import TaskRun
 from task_runs.progress import track
 
 from .approvals import reservations_expire
+from .ledger_sync import capacity_changes_purge
 from .rebalancing import RebalancePlanWaiting, rebalance_propose
 from .services import idempotency_keys_purge, reservations_advance
 from .trace import TASKS_CSV
@@ -45,6 +46,12 @@ def advance_reservations_task() -> dict[str, int]:
 def purge_idempotency_keys_task() -> int:
     """Delete idempotency keys past their retention period."""
     return idempotency_keys_purge()
+
+
+@shared_task(name="allocation.purge_capacity_changes", acks_late=True)
+def purge_capacity_changes_task() -> int:
+    """Delete capacity change-feed rows that every web thread has read or reloaded past."""
+    return capacity_changes_purge()
 
 
 @shared_task(name="allocation.expire_reservations", acks_late=True)

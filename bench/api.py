@@ -5,7 +5,7 @@ starts gunicorn with several sync workers. A warm-up of spread requests books ca
 For each mix (the authenticated no-op floor, spread, contended) the planner statistics are
 refreshed and a separate client process (``bench.api_client``) sends requests for a fixed time.
 Then two more gunicorns, whose workers leave parts of the decision out (``bench/ceilings.py``),
-serve spread requests: *record_only* reads no capacity and records each request as rejected, the
+serve spread requests: *record_only* shortlists no node and records each request as rejected, the
 ceiling of any decision made per request in a web worker; *validate_only* runs no statement after
 authentication, the ceiling of the web tier alone. Finally plain SQL, written apart from the
 product's own queries, checks that no GPU, node or quota was overrun, that every 201 or 202 has an
@@ -185,8 +185,8 @@ least half the floor's throughput, p99 under 150 ms, zero violations.
 
 The two ceiling mixes ran afterwards, each on its own gunicorn whose workers leave part of the
 decision out (`bench/ceilings.py`), and are not counted in the decisions per second. Both answer
-spread requests with a 409 without alternatives. *record_only* reads no capacity: after the same
-authentication, validation, admission context and quota check it records the rejected
+spread requests with a 409 without alternatives. *record_only* shortlists no node: after the same
+authentication, validation, admission context, capacity ledger update and quota check it records the rejected
 reservation with its event, workload and decision rows. That is the ceiling of any decision made
 per request in a web worker: ratio {results['ceiling_ratios']['record_only']} to the floor.
 *validate_only* runs no statement after authentication: it parses and validates the body and

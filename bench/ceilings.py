@@ -4,10 +4,11 @@
 gunicorn with ``--config bench/ceilings.py`` for each. Its workers replace product functions
 after loading the application:
 
-- ``record_only``: the express path reads no capacity and rejects every request as ``no_capacity``,
+- ``record_only``: the express path shortlists no node and rejects every request as ``no_capacity``,
   with no alternatives. What remains is what any decision made per request in a web worker pays:
-  authentication, validation, the admission context and quota check, recording the rejected
-  reservation with its event, workload and decision rows, and the 409 body.
+  authentication, validation, the admission context, the capacity ledger's update and quota
+  check, recording the rejected reservation with its event, workload and decision rows, and the
+  409 body.
 - ``validate_only``: the view gets an unsaved rejected reservation without calling the service,
   so no statement runs after authentication. What remains is the web tier of a reservation
   request, which a design that decides elsewhere (an allocator process) would still pay.
@@ -33,7 +34,7 @@ def record_only_patches() -> list[tuple[object, str, object]]:
     import allocation.express as express
     from allocation.placement import PlacementOutcome
 
-    def no_shortlist(**_arguments):
+    def no_shortlist(*_ledger, **_arguments):
         return [], {}
 
     def no_capacity(*_arguments, **_keywords):
@@ -41,6 +42,7 @@ def record_only_patches() -> list[tuple[object, str, object]]:
 
     return [
         (express, "placement_shortlist", no_shortlist),
+        (express, "ledger_shortlist", no_shortlist),
         (express, "placement_diagnose", no_capacity),
         (views, "reservation_alternatives", _no_alternatives),
     ]

@@ -235,6 +235,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "advance-reservations": {"task": "allocation.advance_reservations", "schedule": 60.0},
     "purge-idempotency-keys": {"task": "allocation.purge_idempotency_keys", "schedule": 3600.0},
+    "purge-capacity-changes": {"task": "allocation.purge_capacity_changes", "schedule": 600.0},
     "expire-reservations": {"task": "allocation.expire_reservations", "schedule": 60.0},
     "rollup-demand-metrics": {"task": "capacity.rollup_demand_metrics", "schedule": 3600.0},
     "refresh-demand-forecasts": {"task": "capacity.refresh_forecasts", "schedule": 24 * 3600.0},
@@ -270,6 +271,13 @@ MARKETPLACE = {
     "REBALANCE_MAX_RESERVATIONS": env.int("REBALANCE_MAX_RESERVATIONS", default=500),
     # Nodes that the database pre-ranks and hands to the policy for one decision.
     "PLACEMENT_SHORTLIST_SIZE": env.int("PLACEMENT_SHORTLIST_SIZE", default=24),
+    # On PostgreSQL each web thread keeps capacity in memory, current from the database's change
+    # feed, and shortlists nodes and checks quotas there (allocation/ledger_sync.py); it reloads
+    # everything this often. It holds allocations that ended at most LOOKBACK ago, so windows that
+    # start earlier than that read the database.
+    "CAPACITY_LEDGER": env.bool("CAPACITY_LEDGER", default=True),
+    "CAPACITY_LEDGER_RELOAD_SECONDS": env.int("CAPACITY_LEDGER_RELOAD_SECONDS", default=600),
+    "CAPACITY_LEDGER_LOOKBACK_SECONDS": env.int("CAPACITY_LEDGER_LOOKBACK_SECONDS", default=3600),
     # A request may start this many seconds in the past, to absorb client clock skew.
     "START_CLOCK_SKEW_SECONDS": env.int("START_CLOCK_SKEW_SECONDS", default=300),
     # Window limits: shortest and longest window, and how far ahead a window may start.

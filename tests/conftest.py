@@ -48,14 +48,24 @@ def cache_empty() -> None:
         cache.clear()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def capacity_ledger_covers_test_times():
+    """Let the capacity ledger answer for the tests' fixed times, which lie in the past."""
+    from django.conf import settings
+
+    settings.MARKETPLACE["CAPACITY_LEDGER_LOOKBACK_SECONDS"] = 20 * 365 * 86400
+
+
 @pytest.fixture(autouse=True)
 def empty_cache():
     """Start every test with empty caches: cached alternatives are keyed by ids that tests reuse, and the
-    catalogue cache contains rows that an earlier test's rollback or flush removed."""
+    catalogue cache and the capacity ledger contain rows that an earlier test's rollback or flush removed."""
+    from allocation.ledger_sync import ledger_reset
     from marketplace import catalogue_cache
 
     cache_empty()
     catalogue_cache.forget()
+    ledger_reset()
 
 
 @pytest.fixture

@@ -118,17 +118,29 @@ def test_budget_takes_full_path(customer, t4_node, caplog):
     assert "the organization has a budget" in caplog.text
 
 
+def wrap_shortlists(monkeypatch, wrap) -> None:
+    """Replace both shortlist readers of the express path, the database's and the capacity ledger's.
+
+    ``wrap(shortlist)`` returns the replacement of ``shortlist``, a function of keyword arguments.
+    """
+    from_database, from_ledger = express.placement_shortlist, express.ledger_shortlist
+    monkeypatch.setattr(express, "placement_shortlist", wrap(from_database))
+    monkeypatch.setattr(express, "ledger_shortlist",
+                        lambda ledger, **kwargs: wrap(lambda **inner: from_ledger(ledger, **inner))(**kwargs))
+
+
 def test_lost_race_falls_back_to_full_path(customer, t4_node, monkeypatch, caplog):
     reservation_create(customer=customer, spec=spec(), now=NOW)
     held_gpu = Gpu.objects.get(node=t4_node, shares__isnull=False)
-    shortlist = express.placement_shortlist
 
-    def stale_shortlist(**kwargs):
-        ranked, states = shortlist(**kwargs)
-        # The GPU the first reservation holds, as a shortlist read before it committed would offer it.
-        return [ranked[0].__class__(node_id=t4_node.pk, gpu_shares=((held_gpu.pk, 1000),), score=0.0)], states
+    def stale(shortlist):
+        def stale_shortlist(**kwargs):
+            ranked, states = shortlist(**kwargs)
+            # The GPU the first reservation holds, as a shortlist read before it committed would offer it.
+            return [ranked[0].__class__(node_id=t4_node.pk, gpu_shares=((held_gpu.pk, 1000),), score=0.0)], states
+        return stale_shortlist
 
-    monkeypatch.setattr(express, "placement_shortlist", stale_shortlist)
+    wrap_shortlists(monkeypatch, stale)
     with caplog.at_level(logging.INFO, logger="allocation.express"):
         second = reservation_create(customer=customer, spec=spec(external_ref="second"), now=NOW)
 
@@ -142,14 +154,14 @@ def test_lost_race_falls_back_to_full_path(customer, t4_node, monkeypatch, caplo
 
 def change_first_choice_after_shortlist(monkeypatch, **changes) -> None:
     """Make the express path's shortlist update its first choice's node with ``changes``, as a concurrent writer."""
-    shortlist = express.placement_shortlist
+    def change(shortlist):
+        def changed(**kwargs):
+            ranked, states = shortlist(**kwargs)
+            Node.objects.filter(pk=ranked[0].node_id).update(**changes)
+            return ranked, states
+        return changed
 
-    def changed(**kwargs):
-        ranked, states = shortlist(**kwargs)
-        Node.objects.filter(pk=ranked[0].node_id).update(**changes)
-        return ranked, states
-
-    monkeypatch.setattr(express, "placement_shortlist", changed)
+    wrap_shortlists(monkeypatch, change)
 
 
 @pytest.mark.parametrize("changes", [
@@ -215,13 +227,14 @@ def current_plan_cache_mode() -> str:
 
 def test_express_transaction_uses_generic_plans(customer, t4_node, monkeypatch):
     modes = []
-    shortlist = express.placement_shortlist
 
-    def recording_shortlist(**kwargs):
-        modes.append(current_plan_cache_mode())
-        return shortlist(**kwargs)
+    def record(shortlist):
+        def recording_shortlist(**kwargs):
+            modes.append(current_plan_cache_mode())
+            return shortlist(**kwargs)
+        return recording_shortlist
 
-    monkeypatch.setattr(express, "placement_shortlist", recording_shortlist)
+    wrap_shortlists(monkeypatch, record)
 
     reservation_create(customer=customer, spec=spec(), now=NOW)
 

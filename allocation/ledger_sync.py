@@ -1,0 +1,235 @@
+"""Keep each thread's capacity ledger current from PostgreSQL's change feed (migration 0023).
+
+The first use in a thread loads the fleet and every allocation that ended at most
+``CAPACITY_LEDGER_LOOKBACK_SECONDS`` ago (an hour by default). Each
+later use reads only what changed since: one statement returns the allocations and nodes that
+committed transactions changed, resolved to their current rows. The express path calls
+``ledger_for_window`` after it has locked the customer's row, so the ledger then includes every
+admission of that customer that committed before, as the database's own reads would.
+
+A thread reloads everything every ``CAPACITY_LEDGER_RELOAD_SECONDS`` and when it last read the
+feed longer ago than the feed keeps rows, so no missed change outlives a reload.
+
+NOTE: a transaction that reads the feed and then rolls back its own writes leaves them in the
+ledger until the next reload. Requests read the feed before they write, so only tests, which
+roll back each test's transaction, see this; ``ledger_reset`` clears the thread's ledger.
+"""
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone as dt_timezone
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from marketplace.models import Node
+
+from .ledger import Booking, CapacityLedger, FleetNode, NodeSearch
+from .selectors import CustomerUsage, NodeFilter
+from .solvers import NodeState, Placement, PlacementPolicy, PlacementRequest
+
+logger = logging.getLogger(__name__)
+
+FEED_RETENTION = timedelta(minutes=30)
+"""Rows of the change feed older than this are purged; a thread that read the feed longer ago reloads."""
+PRUNE_EVERY_SECONDS = 60.0
+
+CHANGES_SQL = """
+    WITH changed AS MATERIALIZED (
+        SELECT DISTINCT kind, object_id FROM allocation_capacity_change
+        WHERE txid = ANY(%s::xid8[]) OR txid >= %s::xid8
+    )
+    SELECT
+        pg_snapshot_xmax(pg_current_snapshot())::text,
+        ARRAY(SELECT running::text FROM pg_snapshot_xip(pg_current_snapshot()) running
+              UNION SELECT pg_current_xact_id_if_assigned()::text WHERE pg_current_xact_id_if_assigned() IS NOT NULL),
+        ARRAY(SELECT object_id FROM changed WHERE kind = 'allocation'),
+        ARRAY(SELECT object_id FROM changed WHERE kind = 'node'),
+        (SELECT json_agg(json_build_array(
+                    a.id, a.node_id, a.customer_id, a.gpu_model_id, (extract(epoch FROM a.start_at) * 1000000)::bigint,
+                    (extract(epoch FROM a.end_at) * 1000000)::bigint, a.cpu_millicores, a.memory_mib, a.gpu_milli_total,
+                    (SELECT COALESCE(json_agg(json_build_array(
+                                s.gpu_id, s.gpu_milli, (extract(epoch FROM s.start_at) * 1000000)::bigint,
+                                (extract(epoch FROM s.end_at) * 1000000)::bigint)), '[]'::json)
+                     FROM allocation_gpushare s WHERE s.allocation_id = a.id)))
+         FROM allocation_allocation a WHERE a.id IN (SELECT object_id FROM changed WHERE kind = 'allocation'))
+"""
+"""The feed read: the snapshot to read from next time, and the rows changed since the last read.
+
+Rows of the transactions that were running at the last read, and of every transaction that had
+no id yet then, are exactly those that have become visible since. The reader's own transaction
+is added to the running ones, because a snapshot does not list it.
+"""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+_local = threading.local()
+
+
+def micros(moment: datetime) -> int:
+    """Return ``moment`` as integer microseconds since the Unix epoch, exactly."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+@dataclass
+class _Synced:
+    ledger: CapacityLedger
+    horizon: int
+    """Every allocation ending after this instant is in the ledger."""
+    pending: list[str]
+    xmax: str
+    loaded_at: float
+    read_at: float
+    pruned_at: float
+
+
+def ledger_enabled() -> bool:
+    return connection.vendor == "postgresql" and settings.MARKETPLACE["CAPACITY_LEDGER"]
+
+
+def ledger_for_window(start_at: datetime) -> CapacityLedger | None:
+    """Return this thread's ledger brought up to date, or None if it lacks bookings for a window starting at ``start_at``.
+
+    None when the ledger is off, on SQLite, or when the window starts before the oldest instant
+    the ledger covers; the caller then reads the database.
+    """
+    if not ledger_enabled():
+        return None
+    synced = getattr(_local, "synced", None)
+    clock = time.monotonic()
+    if (synced is None or clock - synced.loaded_at > settings.MARKETPLACE["CAPACITY_LEDGER_RELOAD_SECONDS"]
+            or clock - synced.read_at > FEED_RETENTION.total_seconds() / 2):
+        synced = _load()
+    else:
+        _read_changes(synced, clock)
+    if clock - synced.pruned_at > PRUNE_EVERY_SECONDS:
+        synced.horizon = max(synced.horizon, micros(timezone.now() - _lookback()))
+        synced.ledger.drop_bookings_ended_by(synced.horizon)
+        synced.pruned_at = clock
+    if micros(start_at) < synced.horizon:
+        return None
+    return synced.ledger
+
+
+def ledger_usage_reader(ledger: CapacityLedger):
+    """Return a reader of customer usage from ``ledger`` with the signature of ``selectors.customer_usage``.
+
+    The ledger always computes the exact peak, so ``exact`` is accepted and ignored.
+    """
+    def read(customer_id: int, start_at: datetime, end_at: datetime, *, exact: bool = True) -> CustomerUsage:
+        by_model, total = ledger.customer_usage(customer_id, micros(start_at), micros(end_at))
+        return CustomerUsage(by_model=by_model, total=total)
+    return read
+
+
+def ledger_shortlist(
+    ledger: CapacityLedger, *, request: PlacementRequest, start_at: datetime, end_at: datetime,
+    node_filter: NodeFilter, policy: PlacementPolicy,
+) -> tuple[list[Placement], dict[int, NodeState]]:
+    """Return what ``placement.placement_shortlist`` returns, from ``ledger`` instead of the database."""
+    shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
+    search = NodeSearch(gpu_model_ids=tuple(node_filter.gpu_model_ids), region_id=node_filter.region_id,
+                        max_price_per_gpu_hour=node_filter.max_price_per_gpu_hour)
+    states = ledger.shortlist(request, micros(start_at), micros(end_at), search, used_limit=shortlist_size,
+                              free_limit=max(shortlist_size // 4, 2))
+    return policy.rank(request, states), {state.node_id: state for state in states}
+
+
+def ledger_reset() -> None:
+    """Forget this thread's ledger; the next use loads it again."""
+    _local.synced = None
+
+
+def capacity_changes_purge(*, now: datetime | None = None) -> int:
+    """Delete change-feed rows older than ``FEED_RETENTION``; return how many. No-op off PostgreSQL."""
+    if connection.vendor != "postgresql":
+        return 0
+    cutoff = (now or timezone.now()) - FEED_RETENTION
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM allocation_capacity_change WHERE recorded_at < %s", [cutoff])
+        deleted = cursor.rowcount
+    logger.info("Purged %d capacity change rows recorded before %s", deleted, cutoff.isoformat())
+    return deleted
+
+
+def _lookback() -> timedelta:
+    return timedelta(seconds=settings.MARKETPLACE["CAPACITY_LEDGER_LOOKBACK_SECONDS"])
+
+
+def _call(sql: str, params: list):
+    """Run ``sql``, which returns one JSON value, and return that value decoded."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        value = cursor.fetchone()[0]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _load() -> _Synced:
+    started = time.perf_counter()
+    horizon = timezone.now() - _lookback()
+    loaded = _call("SELECT allocation_capacity_load(%s)", [horizon])
+    ledger = CapacityLedger()
+    for row in loaded["nodes"]:
+        ledger.put_node(_node(row))
+    for row in loaded["allocations"]:
+        ledger.put_booking(_booking(row))
+    clock = time.monotonic()
+    _local.synced = synced = _Synced(ledger=ledger, horizon=micros(horizon), pending=loaded["pending"],
+                                     xmax=loaded["xmax"], loaded_at=clock, read_at=clock, pruned_at=clock)
+    logger.info("Capacity ledger loaded: %d nodes, %d allocations in %.0f ms", len(ledger.nodes),
+                len(ledger.bookings), (time.perf_counter() - started) * 1000)
+    return synced
+
+
+def _read_changes(synced: _Synced, clock: float) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(CHANGES_SQL, [synced.pending, synced.xmax])
+        xmax, pending, allocation_ids, node_ids, allocations = cursor.fetchone()
+    ledger = synced.ledger
+    if allocation_ids:
+        # NULL when every changed allocation was deleted.
+        rows = json.loads(allocations) if isinstance(allocations, str) else allocations or []
+        current = {row[0]: row for row in rows}
+        for allocation_id in allocation_ids:
+            row = current.get(allocation_id)
+            booking = _booking(row) if row is not None else None
+            if booking is not None and booking.touches[1] > synced.horizon:
+                ledger.put_booking(booking)
+            else:
+                ledger.drop_booking(allocation_id)
+    if node_ids:
+        loaded = _call("SELECT allocation_capacity_nodes(%s)", [list(set(node_ids))])
+        current_nodes = {row[0]: row for row in (loaded if isinstance(loaded, list) else [])}
+        for node_id in set(node_ids):
+            row = current_nodes.get(node_id)
+            if row is None:
+                ledger.drop_node(node_id)
+            else:
+                ledger.put_node(_node(row))
+        logger.info("Capacity ledger reloaded nodes %s", sorted(set(node_ids)))
+    synced.pending, synced.xmax, synced.read_at = pending, xmax, clock
+
+
+def _node(row: list) -> FleetNode:
+    (node_id, model_id, model_name, region_id, hostname, gpu_count, cpu, memory, price, currency, status,
+     healthy_gpu_ids, maintenance, gpu_ids) = row
+    return FleetNode(
+        id=node_id, gpu_model_id=model_id, gpu_model_name=model_name, region_id=region_id, hostname=hostname,
+        gpu_count=gpu_count, cpu_millicores=cpu, memory_mib=memory, price_per_gpu_hour=Decimal(price),
+        currency=currency, active=status == Node.Status.ACTIVE, healthy_gpu_ids=tuple(healthy_gpu_ids),
+        maintenance=tuple((start, end) for start, end in maintenance), gpu_ids=tuple(gpu_ids),
+    )
+
+
+def _booking(row: list) -> Booking:
+    allocation_id, node_id, customer_id, model_id, start, end, cpu, memory, milli_total, shares = row
+    return Booking(
+        id=allocation_id, node_id=node_id, customer_id=customer_id, gpu_model_id=model_id, start=start, end=end,
+        cpu_millicores=cpu, memory_mib=memory, gpu_milli_total=milli_total,
+        shares=tuple((gpu_id, milli, share_start, share_end) for gpu_id, milli, share_start, share_end in shares),
+    )

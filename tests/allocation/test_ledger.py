@@ -1,0 +1,147 @@
+"""The capacity ledger's shortlists and usage match a brute-force check of every node and instant (no database)."""
+
+import random
+from decimal import Decimal
+
+import pytest
+
+from allocation.ledger import BUCKET_MICROS, Booking, CapacityLedger, FleetNode, NodeSearch, peak
+from allocation.solvers import PlacementRequest
+
+HOUR = BUCKET_MICROS
+
+
+def brute_peak(rows, start, end):
+    """Peak of ``(row_start, row_end, amount)`` rows over the instants of ``[start, end)``, checked one instant at a time."""
+    instants = {start} | {row_start for row_start, _row_end, _amount in rows if start <= row_start < end}
+    return max((sum(amount for row_start, row_end, amount in rows if row_start <= at < row_end and row_end > row_start)
+                for at in instants), default=0)
+
+
+def random_fleet(rng: random.Random) -> tuple[CapacityLedger, list[Booking]]:
+    ledger = CapacityLedger()
+    gpu_id = 1
+    for node_id in range(1, rng.randint(3, 25)):
+        gpu_count = rng.choice([1, 2, 4, 8])
+        gpus = tuple(range(gpu_id, gpu_id + gpu_count))
+        gpu_id += gpu_count
+        healthy = tuple(gpu for gpu in gpus if rng.random() > 0.1)
+        maintenance = ((rng.randrange(0, 48) * HOUR, rng.randrange(49, 60) * HOUR),) if rng.random() < 0.1 else ()
+        ledger.put_node(FleetNode(
+            id=node_id, gpu_model_id=rng.choice([1, 2]), gpu_model_name="T4", region_id=rng.choice([1, 2]),
+            hostname=f"n{node_id}", gpu_count=gpu_count, cpu_millicores=rng.choice([16000, 32000]),
+            memory_mib=rng.choice([65536, 131072]), price_per_gpu_hour=Decimal(rng.choice(["1.5", "2.0", "2.5"])),
+            currency="USD", active=rng.random() > 0.1, healthy_gpu_ids=healthy, maintenance=maintenance,
+            gpu_ids=gpus))
+    bookings = []
+    for booking_id in range(1, rng.randint(1, 120)):
+        node = rng.choice(list(ledger.nodes.values()))
+        start = rng.randrange(0, 72 * HOUR, HOUR // 4)
+        end = start + rng.choice([0, HOUR // 2, HOUR, 3 * HOUR, 200 * HOUR])
+        milli = rng.choice([1000, 500, 250])
+        gpus = rng.sample(node.gpu_ids, rng.randint(0, len(node.gpu_ids)))
+        booking = Booking(id=booking_id, node_id=node.id, customer_id=rng.choice([1, 2, 3]),
+                          gpu_model_id=node.gpu_model_id, start=start, end=end,
+                          cpu_millicores=rng.choice([0, 1000, 4000]), memory_mib=rng.choice([0, 4096]),
+                          gpu_milli_total=milli * len(gpus),
+                          shares=tuple((gpu, milli, start, end) for gpu in gpus))
+        ledger.put_booking(booking)
+        bookings.append(booking)
+    for booking in rng.sample(bookings, len(bookings) // 5):  # Released and deleted rows leave the indexes.
+        ledger.drop_booking(booking.id)
+        bookings.remove(booking)
+    return ledger, bookings
+
+
+def brute_free(node: FleetNode, bookings: list[Booking], start: int, end: int):
+    on_node = [booking for booking in bookings if booking.node_id == node.id]
+    cpu = node.cpu_millicores - brute_peak([(b.start, b.end, b.cpu_millicores) for b in on_node], start, end)
+    memory = node.memory_mib - brute_peak([(b.start, b.end, b.memory_mib) for b in on_node], start, end)
+    gpus = tuple((gpu, 1000 - brute_peak([(s_start, s_end, milli) for b in bookings
+                                           for s_gpu, milli, s_start, s_end in b.shares if s_gpu == gpu], start, end))
+                 for gpu in node.healthy_gpu_ids)
+    return cpu, memory, gpus
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_shortlist_and_usage_match_brute_force(seed):
+    rng = random.Random(seed)
+    ledger, bookings = random_fleet(rng)
+    start = rng.randrange(0, 60 * HOUR, HOUR // 4)
+    end = start + rng.choice([HOUR // 4, HOUR, 5 * HOUR, 300 * HOUR])
+    request = PlacementRequest(gpu_count=rng.choice([0, 1, 2, 4]), gpu_milli_per_gpu=rng.choice([1000, 500, 250]),
+                               cpu_millicores=rng.choice([0, 2000, 16000]), memory_mib=rng.choice([0, 8192]))
+    search = NodeSearch(gpu_model_ids=rng.choice([(1,), (2,), (1, 2)]), region_id=rng.choice([None, 1]),
+                        max_price_per_gpu_hour=rng.choice([None, Decimal("2.0")]))
+
+    fitting = {}
+    for node in ledger.nodes.values():
+        if not search.admits(node) or node.in_maintenance(start, end):
+            continue
+        cpu, memory, gpus = brute_free(node, bookings, start, end)
+        if (cpu >= request.cpu_millicores and memory >= request.memory_mib
+                and sum(free >= request.gpu_milli_per_gpu for _gpu, free in gpus) >= request.gpu_count):
+            fitting[node.id] = (cpu, memory, gpus)
+
+    states = ledger.shortlist(request, start, end, search, used_limit=4, free_limit=2)
+
+    fitting_states = [state for state in states if state.can_hold(request)]
+    for state in fitting_states:
+        assert state.node_id in fitting
+        assert (state.cpu_free_millicores, state.memory_free_mib, state.gpu_free_milli) == fitting[state.node_id]
+    assert bool(fitting_states) == bool(fitting)
+    assert len({state.node_id for state in states}) == len(states)
+
+    for customer_id in (1, 2, 3):
+        rows = [b for b in bookings if b.customer_id == customer_id]
+        by_model, total = ledger.customer_usage(customer_id, start, end)
+        assert total == brute_peak([(b.start, b.end, b.gpu_milli_total) for b in rows], start, end)
+        for model_id in (1, 2):
+            expected = brute_peak([(b.start, b.end, b.gpu_milli_total) for b in rows if b.gpu_model_id == model_id],
+                                  start, end)
+            assert by_model.get(model_id, 0) == expected
+
+
+def test_shortlist_orders_used_nodes_tightest_first_then_empty_nodes_smallest_first():
+    ledger = CapacityLedger()
+    for node_id, gpu_count in ((1, 8), (2, 8), (3, 4), (4, 2)):
+        gpus = tuple(range(node_id * 10, node_id * 10 + gpu_count))
+        ledger.put_node(FleetNode(id=node_id, gpu_model_id=1, gpu_model_name="T4", region_id=1, hostname=f"n{node_id}",
+                                  gpu_count=gpu_count, cpu_millicores=32000, memory_mib=65536,
+                                  price_per_gpu_hour=Decimal("1"), currency="USD", active=True,
+                                  healthy_gpu_ids=gpus, maintenance=(), gpu_ids=gpus))
+    # Node 2 has more GPUs booked than node 1, so it is the tighter fit.
+    ledger.put_booking(Booking(id=1, node_id=1, customer_id=1, gpu_model_id=1, start=0, end=HOUR, cpu_millicores=0,
+                               memory_mib=0, gpu_milli_total=1000, shares=((10, 1000, 0, HOUR),)))
+    ledger.put_booking(Booking(id=2, node_id=2, customer_id=1, gpu_model_id=1, start=0, end=HOUR, cpu_millicores=0,
+                               memory_mib=0, gpu_milli_total=4000,
+                               shares=tuple((gpu, 1000, 0, HOUR) for gpu in range(20, 24))))
+    request = PlacementRequest(gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=1000, memory_mib=1024)
+
+    states = ledger.shortlist(request, 0, HOUR, NodeSearch(gpu_model_ids=(1,)), used_limit=24, free_limit=6)
+
+    assert [state.node_id for state in states] == [2, 1, 4, 3]
+
+
+def test_customer_usage_skips_booking_that_ends_where_the_window_starts():
+    ledger = CapacityLedger()
+    ledger.put_booking(Booking(id=1, node_id=1, customer_id=7, gpu_model_id=1, start=0, end=HOUR, cpu_millicores=0,
+                               memory_mib=0, gpu_milli_total=1000, shares=()))
+
+    assert ledger.customer_usage(7, HOUR, 2 * HOUR) == ({}, 0)
+    assert ledger.customer_usage(7, HOUR - 1, 2 * HOUR) == ({1: 1000}, 1000)
+
+
+def test_peak_counts_back_to_back_rows_once():
+    assert peak([(0, 10, 5), (10, 20, 7)]) == 7
+    assert peak([(0, 10, 5), (5, 20, 7)]) == 12
+
+
+def test_bookings_ended_before_an_instant_are_forgotten():
+    ledger = CapacityLedger()
+    for booking_id, end in ((1, HOUR), (2, 3 * HOUR), (3, 400 * HOUR)):
+        ledger.put_booking(Booking(id=booking_id, node_id=1, customer_id=1, gpu_model_id=1, start=0, end=end,
+                                   cpu_millicores=0, memory_mib=0, gpu_milli_total=0, shares=()))
+
+    assert ledger.drop_bookings_ended_by(2 * HOUR) == 1
+    assert sorted(b.id for b in ledger.bookings_in(0, 500 * HOUR)) == [2, 3]
