@@ -11,6 +11,7 @@ ends at an instant does not overlap one that starts there.
 """
 
 from bisect import bisect_left
+from heapq import merge
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Iterable
@@ -21,7 +22,8 @@ GPU_MILLI_PER_GPU = 1000
 BUCKET_MICROS = 3600 * 1_000_000
 """Bookings are indexed by the hours they touch."""
 LONG_BOOKING_BUCKETS = 168
-"""A booking or window that touches more hours than this is kept in, or searched over, the long list."""
+"""A booking that touches more hours than this is indexed under ``LONG``; a longer window scans every booking."""
+LONG = "long"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,11 @@ class FleetNode:
     maintenance: tuple[tuple[int, int], ...]
     gpu_ids: tuple[int, ...] = ()
     """Every GPU of the node, healthy or not."""
+    healthy: frozenset[int] = frozenset()
+    """The healthy GPU ids as a set, set from ``healthy_gpu_ids``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "healthy", frozenset(self.healthy_gpu_ids))
 
     def in_maintenance(self, start: int, end: int) -> bool:
         return any(window_start < end and window_end > start for window_start, window_end in self.maintenance)
@@ -89,11 +96,14 @@ class NodeSearch:
 def peak(rows: Iterable[tuple[int, int, int]]) -> int:
     """Return the highest sum of ``amount`` over ``(start, end, amount)`` rows active at one instant.
 
-    Ends sort before starts at the same instant, because windows are half-open.
+    Ends sort before starts at the same instant, because windows are half-open. The sum is
+    highest at some row's start, so a few rows are compared pairwise instead of sorted.
     """
-    rows = list(rows)
+    rows = rows if isinstance(rows, list) else list(rows)
     if len(rows) <= 1:
         return rows[0][2] if rows else 0
+    if len(rows) <= 8:
+        return max(sum(amount for start, end, amount in rows if start <= at < end) for at, _end, _amount in rows)
     events = sorted([(start, 1, amount) for start, _end, amount in rows]
                     + [(end, 0, -amount) for _start, end, amount in rows])
     running = highest = 0
@@ -114,10 +124,14 @@ class CapacityLedger:
     nodes: dict[int, FleetNode] = field(default_factory=dict)
     bookings: dict[int, Booking] = field(default_factory=dict)
     _gpu_node: dict[int, int] = field(default_factory=dict)
-    _by_customer: dict[int, set[int]] = field(default_factory=dict)
-    _by_hour: dict[int, set[int]] = field(default_factory=dict)
-    _long: set[int] = field(default_factory=set)
-    _free_order: list[tuple] | None = None
+    _buckets: dict[object, set[int]] = field(default_factory=dict)
+    """Booking ids by hour, by ``("customer", customer_id, hour)`` and by ``("model", gpu_model_id, hour)``.
+
+    ``LONG`` stands for every hour of a long booking.
+    """
+    _booking_keys: dict[int, list] = field(default_factory=dict)
+    _free_order: dict[int | None, list[tuple]] | None = None
+    """Nodes smallest first, per GPU model id and for all models (``None``)."""
 
     # Changes.
 
@@ -139,29 +153,31 @@ class CapacityLedger:
     def put_booking(self, booking: Booking) -> None:
         self.drop_booking(booking.id)
         self.bookings[booking.id] = booking
-        self._by_customer.setdefault(booking.customer_id, set()).add(booking.id)
-        hours = self._hours(*booking.touches)
-        if hours is None:
-            self._long.add(booking.id)
-        else:
-            for hour in hours:
-                self._by_hour.setdefault(hour, set()).add(booking.id)
+        keys = self._booking_keys[booking.id] = self._keys(booking)
+        for key in keys:
+            self._buckets.setdefault(key, set()).add(booking.id)
 
     def drop_booking(self, booking_id: int) -> None:
-        old = self.bookings.pop(booking_id, None)
-        if old is None:
+        if self.bookings.pop(booking_id, None) is None:
             return
-        self._by_customer.get(old.customer_id, set()).discard(booking_id)
-        hours = self._hours(*old.touches)
-        if hours is None:
-            self._long.discard(booking_id)
-        else:
-            for hour in hours:
-                bucket = self._by_hour.get(hour)
-                if bucket is not None:
-                    bucket.discard(booking_id)
-                    if not bucket:
-                        del self._by_hour[hour]
+        for key in self._booking_keys.pop(booking_id):
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.discard(booking_id)
+                if not bucket:
+                    del self._buckets[key]
+
+    def _keys(self, booking: Booking) -> list:
+        """Return the index keys of ``booking``: its hours overall, for its customer and for each GPU model it uses."""
+        models = {booking.gpu_model_id}
+        for gpu_id, _milli, _start, _end in booking.shares:
+            node = self.nodes.get(self._gpu_node.get(gpu_id))
+            if node is not None:
+                models.add(node.gpu_model_id)  # A migrated share can sit on another model's node.
+        hours = self._hours(*booking.touches)
+        slots = [LONG] if hours is None else list(hours)
+        return [*slots, *(("customer", booking.customer_id, slot) for slot in slots),
+                *(("model", model_id, slot) for model_id in models for slot in slots)]
 
     def drop_bookings_ended_by(self, instant: int) -> int:
         """Forget bookings whose allocation and shares all end at or before ``instant``; return how many."""
@@ -179,17 +195,31 @@ class CapacityLedger:
 
     # Reads.
 
-    def bookings_in(self, start: int, end: int) -> list[Booking]:
-        """Return the bookings whose allocation or a share overlaps ``[start, end)``."""
-        hours = self._hours(start, end)
-        if hours is None:
-            ids: Iterable[int] = self.bookings
+    def bookings_in(self, start: int, end: int, *, customer_id: int | None = None,
+                    gpu_model_ids: tuple[int, ...] | None = None) -> list[Booking]:
+        """Return the bookings whose allocation or a share overlaps ``[start, end)``.
+
+        With ``customer_id``, only that customer's; with ``gpu_model_ids``, only those that use a
+        node of one of those models.
+        """
+        if customer_id is not None:
+            prefixes = [("customer", customer_id)]
+        elif gpu_model_ids is not None:
+            prefixes = [("model", model_id) for model_id in gpu_model_ids]
         else:
-            ids = set(self._long)
-            for hour in hours:
-                bucket = self._by_hour.get(hour)
-                if bucket:
-                    ids |= bucket
+            prefixes = [()]
+        hours = self._hours(start, end)
+        ids: set[int] = set()
+        if hours is None:  # A long window: any booking may overlap it.
+            wanted = set(prefixes)
+            ids = {booking_id for booking_id, keys in self._booking_keys.items()
+                   if any((key[:2] if isinstance(key, tuple) else ()) in wanted for key in keys)}
+        else:
+            for slot in [LONG, *hours]:
+                for prefix in prefixes:
+                    bucket = self._buckets.get((*prefix, slot) if prefix else slot)
+                    if bucket:
+                        ids |= bucket
         found = []
         for booking_id in ids:
             booking = self.bookings[booking_id]
@@ -201,8 +231,7 @@ class CapacityLedger:
     def customer_usage(self, customer_id: int, start: int, end: int) -> tuple[dict[int, int], int]:
         """Return the customer's peak GPU milli in the window per GPU model id, and over all models together."""
         rows: dict[int, list[tuple[int, int, int]]] = {}
-        for booking_id in self._by_customer.get(customer_id, ()):
-            booking = self.bookings[booking_id]
+        for booking in self.bookings_in(start, end, customer_id=customer_id):
             if _overlaps(booking.start, booking.end, start, end):
                 rows.setdefault(booking.gpu_model_id, []).append((booking.start, booking.end, booking.gpu_milli_total))
         by_model = {model_id: peak(model_rows) for model_id, model_rows in rows.items()}
@@ -223,57 +252,86 @@ class CapacityLedger:
         cpu_rows: dict[int, list[tuple[int, int, int]]] = {}
         memory_rows: dict[int, list[tuple[int, int, int]]] = {}
         gpu_rows: dict[int, list[tuple[int, int, int]]] = {}
-        for booking in self.bookings_in(start, end):
+        node_gpus: dict[int, set[int]] = {}
+        for booking in self.bookings_in(start, end, gpu_model_ids=search.gpu_model_ids):
             if booking.start < end and booking.end > start and booking.end > booking.start:
                 cpu_rows.setdefault(booking.node_id, []).append((booking.start, booking.end, booking.cpu_millicores))
                 memory_rows.setdefault(booking.node_id, []).append((booking.start, booking.end, booking.memory_mib))
             for gpu_id, milli, share_start, share_end in booking.shares:
                 if share_start < end and share_end > start and share_end > share_start:
                     gpu_rows.setdefault(gpu_id, []).append((share_start, share_end, milli))
+                    node_gpus.setdefault(self._gpu_node.get(gpu_id), set()).add(gpu_id)
 
-        used_node_ids = set(cpu_rows)
-        for gpu_id in gpu_rows:
-            node_id = self._gpu_node.get(gpu_id)
-            if node_id is not None:
-                used_node_ids.add(node_id)
+        used_node_ids = set(cpu_rows) | set(node_gpus)
+        admitted = [node for node in map(self.nodes.get, used_node_ids)
+                    if node is not None and search.admits(node) and not node.in_maintenance(start, end)]
 
-        used: list[tuple[float, Decimal, int, FleetNode, tuple]] = []
-        full: tuple[FleetNode, tuple] | None = None
-        for node_id in used_node_ids:
-            node = self.nodes.get(node_id)
-            if node is None or not search.admits(node) or node.in_maintenance(start, end):
-                continue
-            free = _free_on(node, cpu_rows.get(node_id), memory_rows.get(node_id), gpu_rows)
-            if _fits(request, free):
-                used.append((_tightness(node, free, request), node.price_per_gpu_hour, node.id, node, free))
+        def usage(node: FleetNode) -> tuple[float, bool]:
+            """Return the share of CPU and GPU left on ``node`` after the request (smaller is tighter), and if it fits."""
+            cpu_free = node.cpu_millicores - _peak_of(cpu_rows.get(node.id))
+            memory_free = node.memory_mib - _peak_of(memory_rows.get(node.id))
+            if cpu_free < request.cpu_millicores or memory_free < request.memory_mib:
+                return 0.0, False
+            used_milli = blocked = 0
+            for gpu_id in node_gpus.get(node.id, ()):
+                if gpu_id in node.healthy:
+                    held = _peak_of(gpu_rows[gpu_id])
+                    used_milli += held
+                    blocked += GPU_MILLI_PER_GPU - held < request.gpu_milli_per_gpu
+            fits = request.gpu_count == 0 or len(node.healthy_gpu_ids) - blocked >= request.gpu_count
+            gpu_capacity = node.gpu_count * GPU_MILLI_PER_GPU
+            cpu_left = (cpu_free - request.cpu_millicores) / node.cpu_millicores if node.cpu_millicores else 0
+            gpu_left = (gpu_capacity - used_milli - request.gpu_milli_total) / gpu_capacity if gpu_capacity else 0
+            return 0.5 * cpu_left + 0.5 * gpu_left, fits
+
+        def exact_state(node: FleetNode) -> NodeState:
+            return _node_state(node, _free_on(node, cpu_rows.get(node.id), memory_rows.get(node.id), gpu_rows))
+
+        fitting = []
+        full: FleetNode | None = None
+        for node in admitted:
+            tightness, fits = usage(node)
+            if fits:
+                fitting.append((tightness, node.price_per_gpu_hour, node.id, node))
             elif full is None and _big_enough(node, request):
-                full = (node, free)
-        used.sort(key=lambda entry: entry[:3])
-        states = [_node_state(node, free) for _tightness_, _price, _id, node, free in used[:used_limit]]
+                full = node
+        fitting.sort(key=lambda entry: entry[:3])
+        states = [exact_state(node) for _tightness, _price, _id, node in fitting[:used_limit]]
 
         free_found = 0
-        for node in self._empty_candidates(request):
+        for node in self._empty_candidates(request, search.gpu_model_ids):
             if free_found >= free_limit:
                 break
             if (node.id in used_node_ids or not search.admits(node) or node.cpu_millicores < request.cpu_millicores
                     or node.memory_mib < request.memory_mib or node.in_maintenance(start, end)):
                 continue
-            free = _free_on(node, None, None, gpu_rows)
-            if _fits(request, free):
-                states.append(_node_state(node, free))
+            if len(node.healthy_gpu_ids) >= request.gpu_count:
+                states.append(exact_state(node))
                 free_found += 1
         if not states and full is not None:
-            states.append(_node_state(*full))
+            states.append(exact_state(full))
         return states
 
-    def _empty_candidates(self, request: PlacementRequest) -> list[FleetNode]:
-        """Return nodes with at least ``request.gpu_count`` GPUs, smallest first, as the ``node_free_order`` index."""
+    def _empty_candidates(self, request: PlacementRequest, gpu_model_ids: tuple[int, ...]) -> Iterable[FleetNode]:
+        """Return nodes of ``gpu_model_ids`` with at least ``request.gpu_count`` GPUs, smallest first.
+
+        The order of the ``node_free_order`` index: GPU count, CPU, price, id.
+        """
         if self._free_order is None:
-            self._free_order = sorted(
-                (node.gpu_count, node.cpu_millicores, node.price_per_gpu_hour, node.id, node)
-                for node in self.nodes.values())
-        first = bisect_left(self._free_order, (request.gpu_count,))
-        return [entry[4] for entry in self._free_order[first:]]
+            everything = sorted((node.gpu_count, node.cpu_millicores, node.price_per_gpu_hour, node.id, node)
+                                for node in self.nodes.values())
+            self._free_order = {None: everything}
+            for entry in everything:
+                self._free_order.setdefault(entry[4].gpu_model_id, []).append(entry)
+        models = set(gpu_model_ids)
+        if len(models) == 1:
+            orders = [self._free_order.get(next(iter(models)), [])]
+        elif models >= set(self._free_order) - {None}:
+            orders = [self._free_order[None]]
+        else:
+            orders = [self._free_order.get(model_id, []) for model_id in models]
+        chosen = [order[bisect_left(order, (request.gpu_count,)):] for order in orders]
+        return (entry[4] for entry in (chosen[0] if len(chosen) == 1 else merge(*chosen)))
 
 
 def _big_enough(node: FleetNode, request: PlacementRequest) -> bool:
@@ -296,16 +354,6 @@ def _free_on(node: FleetNode, cpu_rows, memory_rows, gpu_rows: dict) -> tuple[in
             tuple((gpu_id, GPU_MILLI_PER_GPU - _peak_of(gpu_rows.get(gpu_id))) for gpu_id in node.healthy_gpu_ids))
 
 
-def _fits(request: PlacementRequest, free: tuple) -> bool:
-    cpu_free, memory_free, gpu_free = free
-    if cpu_free < request.cpu_millicores or memory_free < request.memory_mib:
-        return False
-    if request.gpu_count == 0:
-        return True
-    milli = request.gpu_milli_per_gpu
-    return sum(1 for _gpu_id, gpu_milli in gpu_free if gpu_milli >= milli) >= request.gpu_count
-
-
 def _node_state(node: FleetNode, free: tuple) -> NodeState:
     cpu_free, memory_free, gpu_free = free
     return NodeState(
@@ -314,13 +362,3 @@ def _node_state(node: FleetNode, free: tuple) -> NodeState:
         memory_capacity_mib=node.memory_mib, memory_free_mib=memory_free, gpu_free_milli=gpu_free,
         price_per_gpu_hour=float(node.price_per_gpu_hour), hostname=node.hostname,
     )
-
-
-def _tightness(node: FleetNode, free: tuple, request: PlacementRequest) -> float:
-    """Return the share of CPU and GPU milli left on the node after ``request``; smaller is a tighter fit."""
-    cpu_free, _memory_free, gpu_free = free
-    cpu_left = (cpu_free - request.cpu_millicores) / node.cpu_millicores if node.cpu_millicores else 0
-    gpu_capacity = node.gpu_count * GPU_MILLI_PER_GPU
-    used_milli = sum(GPU_MILLI_PER_GPU - gpu_milli for _gpu_id, gpu_milli in gpu_free)
-    gpu_left = (gpu_capacity - used_milli - request.gpu_milli_total) / gpu_capacity if gpu_capacity else 0
-    return 0.5 * cpu_left + 0.5 * gpu_left

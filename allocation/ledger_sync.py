@@ -93,7 +93,7 @@ def ledger_enabled() -> bool:
 
 
 def ledger_for_window(start_at: datetime) -> CapacityLedger | None:
-    """Return this thread's ledger brought up to date, or None if it lacks bookings for a window starting at ``start_at``.
+    """Return this thread's ledger brought up to date, or None if it lacks bookings for a window from ``start_at``.
 
     None when the ledger is off, on SQLite, or when the window starts before the oldest instant
     the ledger covers; the caller then reads the database.

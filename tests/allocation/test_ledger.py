@@ -12,7 +12,7 @@ HOUR = BUCKET_MICROS
 
 
 def brute_peak(rows, start, end):
-    """Peak of ``(row_start, row_end, amount)`` rows over the instants of ``[start, end)``, checked one instant at a time."""
+    """Peak of ``(row_start, row_end, amount)`` rows over the instants of ``[start, end)``, one instant at a time."""
     instants = {start} | {row_start for row_start, _row_end, _amount in rows if start <= row_start < end}
     return max((sum(amount for row_start, row_end, amount in rows if row_start <= at < row_end and row_end > row_start)
                 for at in instants), default=0)
@@ -39,7 +39,9 @@ def random_fleet(rng: random.Random) -> tuple[CapacityLedger, list[Booking]]:
         start = rng.randrange(0, 72 * HOUR, HOUR // 4)
         end = start + rng.choice([0, HOUR // 2, HOUR, 3 * HOUR, 200 * HOUR])
         milli = rng.choice([1000, 500, 250])
-        gpus = rng.sample(node.gpu_ids, rng.randint(0, len(node.gpu_ids)))
+        # Now and then a share sits on another node's GPU, as after a migration.
+        share_node = node if rng.random() < 0.9 else rng.choice(list(ledger.nodes.values()))
+        gpus = rng.sample(share_node.gpu_ids, rng.randint(0, len(share_node.gpu_ids)))
         booking = Booking(id=booking_id, node_id=node.id, customer_id=rng.choice([1, 2, 3]),
                           gpu_model_id=node.gpu_model_id, start=start, end=end,
                           cpu_millicores=rng.choice([0, 1000, 4000]), memory_mib=rng.choice([0, 4096]),
@@ -130,6 +132,17 @@ def test_customer_usage_skips_booking_that_ends_where_the_window_starts():
 
     assert ledger.customer_usage(7, HOUR, 2 * HOUR) == ({}, 0)
     assert ledger.customer_usage(7, HOUR - 1, 2 * HOUR) == ({1: 1000}, 1000)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_peak_matches_brute_force_for_many_rows(seed):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(rng.randint(2, 20)):
+        start = rng.randrange(0, 20)
+        rows.append((start, start + rng.randrange(0, 6), rng.choice([100, 250, 500])))
+
+    assert peak(rows) == brute_peak(rows, -1, 30)
 
 
 def test_peak_counts_back_to_back_rows_once():

@@ -87,7 +87,8 @@ def test_ledger_reads_transaction_that_commits_after_a_later_one(customer, other
     thread = threading.Thread(target=slow)
     thread.start()
     assert slow_wrote.wait(timeout=10)
-    in_other_connection(lambda: reservation_create(customer=other_customer, spec=spec("fast", gpu_models=["A10"]), now=NOW))
+    in_other_connection(
+        lambda: reservation_create(customer=other_customer, spec=spec("fast", gpu_models=["A10"]), now=NOW))
     fast_committed.set()
 
     seen_between = booked_ids(ledger_for_window(NOW))
