@@ -43,7 +43,7 @@ from marketplace.metrics import SOURCE_REQUEST, reservation_decision_record
 from marketplace.models import Gpu, GpuModel, Node, Organization, Region
 
 from .approval_policy import policy_approval_reason
-from .ledger_sync import ledger_for_window, ledger_shortlist, ledger_usage_reader
+from .ledger_sync import ledger_for_window, ledger_load_if_due, ledger_shortlist, ledger_usage_reader
 from .lifecycle import placed_status
 from .models import Allocation, ApprovalPolicy, GpuShare, RejectionReason, Reservation, ReservationStatus
 from .placement import MAX_COMMIT_ATTEMPTS, placement_diagnose, placement_shortlist
@@ -90,6 +90,7 @@ def reservation_create_express(
     response, or None when the full path must decide it (nothing was written). Raises
     ``DuplicateExternalRef`` as the full path does.
     """
+    ledger_load_if_due()
     try:
         with transaction.atomic():
             decided = _decide_and_write(customer=customer, resolved=resolved, terms=terms, policy=policy, actor=actor,
