@@ -13,6 +13,8 @@ from django.db import connection
 from marketplace.models import GpuModel
 
 from .budgets import budget_admit, combined_price_cap
+from .ledger import CapacityLedger, NodeSearch
+from .ledger_sync import ledger_for_window, ledger_usage_reader, micros
 from .placement import any_node_could_hold, placement_rank
 from .quotas import quota_admit
 from .selectors import (
@@ -85,22 +87,27 @@ def alternatives_find(
     cached = cache.get(key)
     if cached is not None:
         return cached
+    ledger = ledger_for_window(start_at)
     found = Alternatives(
-        earliest_start_at=(_earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now)
+        earliest_start_at=(_earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now, ledger)
                            if any_node_could_hold(request, node_filter) else None),
-        options=_options_now(customer_id, request, start_at, end_at, policy),
+        options=_options_now(customer_id, request, start_at, end_at, policy, ledger),
     )
     cache.set(key, found, settings.MARKETPLACE["ALTERNATIVES_CACHE_SECONDS"])
     return found
 
 
-def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now) -> datetime | None:
+def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now,
+                    ledger: CapacityLedger | None) -> datetime | None:
     duration = end_at - start_at
     latest_start = now + timedelta(seconds=settings.MARKETPLACE["MAX_HORIZON_SECONDS"])
     model_names = dict(GpuModel.objects.filter(id__in=node_filter.gpu_model_ids).values_list("id", "name"))
 
     candidates = allocation_end_instants(start_at, latest_start, limit=EARLIEST_START_CANDIDATES,
                                          node_filter=node_filter, customer_id=customer_id)
+    if ledger is not None:
+        return _earliest_start_in_ledger(ledger, customer_id, request, candidates, duration, node_filter,
+                                         model_names)
     # Room under the request's own filter is checked first, because quota and budget can only narrow
     # it. Most candidates fail there.
     for candidate, states in _starts_with_room(request, candidates, duration, node_filter):
@@ -128,6 +135,51 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
     return None
 
 
+def _earliest_start_in_ledger(ledger: CapacityLedger, customer_id: int, request: PlacementRequest,
+                              candidates: list[datetime], duration: timedelta, node_filter: NodeFilter,
+                              model_names: dict[int, str]) -> datetime | None:
+    """Return the first of ``candidates`` at which the request fits, checking room and quota in ``ledger``.
+
+    The same checks as ``_earliest_start``, in the same order. A node that can hold the request is
+    one that every policy can place it on, so room needs no ranking.
+    """
+    read_usage = ledger_usage_reader(ledger)
+    for candidate in candidates:
+        if not _room_in_ledger(ledger, request, candidate, candidate + duration, node_filter):
+            continue
+        decision = quota_admit(
+            customer_id=customer_id, model_ids=node_filter.gpu_model_ids, model_names=model_names,
+            gpu_milli=request.gpu_milli_total, start_at=candidate, end_at=candidate + duration,
+            read_usage=read_usage,
+        )
+        if not decision.admitted_model_ids:
+            continue
+        budget = budget_admit(customer_id=customer_id, gpu_milli=request.gpu_milli_total, start_at=candidate,
+                              end_at=candidate + duration)
+        if budget.refusal:
+            continue
+        price_cap, _ = combined_price_cap(node_filter.max_price_per_gpu_hour, budget)
+        if set(decision.admitted_model_ids) == set(node_filter.gpu_model_ids) and \
+                price_cap == node_filter.max_price_per_gpu_hour:
+            return candidate
+        shifted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, price_cap)
+        if _room_in_ledger(ledger, request, candidate, candidate + duration, shifted):
+            return candidate
+    return None
+
+
+def _room_in_ledger(ledger: CapacityLedger, request: PlacementRequest, start_at: datetime, end_at: datetime,
+                    node_filter: NodeFilter) -> bool:
+    states = ledger.shortlist(request, micros(start_at), micros(end_at), _search(node_filter), used_limit=1,
+                              free_limit=1)
+    return any(state.can_hold(request) for state in states)
+
+
+def _search(node_filter: NodeFilter) -> NodeSearch:
+    return NodeSearch(gpu_model_ids=tuple(node_filter.gpu_model_ids), region_id=node_filter.region_id,
+                      max_price_per_gpu_hour=node_filter.max_price_per_gpu_hour)
+
+
 def _starts_with_room(request: PlacementRequest, candidates: list[datetime], duration: timedelta,
                       node_filter: NodeFilter) -> Iterator[tuple[datetime, list[NodeState] | None]]:
     """Yield, in order, those of ``candidates`` at which a node of ``node_filter`` has room for the request.
@@ -150,24 +202,30 @@ def _starts_with_room(request: PlacementRequest, candidates: list[datetime], dur
             yield candidate, None
 
 
-def _options_now(customer_id, request, start_at, end_at, policy) -> list[Option]:
+def _options_now(customer_id, request, start_at, end_at, policy,
+                 ledger: CapacityLedger | None = None) -> list[Option]:
     """List every (GPU model, region) that can hold the request in its window, ignoring the request's filters.
 
     ``candidate_ids`` already checks CPU, memory and room on enough healthy GPUs of partly used
     nodes. The last query also drops empty nodes with too few healthy GPUs. ``policy`` is not
     consulted: every node that can hold the request is an option, whichever the policy would pick.
+    With ``ledger``, usage and room come from it instead of the database.
     """
     catalogue = dict(GpuModel.objects.values_list("id", "name"))
     decision = quota_admit(
         customer_id=customer_id, model_ids=tuple(catalogue), model_names=catalogue,
         gpu_milli=request.gpu_milli_total, start_at=start_at, end_at=end_at,
+        **({"read_usage": ledger_usage_reader(ledger)} if ledger is not None else {}),
     )
     budget = budget_admit(customer_id=customer_id, gpu_milli=request.gpu_milli_total, start_at=start_at,
                           end_at=end_at)
     if budget.refusal or not decision.admitted_model_ids:
         return []
     node_filter = NodeFilter(decision.admitted_model_ids, None, budget.max_affordable_price)
-    rows = _option_rows(request, start_at, end_at, node_filter)
+    if ledger is not None:
+        rows = ledger.lowest_prices(request, micros(start_at), micros(end_at), _search(node_filter))
+    else:
+        rows = _option_rows(request, start_at, end_at, node_filter)
     cheapest: dict[tuple[str, str], Option] = {}
     for model_id, region, price, currency in rows:
         key = (catalogue[model_id], region)

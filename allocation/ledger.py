@@ -46,6 +46,7 @@ class FleetNode:
     maintenance: tuple[tuple[int, int], ...]
     gpu_ids: tuple[int, ...] = ()
     """Every GPU of the node, healthy or not."""
+    region_code: str = ""
     healthy: frozenset[int] = frozenset()
     """The healthy GPU ids as a set, set from ``healthy_gpu_ids``."""
 
@@ -246,71 +247,54 @@ class CapacityLedger:
         ``used_limit`` partly used nodes, ordered by the free share of CPU and GPU left after the
         request, then by price. Then come up to ``free_limit`` nodes with no booking in the
         window, smallest first.
-        When no node fits, the list holds one node that would hold the request when idle, if a
-        partly used one would, as the database's shortlist does; the policy ranks none of it.
+        When no node fits, the list contains one partly used node that could take the request when
+        idle, if there is one, as the database's shortlist does; the policy ranks none of it.
         """
-        cpu_rows: dict[int, list[tuple[int, int, int]]] = {}
-        memory_rows: dict[int, list[tuple[int, int, int]]] = {}
-        gpu_rows: dict[int, list[tuple[int, int, int]]] = {}
-        node_gpus: dict[int, set[int]] = {}
-        for booking in self.bookings_in(start, end, gpu_model_ids=search.gpu_model_ids):
-            if booking.start < end and booking.end > start and booking.end > booking.start:
-                cpu_rows.setdefault(booking.node_id, []).append((booking.start, booking.end, booking.cpu_millicores))
-                memory_rows.setdefault(booking.node_id, []).append((booking.start, booking.end, booking.memory_mib))
-            for gpu_id, milli, share_start, share_end in booking.shares:
-                if share_start < end and share_end > start and share_end > share_start:
-                    gpu_rows.setdefault(gpu_id, []).append((share_start, share_end, milli))
-                    node_gpus.setdefault(self._gpu_node.get(gpu_id), set()).add(gpu_id)
-
-        used_node_ids = set(cpu_rows) | set(node_gpus)
-        admitted = [node for node in map(self.nodes.get, used_node_ids)
-                    if node is not None and search.admits(node) and not node.in_maintenance(start, end)]
-
-        def usage(node: FleetNode) -> tuple[float, bool]:
-            """Return the share of CPU and GPU left on ``node`` after the request (smaller is tighter), and if it fits."""
-            cpu_free = node.cpu_millicores - _peak_of(cpu_rows.get(node.id))
-            memory_free = node.memory_mib - _peak_of(memory_rows.get(node.id))
-            if cpu_free < request.cpu_millicores or memory_free < request.memory_mib:
-                return 0.0, False
-            used_milli = blocked = 0
-            for gpu_id in node_gpus.get(node.id, ()):
-                if gpu_id in node.healthy:
-                    held = _peak_of(gpu_rows[gpu_id])
-                    used_milli += held
-                    blocked += GPU_MILLI_PER_GPU - held < request.gpu_milli_per_gpu
-            fits = request.gpu_count == 0 or len(node.healthy_gpu_ids) - blocked >= request.gpu_count
-            gpu_capacity = node.gpu_count * GPU_MILLI_PER_GPU
-            cpu_left = (cpu_free - request.cpu_millicores) / node.cpu_millicores if node.cpu_millicores else 0
-            gpu_left = (gpu_capacity - used_milli - request.gpu_milli_total) / gpu_capacity if gpu_capacity else 0
-            return 0.5 * cpu_left + 0.5 * gpu_left, fits
-
-        def exact_state(node: FleetNode) -> NodeState:
-            return _node_state(node, _free_on(node, cpu_rows.get(node.id), memory_rows.get(node.id), gpu_rows))
-
+        usage = _WindowUsage(self, start, end, search)
         fitting = []
         full: FleetNode | None = None
-        for node in admitted:
-            tightness, fits = usage(node)
+        for node in usage.admitted:
+            tightness, fits = usage.measure(node, request)
             if fits:
                 fitting.append((tightness, node.price_per_gpu_hour, node.id, node))
             elif full is None and _big_enough(node, request):
                 full = node
         fitting.sort(key=lambda entry: entry[:3])
-        states = [exact_state(node) for _tightness, _price, _id, node in fitting[:used_limit]]
+        states = [usage.state(node) for _tightness, _price, _id, node in fitting[:used_limit]]
 
         free_found = 0
         for node in self._empty_candidates(request, search.gpu_model_ids):
             if free_found >= free_limit:
                 break
-            if (node.id in used_node_ids or not search.admits(node) or node.cpu_millicores < request.cpu_millicores
-                    or node.memory_mib < request.memory_mib or node.in_maintenance(start, end)):
-                continue
-            if len(node.healthy_gpu_ids) >= request.gpu_count:
-                states.append(exact_state(node))
+            if usage.empty_fit(node, request):
+                states.append(usage.state(node))
                 free_found += 1
         if not states and full is not None:
-            states.append(exact_state(full))
+            states.append(usage.state(full))
         return states
+
+    def lowest_prices(self, request: PlacementRequest, start: int, end: int,
+                      search: NodeSearch) -> list[tuple[int, str, Decimal, str]]:
+        """Return ``(gpu_model_id, region code, lowest price, currency)`` over every node that can hold ``request``.
+
+        The rows match the database's option rows: every partly used node that fits, and every
+        empty one.
+        """
+        usage = _WindowUsage(self, start, end, search)
+        lowest: dict[tuple[int, str, str], Decimal] = {}
+
+        def offer(node: FleetNode) -> None:
+            key = (node.gpu_model_id, node.region_code, node.currency)
+            if key not in lowest or node.price_per_gpu_hour < lowest[key]:
+                lowest[key] = node.price_per_gpu_hour
+
+        for node in usage.admitted:
+            if usage.measure(node, request)[1]:
+                offer(node)
+        for node in self._empty_candidates(request, search.gpu_model_ids):
+            if usage.empty_fit(node, request):
+                offer(node)
+        return [(model_id, region, price, currency) for (model_id, region, currency), price in lowest.items()]
 
     def _empty_candidates(self, request: PlacementRequest, gpu_model_ids: tuple[int, ...]) -> Iterable[FleetNode]:
         """Return nodes of ``gpu_model_ids`` with at least ``request.gpu_count`` GPUs, smallest first.
@@ -334,6 +318,64 @@ class CapacityLedger:
         return (entry[4] for entry in (chosen[0] if len(chosen) == 1 else merge(*chosen)))
 
 
+class _WindowUsage:
+    """The usage of one window by node and GPU, from the bookings that overlap it, for the nodes a search admits."""
+
+    def __init__(self, ledger: CapacityLedger, start: int, end: int, search: NodeSearch) -> None:
+        self.start, self.end, self.search = start, end, search
+        self.cpu_rows: dict[int, list[tuple[int, int, int]]] = {}
+        self.memory_rows: dict[int, list[tuple[int, int, int]]] = {}
+        self.gpu_rows: dict[int, list[tuple[int, int, int]]] = {}
+        self.node_gpus: dict[int | None, set[int]] = {}
+        for booking in ledger.bookings_in(start, end, gpu_model_ids=search.gpu_model_ids):
+            if booking.start < end and booking.end > start and booking.end > booking.start:
+                self.cpu_rows.setdefault(booking.node_id, []).append(
+                    (booking.start, booking.end, booking.cpu_millicores))
+                self.memory_rows.setdefault(booking.node_id, []).append(
+                    (booking.start, booking.end, booking.memory_mib))
+            for gpu_id, milli, share_start, share_end in booking.shares:
+                if share_start < end and share_end > start and share_end > share_start:
+                    self.gpu_rows.setdefault(gpu_id, []).append((share_start, share_end, milli))
+                    self.node_gpus.setdefault(ledger._gpu_node.get(gpu_id), set()).add(gpu_id)
+        self.used_node_ids = set(self.cpu_rows) | set(self.node_gpus)
+        self.admitted = [node for node in map(ledger.nodes.get, self.used_node_ids)
+                         if node is not None and search.admits(node) and not node.in_maintenance(start, end)]
+
+    def measure(self, node: FleetNode, request: PlacementRequest) -> tuple[float, bool]:
+        """Return the share of CPU and GPU left on ``node`` after ``request`` (smaller is tighter), and if it fits."""
+        cpu_free = node.cpu_millicores - _peak_of(self.cpu_rows.get(node.id))
+        memory_free = node.memory_mib - _peak_of(self.memory_rows.get(node.id))
+        if cpu_free < request.cpu_millicores or memory_free < request.memory_mib:
+            return 0.0, False
+        used_milli = blocked = 0
+        for gpu_id in self.node_gpus.get(node.id, ()):
+            if gpu_id in node.healthy:
+                held = _peak_of(self.gpu_rows[gpu_id])
+                used_milli += held
+                blocked += GPU_MILLI_PER_GPU - held < request.gpu_milli_per_gpu
+        fits = request.gpu_count == 0 or len(node.healthy_gpu_ids) - blocked >= request.gpu_count
+        gpu_capacity = node.gpu_count * GPU_MILLI_PER_GPU
+        cpu_left = (cpu_free - request.cpu_millicores) / node.cpu_millicores if node.cpu_millicores else 0
+        gpu_left = (gpu_capacity - used_milli - request.gpu_milli_total) / gpu_capacity if gpu_capacity else 0
+        return 0.5 * cpu_left + 0.5 * gpu_left, fits
+
+    def empty_fit(self, node: FleetNode, request: PlacementRequest) -> bool:
+        """Return whether ``node``, with no booking in the window, passes the search and can hold ``request``."""
+        return (node.id not in self.used_node_ids and self.search.admits(node)
+                and node.cpu_millicores >= request.cpu_millicores and node.memory_mib >= request.memory_mib
+                and len(node.healthy_gpu_ids) >= request.gpu_count and not node.in_maintenance(self.start, self.end))
+
+    def state(self, node: FleetNode) -> NodeState:
+        cpu_free, memory_free, gpu_free = _free_on(node, self.cpu_rows.get(node.id), self.memory_rows.get(node.id),
+                                                   self.gpu_rows)
+        return NodeState(
+            node_id=node.id, gpu_model=node.gpu_model_name, gpu_count=node.gpu_count,
+            cpu_capacity_millicores=node.cpu_millicores, cpu_free_millicores=cpu_free,
+            memory_capacity_mib=node.memory_mib, memory_free_mib=memory_free, gpu_free_milli=gpu_free,
+            price_per_gpu_hour=float(node.price_per_gpu_hour), hostname=node.hostname,
+        )
+
+
 def _big_enough(node: FleetNode, request: PlacementRequest) -> bool:
     """Return whether ``node`` could hold ``request`` when idle."""
     return (node.cpu_millicores >= request.cpu_millicores and node.memory_mib >= request.memory_mib
@@ -352,13 +394,3 @@ def _free_on(node: FleetNode, cpu_rows, memory_rows, gpu_rows: dict) -> tuple[in
     """Return the node's free CPU, free memory and ``(gpu_id, free_milli)`` per healthy GPU at the window's peak."""
     return (node.cpu_millicores - _peak_of(cpu_rows), node.memory_mib - _peak_of(memory_rows),
             tuple((gpu_id, GPU_MILLI_PER_GPU - _peak_of(gpu_rows.get(gpu_id))) for gpu_id in node.healthy_gpu_ids))
-
-
-def _node_state(node: FleetNode, free: tuple) -> NodeState:
-    cpu_free, memory_free, gpu_free = free
-    return NodeState(
-        node_id=node.id, gpu_model=node.gpu_model_name, gpu_count=node.gpu_count,
-        cpu_capacity_millicores=node.cpu_millicores, cpu_free_millicores=cpu_free,
-        memory_capacity_mib=node.memory_mib, memory_free_mib=memory_free, gpu_free_milli=gpu_free,
-        price_per_gpu_hour=float(node.price_per_gpu_hour), hostname=node.hostname,
-    )

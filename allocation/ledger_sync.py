@@ -95,8 +95,8 @@ def ledger_enabled() -> bool:
 def ledger_for_window(start_at: datetime) -> CapacityLedger | None:
     """Return this thread's ledger brought up to date, or None if it lacks bookings for a window from ``start_at``.
 
-    None when the ledger is off, on SQLite, or when the window starts before the oldest instant
-    the ledger covers; the caller then reads the database.
+    The caller reads the database when this is None: the ledger is off, the database is SQLite,
+    or the window starts before the oldest instant the ledger covers.
     """
     if not ledger_enabled():
         return None
@@ -231,12 +231,13 @@ def _read_changes(synced: _Synced, clock: float) -> None:
 
 def _node(row: list) -> FleetNode:
     (node_id, model_id, model_name, region_id, hostname, gpu_count, cpu, memory, price, currency, status,
-     healthy_gpu_ids, maintenance, gpu_ids) = row
+     healthy_gpu_ids, maintenance, gpu_ids, region_code) = row
     return FleetNode(
         id=node_id, gpu_model_id=model_id, gpu_model_name=model_name, region_id=region_id, hostname=hostname,
         gpu_count=gpu_count, cpu_millicores=cpu, memory_mib=memory, price_per_gpu_hour=Decimal(price),
         currency=currency, active=status == Node.Status.ACTIVE, healthy_gpu_ids=tuple(healthy_gpu_ids),
         maintenance=tuple((start, end) for start, end in maintenance), gpu_ids=tuple(gpu_ids),
+        region_code=region_code,
     )
 
 

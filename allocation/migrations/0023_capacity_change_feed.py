@@ -133,9 +133,11 @@ CREATE FUNCTION allocation_capacity_nodes(p_ids bigint[]) RETURNS jsonb LANGUAGE
         COALESCE((SELECT jsonb_agg(jsonb_build_array(allocation_capacity_micros(w.start_at),
                                                      allocation_capacity_micros(w.end_at)))
                   FROM marketplace_maintenancewindow w WHERE w.node_id = n.id), '[]'::jsonb),
-        COALESCE((SELECT jsonb_agg(g.id) FROM marketplace_gpu g WHERE g.node_id = n.id), '[]'::jsonb)
+        COALESCE((SELECT jsonb_agg(g.id) FROM marketplace_gpu g WHERE g.node_id = n.id), '[]'::jsonb),
+        r.code
     )), '[]'::jsonb)
     FROM marketplace_node n JOIN marketplace_gpumodel m ON m.id = n.gpu_model_id
+    JOIN marketplace_region r ON r.id = n.region_id
     WHERE p_ids IS NULL OR n.id = ANY(p_ids)
 $$;
 

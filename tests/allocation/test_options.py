@@ -8,10 +8,11 @@ import pytest
 
 from allocation import alternatives
 from allocation.budgets import budget_admit
+from allocation.ledger_sync import ledger_for_window
 from allocation.models import Allocation, Budget, Quota
 from allocation.placement_policy import placement_policy
 from allocation.quotas import quota_admit
-from allocation.selectors import node_states
+from allocation.selectors import NodeFilter, node_states
 from allocation.services import ReservationSpec, reservation_create
 from allocation.solvers import PlacementRequest
 from marketplace.models import Gpu, GpuModel, MaintenanceWindow, Node
@@ -88,9 +89,15 @@ def requests(seed: int):
         yield request, start_at, start_at + timedelta(minutes=30 * rng.randrange(1, 8))
 
 
+def capacity(source: str, start_at):
+    """Return the capacity ledger for ``source`` "ledger", or None to read the database."""
+    return ledger_for_window(start_at) if source == "ledger" else None
+
+
+@pytest.mark.parametrize("source", ["database", "ledger"])
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("limits", ["none", "budget", "quota"])
-def test_options_equal_exact_check(customer, seed, limits):
+def test_options_equal_exact_check(customer, seed, limits, source):
     build_fleet(customer, seed)
     if limits == "budget":
         Budget.objects.create(organization=customer, max_spend=Decimal("40.00"))
@@ -98,7 +105,8 @@ def test_options_equal_exact_check(customer, seed, limits):
         Quota.objects.create(organization=customer, gpu_model=gpu_model("A10"), max_gpu_milli=0)
     compared = 0
     for request, start_at, end_at in requests(seed + 100):
-        options = alternatives._options_now(customer.pk, request, start_at, end_at, placement_policy())
+        options = alternatives._options_now(customer.pk, request, start_at, end_at, placement_policy(),
+                                            capacity(source, start_at))
 
         expected = exact_options(customer.pk, request, start_at, end_at)
         assert {(o.gpu_model, o.region): o.price_per_gpu_hour for o in options} == expected, (request, start_at)
@@ -106,7 +114,8 @@ def test_options_equal_exact_check(customer, seed, limits):
     assert compared >= 3  # Some requests have options, so the comparison is not only between empty sets.
 
 
-def test_node_fitting_between_bookings_sets_price(customer):
+@pytest.mark.parametrize("source", ["database", "ledger"])
+def test_node_fitting_between_bookings_sets_price(customer, source):
     """The cheap node has two back-to-back half-GPU bookings, so half a GPU stays free at every instant."""
     region = RegionFactory(code="eu-west")
     cheap = NodeFactory(gpu_model=gpu_model("T4"), region=region, gpu_count=1, price_per_gpu_hour=Decimal("1.00"))
@@ -118,6 +127,26 @@ def test_node_fitting_between_bookings_sets_price(customer):
         assert reservation.allocation.node_id == cheap.pk
     request = PlacementRequest(gpu_count=1, gpu_milli_per_gpu=500, cpu_millicores=1000, memory_mib=1024)
 
-    options = alternatives._options_now(customer.pk, request, NOW + hours(1), NOW + hours(3), placement_policy())
+    options = alternatives._options_now(customer.pk, request, NOW + hours(1), NOW + hours(3), placement_policy(),
+                                        capacity(source, NOW + hours(1)))
 
     assert [(o.gpu_model, o.price_per_gpu_hour) for o in options] == [("T4", Decimal("1.00"))]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("limits", ["none", "quota"])
+def test_earliest_start_from_ledger_equals_database(customer, seed, limits):
+    build_fleet(customer, seed)
+    if limits == "quota":
+        Quota.objects.create(organization=customer, gpu_model=None, max_gpu_milli=3000)
+    models = tuple(GpuModel.objects.filter(name__in=["T4", "A10"]).values_list("id", flat=True))
+    found = 0
+    for request, start_at, end_at in requests(seed + 200):
+        node_filter = NodeFilter(models)
+        arguments = (customer.pk, request, start_at, end_at, node_filter, placement_policy(), NOW)
+
+        from_ledger = alternatives._earliest_start(*arguments, ledger_for_window(start_at))
+
+        assert from_ledger == alternatives._earliest_start(*arguments, None), (request, start_at)
+        found += from_ledger is not None
+    assert found >= 3
