@@ -19,11 +19,15 @@ from typing import Iterable
 from .solvers import NodeState, PlacementRequest
 
 GPU_MILLI_PER_GPU = 1000
-BUCKET_MICROS = 3600 * 1_000_000
-"""Bookings are indexed by the hours they touch."""
-LONG_BOOKING_BUCKETS = 168
-"""A booking that touches more hours than this is indexed under ``LONG``; a longer window scans every booking."""
-LONG = "long"
+HOUR_MICROS = 3600 * 1_000_000
+DAY_MICROS = 24 * HOUR_MICROS
+HOURLY_UP_TO = 24
+"""A booking that touches at most this many hours is indexed by hour, a longer one by day."""
+DAILY_UP_TO = 62
+"""A booking that touches more days than this is indexed under ``LONG``."""
+LONG = ("long",)
+WINDOW_SLOTS_UP_TO = 168
+"""A window that touches more hours than this scans every booking instead of the index."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,34 +118,63 @@ def peak(rows: Iterable[tuple[int, int, int]]) -> int:
     return highest
 
 
+def _booking_slots(start: int, end: int) -> list[tuple]:
+    """Return the slots a booking touching ``[start, end)`` is indexed under: its hours, its days, or ``LONG``."""
+    last = max(end - 1, start)
+    if last // HOUR_MICROS - start // HOUR_MICROS < HOURLY_UP_TO:
+        return [("hour", hour) for hour in range(start // HOUR_MICROS, last // HOUR_MICROS + 1)]
+    if last // DAY_MICROS - start // DAY_MICROS < DAILY_UP_TO:
+        return [("day", day) for day in range(start // DAY_MICROS, last // DAY_MICROS + 1)]
+    return [LONG]
+
+
+def _window_slots(start: int, end: int) -> list[tuple] | None:
+    """Return every slot a booking overlapping ``[start, end)`` can be indexed under, or None for a long window."""
+    last = max(end - 1, start)
+    if last // HOUR_MICROS - start // HOUR_MICROS >= WINDOW_SLOTS_UP_TO:
+        return None
+    return [LONG, *(("day", day) for day in range(start // DAY_MICROS, last // DAY_MICROS + 1)),
+            *(("hour", hour) for hour in range(start // HOUR_MICROS, last // HOUR_MICROS + 1))]
+
+
 def _overlaps(start: int, end: int, window_start: int, window_end: int) -> bool:
     return start < window_end and end > window_start and end > start
 
 
 @dataclass
 class CapacityLedger:
-    """The fleet and every booking that matters for future windows, indexed by node, customer and hour."""
+    """The fleet and every booking that matters for future windows, indexed by customer, GPU model and time."""
 
     nodes: dict[int, FleetNode] = field(default_factory=dict)
     bookings: dict[int, Booking] = field(default_factory=dict)
     _gpu_node: dict[int, int] = field(default_factory=dict)
-    _buckets: dict[object, set[int]] = field(default_factory=dict)
-    """Booking ids by hour, by ``("customer", customer_id, hour)`` and by ``("model", gpu_model_id, hour)``.
+    _buckets: dict[tuple, set[int]] = field(default_factory=dict)
+    """Booking ids by ``(scope, slot)``.
 
-    ``LONG`` stands for every hour of a long booking.
+    A scope is ``()`` for every booking, ``("customer", id)`` or ``("model", id)``. A slot is
+    ``("hour", n)`` or ``("day", n)`` since the epoch, or ``LONG``. Each booking is indexed under
+    each slot it touches at one granularity, so a week-long booking takes 8 day keys per scope,
+    not 168 hour keys.
     """
-    _booking_keys: dict[int, list] = field(default_factory=dict)
+    _booking_scopes: dict[int, tuple[tuple, ...]] = field(default_factory=dict)
     _free_order: dict[int | None, list[tuple]] | None = None
     """Nodes smallest first, per GPU model id and for all models (``None``)."""
 
     # Changes.
 
     def put_node(self, node: FleetNode) -> None:
+        old = self.nodes.get(node.id)
         self.drop_node(node.id)
         self.nodes[node.id] = node
         for gpu_id in node.gpu_ids or node.healthy_gpu_ids:
             self._gpu_node[gpu_id] = node.id
         self._free_order = None
+        if old is not None and (old.gpu_model_id != node.gpu_model_id or old.gpu_ids != node.gpu_ids):
+            # The model scopes of the bookings that use this node's GPUs changed.
+            gpus = set(old.gpu_ids) | set(node.gpu_ids)
+            for booking in [booking for booking in self.bookings.values() if booking.node_id == node.id
+                            or any(share[0] in gpus for share in booking.shares)]:
+                self.put_booking(booking)
 
     def drop_node(self, node_id: int) -> None:
         old = self.nodes.pop(node_id, None)
@@ -154,31 +187,32 @@ class CapacityLedger:
     def put_booking(self, booking: Booking) -> None:
         self.drop_booking(booking.id)
         self.bookings[booking.id] = booking
-        keys = self._booking_keys[booking.id] = self._keys(booking)
-        for key in keys:
-            self._buckets.setdefault(key, set()).add(booking.id)
+        scopes = self._booking_scopes[booking.id] = self._scopes(booking)
+        for slot in _booking_slots(*booking.touches):
+            for scope in scopes:
+                self._buckets.setdefault((scope, slot), set()).add(booking.id)
 
     def drop_booking(self, booking_id: int) -> None:
-        if self.bookings.pop(booking_id, None) is None:
+        old = self.bookings.pop(booking_id, None)
+        if old is None:
             return
-        for key in self._booking_keys.pop(booking_id):
-            bucket = self._buckets.get(key)
-            if bucket is not None:
-                bucket.discard(booking_id)
-                if not bucket:
-                    del self._buckets[key]
+        scopes = self._booking_scopes.pop(booking_id)
+        for slot in _booking_slots(*old.touches):
+            for scope in scopes:
+                bucket = self._buckets.get((scope, slot))
+                if bucket is not None:
+                    bucket.discard(booking_id)
+                    if not bucket:
+                        del self._buckets[(scope, slot)]
 
-    def _keys(self, booking: Booking) -> list:
-        """Return the index keys of ``booking``: its hours overall, for its customer and for each GPU model it uses."""
+    def _scopes(self, booking: Booking) -> tuple[tuple, ...]:
+        """Return the scopes ``booking`` is indexed under: all, its customer, and each GPU model it uses."""
         models = {booking.gpu_model_id}
         for gpu_id, _milli, _start, _end in booking.shares:
             node = self.nodes.get(self._gpu_node.get(gpu_id))
             if node is not None:
                 models.add(node.gpu_model_id)  # A migrated share can sit on another model's node.
-        hours = self._hours(*booking.touches)
-        slots = [LONG] if hours is None else list(hours)
-        return [*slots, *(("customer", booking.customer_id, slot) for slot in slots),
-                *(("model", model_id, slot) for model_id in models for slot in slots)]
+        return ((), ("customer", booking.customer_id), *(("model", model_id) for model_id in sorted(models)))
 
     def drop_bookings_ended_by(self, instant: int) -> int:
         """Forget bookings whose allocation and shares all end at or before ``instant``; return how many."""
@@ -186,13 +220,6 @@ class CapacityLedger:
         for booking_id in ended:
             self.drop_booking(booking_id)
         return len(ended)
-
-    @staticmethod
-    def _hours(start: int, end: int) -> range | None:
-        first, last = start // BUCKET_MICROS, max(end - 1, start) // BUCKET_MICROS
-        if last - first >= LONG_BOOKING_BUCKETS:
-            return None
-        return range(first, last + 1)
 
     # Reads.
 
@@ -204,21 +231,21 @@ class CapacityLedger:
         node of one of those models.
         """
         if customer_id is not None:
-            prefixes = [("customer", customer_id)]
+            scopes = [("customer", customer_id)]
         elif gpu_model_ids is not None:
-            prefixes = [("model", model_id) for model_id in gpu_model_ids]
+            scopes = [("model", model_id) for model_id in gpu_model_ids]
         else:
-            prefixes = [()]
-        hours = self._hours(start, end)
+            scopes = [()]
+        slots = _window_slots(start, end)
         ids: set[int] = set()
-        if hours is None:  # A long window: any booking may overlap it.
-            wanted = set(prefixes)
-            ids = {booking_id for booking_id, keys in self._booking_keys.items()
-                   if any((key[:2] if isinstance(key, tuple) else ()) in wanted for key in keys)}
+        if slots is None:  # A long window: any booking may overlap it.
+            wanted = set(scopes)
+            ids = {booking_id for booking_id, booking_scopes in self._booking_scopes.items()
+                   if not wanted.isdisjoint(booking_scopes)}
         else:
-            for slot in [LONG, *hours]:
-                for prefix in prefixes:
-                    bucket = self._buckets.get((*prefix, slot) if prefix else slot)
+            for slot in slots:
+                for scope in scopes:
+                    bucket = self._buckets.get((scope, slot))
                     if bucket:
                         ids |= bucket
         found = []

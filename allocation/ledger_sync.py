@@ -7,12 +7,15 @@ committed transactions changed, resolved to their current rows. The express path
 ``ledger_for_window`` after it has locked the customer's row, so the ledger then includes every
 admission of that customer that committed before, as the database's own reads would.
 
-A thread reloads everything every ``CAPACITY_LEDGER_RELOAD_SECONDS`` and when it last read the
-feed longer ago than the feed keeps rows, so no missed change outlives a reload.
+A thread reloads everything every ``CAPACITY_LEDGER_RELOAD_SECONDS``, and instead of reading
+the feed when its last read is older than half of ``FEED_RETENTION``, so no missed change
+outlives a reload.
 
 NOTE: a transaction that reads the feed and then rolls back its own writes leaves them in the
 ledger until the next reload. Requests read the feed before they write, so only tests, which
 roll back each test's transaction, see this; ``ledger_reset`` clears the thread's ledger.
+Renaming a GPU model or a region is not in the feed either; the ledger shows the new name after
+the next reload.
 """
 
 import json
@@ -24,7 +27,7 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from marketplace.models import Node
@@ -36,7 +39,8 @@ from .solvers import NodeState, Placement, PlacementPolicy, PlacementRequest
 logger = logging.getLogger(__name__)
 
 FEED_RETENTION = timedelta(minutes=30)
-"""Rows of the change feed older than this are purged; a thread that read the feed longer ago reloads."""
+"""Feed rows of transactions that committed longer ago than this are purged; a thread that has not read
+the feed for half as long reloads instead."""
 PRUNE_EVERY_SECONDS = 60.0
 
 CHANGES_SQL = """
@@ -160,14 +164,30 @@ def ledger_reset() -> None:
 
 
 def capacity_changes_purge(*, now: datetime | None = None) -> int:
-    """Delete change-feed rows older than ``FEED_RETENTION``; return how many. No-op off PostgreSQL."""
+    """Delete the change-feed rows that no reader can still need; return how many. No-op off PostgreSQL.
+
+    A row is deleted once its transaction completed before a purge mark at least
+    ``FEED_RETENTION`` old. Its transaction then committed more than ``FEED_RETENTION`` ago, and a
+    thread that has not read the feed for half that long reloads instead. ``recorded_at`` is not
+    used: a long transaction can commit rows it wrote long before.
+    """
     if connection.vendor != "postgresql":
         return 0
     cutoff = (now or timezone.now()) - FEED_RETENTION
-    with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM allocation_capacity_change WHERE recorded_at < %s", [cutoff])
-        deleted = cursor.rowcount
-    logger.info("Purged %d capacity change rows recorded before %s", deleted, cutoff.isoformat())
+    deleted = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT id, oldest_running::text FROM allocation_capacity_purge_mark WHERE taken_at < %s "
+                       "ORDER BY taken_at DESC LIMIT 1", [cutoff])
+        mark = cursor.fetchone()
+        if mark is not None:
+            mark_id, oldest_running = mark
+            cursor.execute("DELETE FROM allocation_capacity_change WHERE txid < %s::xid8", [oldest_running])
+            deleted = cursor.rowcount
+            cursor.execute("DELETE FROM allocation_capacity_purge_mark WHERE id <= %s", [mark_id])
+        cursor.execute("INSERT INTO allocation_capacity_purge_mark (oldest_running) "
+                       "VALUES (pg_snapshot_xmin(pg_current_snapshot()))")
+    logger.info("Purged %d capacity change rows of transactions that completed before %s", deleted,
+                cutoff.isoformat())
     return deleted
 
 

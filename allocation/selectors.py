@@ -202,9 +202,10 @@ def candidate_ids(
               AND n.memory_mib - nu.used_memory >= %s
               AND {_healthy_gpus_sql("n")} - COALESCE(ng.blocked_gpus, 0) >= %s
             ORDER BY
-                0.5 * (n.cpu_millicores - nu.used_cpu - %s) / n.cpu_millicores
-                + 0.5 * (n.gpu_count * {GPU_MILLI_PER_GPU} - COALESCE(ng.used_milli, 0) - %s)
-                      / (n.gpu_count * {GPU_MILLI_PER_GPU}),
+                -- A node without GPUs (an agent reported none) or CPU counts no share of it.
+                COALESCE(0.5 * (n.cpu_millicores - nu.used_cpu - %s) / NULLIF(n.cpu_millicores, 0), 0)
+                + COALESCE(0.5 * (n.gpu_count * {GPU_MILLI_PER_GPU} - COALESCE(ng.used_milli, 0) - %s)
+                           / NULLIF(n.gpu_count * {GPU_MILLI_PER_GPU}, 0), 0),
                 n.price_per_gpu_hour, n.id
             LIMIT %s
         ) used_nodes

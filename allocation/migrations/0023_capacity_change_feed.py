@@ -12,6 +12,9 @@ instant, and the snapshot to read the feed from next time. It is STABLE, so ever
 reads the calling statement's snapshot. The feed itself is read by one plain statement in
 ``allocation/ledger_sync.py``, which psycopg prepares once per connection.
 
+``allocation_capacity_purge_mark`` holds the oldest running transaction at each purge, so the
+purge deletes only rows of transactions that committed long ago (``ledger_sync.py``).
+
 Allocation and share changes are recorded once per statement (transition tables), so a writer
 that inserts eight shares in one statement adds one row. GPU and node updates are recorded per
 row, and only when a column that placement reads changes: heartbeats and the share guard update
@@ -29,7 +32,15 @@ CREATE TABLE allocation_capacity_change (
     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX allocation_capacity_change_txid ON allocation_capacity_change (txid);
-CREATE INDEX allocation_capacity_change_recorded ON allocation_capacity_change (recorded_at);
+
+-- Each purge records the oldest transaction then running. Rows of transactions that completed
+-- before a mark at least the retention old are deleted: whatever their recorded_at, those
+-- transactions committed long enough ago that every reader has read them or reloads.
+CREATE TABLE allocation_capacity_purge_mark (
+    id bigserial PRIMARY KEY,
+    oldest_running xid8 NOT NULL,
+    taken_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 
 CREATE FUNCTION allocation_capacity_change_allocations() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -181,6 +192,7 @@ DROP FUNCTION IF EXISTS allocation_capacity_change_allocations();
 DROP FUNCTION IF EXISTS allocation_capacity_change_shares();
 DROP FUNCTION IF EXISTS allocation_capacity_change_node();
 DROP TABLE IF EXISTS allocation_capacity_change;
+DROP TABLE IF EXISTS allocation_capacity_purge_mark;
 """
 
 

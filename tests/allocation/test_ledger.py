@@ -1,14 +1,15 @@
 """The capacity ledger's shortlists and usage match a brute-force check of every node and instant (no database)."""
 
 import random
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
-from allocation.ledger import BUCKET_MICROS, Booking, CapacityLedger, FleetNode, NodeSearch, peak
+from allocation.ledger import HOUR_MICROS, Booking, CapacityLedger, FleetNode, NodeSearch, peak
 from allocation.solvers import PlacementRequest
 
-HOUR = BUCKET_MICROS
+HOUR = HOUR_MICROS
 
 
 def brute_peak(rows, start, end):
@@ -37,7 +38,7 @@ def random_fleet(rng: random.Random) -> tuple[CapacityLedger, list[Booking]]:
     for booking_id in range(1, rng.randint(1, 120)):
         node = rng.choice(list(ledger.nodes.values()))
         start = rng.randrange(0, 72 * HOUR, HOUR // 4)
-        end = start + rng.choice([0, HOUR // 2, HOUR, 3 * HOUR, 200 * HOUR])
+        end = start + rng.choice([0, HOUR // 2, HOUR, 3 * HOUR, 30 * HOUR, 200 * HOUR, 2000 * HOUR])
         milli = rng.choice([1000, 500, 250])
         # Now and then a share sits on another node's GPU, as after a migration.
         share_node = node if rng.random() < 0.9 else rng.choice(list(ledger.nodes.values()))
@@ -70,7 +71,7 @@ def test_shortlist_and_usage_match_brute_force(seed):
     rng = random.Random(seed)
     ledger, bookings = random_fleet(rng)
     start = rng.randrange(0, 60 * HOUR, HOUR // 4)
-    end = start + rng.choice([HOUR // 4, HOUR, 5 * HOUR, 300 * HOUR])
+    end = start + rng.choice([HOUR // 4, HOUR, 5 * HOUR, 30 * HOUR, 300 * HOUR])
     request = PlacementRequest(gpu_count=rng.choice([0, 1, 2, 4]), gpu_milli_per_gpu=rng.choice([1000, 500, 250]),
                                cpu_millicores=rng.choice([0, 2000, 16000]), memory_mib=rng.choice([0, 8192]))
     search = NodeSearch(gpu_model_ids=rng.choice([(1,), (2,), (1, 2)]), region_id=rng.choice([None, 1]),
@@ -123,6 +124,22 @@ def test_shortlist_orders_used_nodes_tightest_first_then_empty_nodes_smallest_fi
     states = ledger.shortlist(request, 0, HOUR, NodeSearch(gpu_model_ids=(1,)), used_limit=24, free_limit=6)
 
     assert [state.node_id for state in states] == [2, 1, 4, 3]
+
+
+def test_shortlist_follows_a_node_that_changes_model():
+    ledger = CapacityLedger()
+    node = FleetNode(id=1, gpu_model_id=1, gpu_model_name="T4", region_id=1, hostname="n1", gpu_count=1,
+                     cpu_millicores=8000, memory_mib=8192, price_per_gpu_hour=Decimal("1"), currency="USD",
+                     active=True, healthy_gpu_ids=(10,), maintenance=(), gpu_ids=(10,))
+    ledger.put_node(node)
+    ledger.put_booking(Booking(id=1, node_id=1, customer_id=1, gpu_model_id=1, start=0, end=HOUR, cpu_millicores=0,
+                               memory_mib=0, gpu_milli_total=1000, shares=((10, 1000, 0, HOUR),)))
+    request = PlacementRequest(gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0)
+
+    ledger.put_node(replace(node, gpu_model_id=2))
+
+    states = ledger.shortlist(request, 0, HOUR, NodeSearch(gpu_model_ids=(2,)), used_limit=4, free_limit=2)
+    assert [state.gpu_free_milli for state in states] == [((10, 0),)]
 
 
 def test_customer_usage_skips_booking_that_ends_where_the_window_starts():

@@ -173,12 +173,61 @@ def test_ledger_can_be_switched_off(settings):
     assert ledger_for_window(NOW) is None
 
 
-def test_purge_deletes_only_old_rows(customer, t4_node):
-    reservation_create(customer=customer, spec=spec("kept"), now=NOW)
-    kept = change_rows()
+def change_txids() -> set[int]:
     with connection.cursor() as cursor:
-        cursor.execute("INSERT INTO allocation_capacity_change (kind, object_id, recorded_at) "
-                       "VALUES ('node', 1, now() - interval '2 hours')")
+        cursor.execute("SELECT DISTINCT txid::text::bigint FROM allocation_capacity_change")
+        return {row[0] for row in cursor.fetchall()}
 
-    assert capacity_changes_purge() == 1
-    assert change_rows() == kept
+
+def age_purge_marks(minutes: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE allocation_capacity_purge_mark SET taken_at = now() - make_interval(mins => %s)",
+                       [minutes])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_purge_deletes_rows_of_transactions_completed_before_an_old_mark(customer, t4_node):
+    reservation_create(customer=customer, spec=spec("before-mark"), now=NOW)
+    before_mark, rows_before_mark = change_txids(), change_rows()
+    assert capacity_changes_purge() == 0  # The first purge only leaves a mark.
+    reservation_create(customer=customer, spec=spec("after-mark"), now=NOW)
+
+    age_purge_marks(29)
+    assert capacity_changes_purge() == 0  # The mark is younger than the retention.
+    age_purge_marks(31)
+
+    assert capacity_changes_purge() == rows_before_mark  # The node's, its GPUs' and the first reservation's.
+    assert change_txids().isdisjoint(before_mark)
+    assert change_rows() == 2  # The second reservation's allocation and shares.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_purge_keeps_rows_of_a_long_transaction_until_a_reader_had_time(customer, region):
+    NodeFactory(hostname="only", gpu_count=1, region=region)
+    booked = in_other_connection(lambda: reservation_create(customer=customer, spec=spec("booked"), now=NOW))
+    capacity_changes_purge()  # An old mark, taken while nothing was running.
+    age_purge_marks(60)
+    ledger_for_window(NOW)
+    released, read_while_open = threading.Event(), threading.Event()
+
+    def release_in_a_long_transaction():
+        with transaction.atomic():
+            release_allocation(booked, now=NOW)  # Frees the node for the whole window.
+            with connection.cursor() as cursor:  # As if it had written them long ago.
+                cursor.execute("UPDATE allocation_capacity_change SET recorded_at = now() - interval '2 hours' "
+                               "WHERE txid = pg_current_xact_id()")
+            released.set()
+            read_while_open.wait(timeout=10)
+        connection.close()
+
+    thread = threading.Thread(target=release_in_a_long_transaction)
+    thread.start()
+    assert released.wait(timeout=10)
+    ledger_for_window(NOW)  # The long transaction is pending at this read.
+    read_while_open.set()
+    thread.join(timeout=30)
+    in_other_connection(capacity_changes_purge)
+
+    placed = reservation_create(customer=customer, spec=spec("after"), now=NOW)
+
+    assert placed.status == "active"

@@ -5,10 +5,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.db import connection
 
+from allocation.models import Allocation
 from allocation.services import quota_set
 from marketplace.models import Organization
 
-from ..factories import NodeFactory, member_with_token
+from ..factories import NodeFactory, gpu_model, member_with_token
 
 pytestmark = pytest.mark.django_db
 
@@ -570,3 +571,21 @@ def test_session_post_without_csrf_names_fix(client, customer, t4_node):
     assert data["detail"].startswith("CSRF Failed")
     assert "X-CSRFToken" in data["detail"]
     assert "Ask an owner" not in data["detail"]
+
+
+@pytest.mark.parametrize("ledger", [True, False], ids=["ledger", "database"])
+def test_price_cap_beside_a_busy_node_without_gpus_is_a_409(api, customer, region, settings, ledger):
+    settings.MARKETPLACE = {**settings.MARKETPLACE, "CAPACITY_LEDGER": ledger}
+    node = NodeFactory(hostname="cpu-only", gpu_model=gpu_model("A10"), gpu_count=0, region=region,
+                       price_per_gpu_hour="2.0000")
+    start = datetime.now(timezone.utc)
+    Allocation.objects.create(customer=customer, node=node, gpu_model=node.gpu_model, start_at=start,
+                              end_at=start + timedelta(hours=5), cpu_millicores=1000, memory_mib=1024,
+                              gpu_milli_total=0, billed_gpu_milli=0, price_per_gpu_hour=2, currency="USD")
+
+    response = api.post("/api/v1/reservations/", body(gpu_count=0, gpu_milli_per_gpu=0, cpu_millicores=1000,
+                                                      memory_mib=1024, gpu_models=["A10"],
+                                                      max_price_per_gpu_hour="1.00"), format="json")
+
+    assert response.status_code == 409, response.json()
+    assert response.json()["reason_code"] == "price_above_maximum"
