@@ -78,10 +78,15 @@ class Booking:
     """``(gpu_id, milli, start, end)`` per share."""
     touches: tuple[int, int] = (0, 0)
     """The span of the allocation and all its shares, set from them."""
+    cpu_row: tuple[int, int, int] = (0, 0, 0)
+    """``(start, end, cpu_millicores)``, set from the fields; likewise ``memory_row``."""
+    memory_row: tuple[int, int, int] = (0, 0, 0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "touches", (min([self.start, *(share[2] for share in self.shares)]),
                                              max([self.end, *(share[3] for share in self.shares)])))
+        object.__setattr__(self, "cpu_row", (self.start, self.end, self.cpu_millicores))
+        object.__setattr__(self, "memory_row", (self.start, self.end, self.memory_mib))
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,32 +359,36 @@ class _WindowUsage:
         self.memory_rows: dict[int, list[tuple[int, int, int]]] = {}
         self.gpu_rows: dict[int, list[tuple[int, int, int]]] = {}
         self.node_gpus: dict[int | None, set[int]] = {}
+        gpu_node = ledger._gpu_node
         for booking in ledger.bookings_in(start, end, gpu_model_ids=search.gpu_model_ids):
             if booking.start < end and booking.end > start and booking.end > booking.start:
-                self.cpu_rows.setdefault(booking.node_id, []).append(
-                    (booking.start, booking.end, booking.cpu_millicores))
-                self.memory_rows.setdefault(booking.node_id, []).append(
-                    (booking.start, booking.end, booking.memory_mib))
+                self.cpu_rows.setdefault(booking.node_id, []).append(booking.cpu_row)
+                self.memory_rows.setdefault(booking.node_id, []).append(booking.memory_row)
             for gpu_id, milli, share_start, share_end in booking.shares:
                 if share_start < end and share_end > start and share_end > share_start:
                     self.gpu_rows.setdefault(gpu_id, []).append((share_start, share_end, milli))
-                    self.node_gpus.setdefault(ledger._gpu_node.get(gpu_id), set()).add(gpu_id)
+                    self.node_gpus.setdefault(gpu_node.get(gpu_id), set()).add(gpu_id)
         self.used_node_ids = set(self.cpu_rows) | set(self.node_gpus)
         self.admitted = [node for node in map(ledger.nodes.get, self.used_node_ids)
                          if node is not None and search.admits(node) and not node.in_maintenance(start, end)]
 
     def measure(self, node: FleetNode, request: PlacementRequest) -> tuple[float, bool]:
-        """Return the share of CPU and GPU left on ``node`` after ``request`` (smaller is tighter), and if it fits."""
-        cpu_free = node.cpu_millicores - _peak_of(self.cpu_rows.get(node.id))
-        memory_free = node.memory_mib - _peak_of(self.memory_rows.get(node.id))
+        """Return the share of CPU and GPU left on ``node`` after ``request`` (smaller is tighter), and if it fits.
+
+        Whether it fits is exact. The share left counts the sum of the overlapping rows where that
+        sum fits, as the database's summed pass orders its candidates; the peak needs a sort.
+        """
+        cpu_free = node.cpu_millicores - _used(self.cpu_rows.get(node.id), node.cpu_millicores - request.cpu_millicores)
+        memory_free = node.memory_mib - _used(self.memory_rows.get(node.id), node.memory_mib - request.memory_mib)
         if cpu_free < request.cpu_millicores or memory_free < request.memory_mib:
             return 0.0, False
         used_milli = blocked = 0
+        room = GPU_MILLI_PER_GPU - request.gpu_milli_per_gpu
         for gpu_id in self.node_gpus.get(node.id, ()):
             if gpu_id in node.healthy:
-                held = _peak_of(self.gpu_rows[gpu_id])
+                held = _used(self.gpu_rows[gpu_id], room)
                 used_milli += held
-                blocked += GPU_MILLI_PER_GPU - held < request.gpu_milli_per_gpu
+                blocked += held > room
         fits = request.gpu_count == 0 or len(node.healthy_gpu_ids) - blocked >= request.gpu_count
         gpu_capacity = node.gpu_count * GPU_MILLI_PER_GPU
         cpu_left = (cpu_free - request.cpu_millicores) / node.cpu_millicores if node.cpu_millicores else 0
@@ -415,6 +424,14 @@ def _peak_of(rows: list[tuple[int, int, int]] | None) -> int:
     if len(rows) == 1:
         return rows[0][2]
     return peak(rows)
+
+
+def _used(rows: list[tuple[int, int, int]] | None, allowed: int) -> int:
+    """Return the sum of ``rows`` if it is at most ``allowed``, else their peak; either way exact about the fit."""
+    if not rows:
+        return 0
+    total = sum(row[2] for row in rows) if len(rows) > 1 else rows[0][2]
+    return total if total <= allowed else _peak_of(rows)
 
 
 def _free_on(node: FleetNode, cpu_rows, memory_rows, gpu_rows: dict) -> tuple[int, int, tuple[tuple[int, int], ...]]:
