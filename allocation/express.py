@@ -43,7 +43,10 @@ from marketplace.metrics import SOURCE_REQUEST, reservation_decision_record
 from marketplace.models import Gpu, GpuModel, Node, Organization, Region
 
 from .approval_policy import policy_approval_reason
-from .ledger_sync import ledger_for_window, ledger_load_if_due, ledger_shortlist, ledger_usage_reader
+from .ledger_sync import (
+    ledger_after_changes, ledger_feed_position, ledger_for_window, ledger_load_if_due, ledger_shortlist,
+    ledger_usage_reader,
+)
 from .lifecycle import placed_status
 from .models import Allocation, ApprovalPolicy, GpuShare, RejectionReason, Reservation, ReservationStatus
 from .placement import MAX_COMMIT_ATTEMPTS, placement_diagnose, placement_shortlist
@@ -112,7 +115,8 @@ def _decide_and_write(
     from .services import DuplicateExternalRef, node_price_cap  # services imports this module.
 
     spec = resolved.spec
-    context = _admission_context(customer.pk, spec.external_ref)
+    position = ledger_feed_position()
+    context = _admission_context(customer.pk, spec.external_ref, position)
     if context["duplicate_id"] is not None:
         return _DecidedBeforeWriting(error=DuplicateExternalRef(spec.external_ref, context["duplicate_id"]))
     if context["has_budget"]:
@@ -120,8 +124,12 @@ def _decide_and_write(
 
     request = resolved.request
     model_names = {model.id: model.name for model in resolved.models}
-    # Read after the customer's row is locked, so it holds every committed admission of the customer.
-    ledger = ledger_for_window(spec.start_at)
+    # The changes were read after the customer's row was locked, so the ledger holds every committed
+    # admission of the customer.
+    if position is not None:
+        ledger = ledger_after_changes(context["changes"], spec.start_at)
+    else:
+        ledger = ledger_for_window(spec.start_at)
     quota = quota_admit(
         customer_id=customer.pk, model_ids=tuple(model_names), model_names=model_names,
         gpu_milli=request.gpu_milli_total, start_at=spec.start_at, end_at=spec.end_at,
@@ -176,9 +184,12 @@ def _decide_and_write(
     return reservation
 
 
-def _admission_context(customer_id: int, external_ref: str) -> dict:
+def _admission_context(customer_id: int, external_ref: str, position: tuple[list[str], str] | None) -> dict:
+    """Lock the customer's row and return its admission context, with the capacity feed's changes since ``position``."""
+    pending, xmax = position if position is not None else (None, None)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT allocation_admission_context(%s, %s)", [customer_id, external_ref])
+        cursor.execute("SELECT allocation_admission_context(%s, %s, %s::xid8[], %s::xid8)",
+                       [customer_id, external_ref, pending, xmax])
         value = cursor.fetchone()[0]
     return value if isinstance(value, dict) else json.loads(value)
 

@@ -43,33 +43,6 @@ FEED_RETENTION = timedelta(minutes=30)
 the feed for half as long reloads instead."""
 PRUNE_EVERY_SECONDS = 60.0
 
-CHANGES_SQL = """
-    WITH changed AS MATERIALIZED (
-        SELECT DISTINCT kind, object_id FROM allocation_capacity_change
-        WHERE txid = ANY(%s::xid8[]) OR txid >= %s::xid8
-    )
-    SELECT
-        pg_snapshot_xmax(pg_current_snapshot())::text,
-        ARRAY(SELECT running::text FROM pg_snapshot_xip(pg_current_snapshot()) running
-              UNION SELECT pg_current_xact_id_if_assigned()::text WHERE pg_current_xact_id_if_assigned() IS NOT NULL),
-        ARRAY(SELECT object_id FROM changed WHERE kind = 'allocation'),
-        ARRAY(SELECT object_id FROM changed WHERE kind = 'node'),
-        (SELECT json_agg(json_build_array(
-                    a.id, a.node_id, a.customer_id, a.gpu_model_id, (extract(epoch FROM a.start_at) * 1000000)::bigint,
-                    (extract(epoch FROM a.end_at) * 1000000)::bigint, a.cpu_millicores, a.memory_mib, a.gpu_milli_total,
-                    (SELECT COALESCE(json_agg(json_build_array(
-                                s.gpu_id, s.gpu_milli, (extract(epoch FROM s.start_at) * 1000000)::bigint,
-                                (extract(epoch FROM s.end_at) * 1000000)::bigint)), '[]'::json)
-                     FROM allocation_gpushare s WHERE s.allocation_id = a.id)))
-         FROM allocation_allocation a WHERE a.id IN (SELECT object_id FROM changed WHERE kind = 'allocation'))
-"""
-"""The feed read: the snapshot to read from next time, and the rows changed since the last read.
-
-Rows of the transactions that were running at the last read, and of every transaction that had
-no id yet then, are exactly those that have become visible since. The reader's own transaction
-is added to the running ones, because a snapshot does not list it.
-"""
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 _local = threading.local()
@@ -110,6 +83,31 @@ def ledger_for_window(start_at: datetime) -> CapacityLedger | None:
         synced = _load()
     else:
         _read_changes(synced, clock)
+    return _covering(synced, start_at, clock)
+
+
+def ledger_feed_position() -> tuple[list[str], str] | None:
+    """Return where this thread's ledger reads the feed next, or None if it has none to bring up to date.
+
+    The express path passes the position to ``allocation_admission_context``, which returns the
+    changes since with the admission context; ``ledger_after_changes`` applies them.
+    """
+    synced = getattr(_local, "synced", None)
+    if not ledger_enabled() or synced is None or _load_due(synced, time.monotonic()):
+        return None
+    return synced.pending, synced.xmax
+
+
+def ledger_after_changes(changes: dict, start_at: datetime) -> CapacityLedger | None:
+    """Apply ``changes``, read from the position ``ledger_feed_position`` gave; return as ``ledger_for_window`` does."""
+    synced = _local.synced
+    clock = time.monotonic()
+    _apply_changes(synced, changes, clock)
+    return _covering(synced, start_at, clock)
+
+
+def _covering(synced: _Synced, start_at: datetime, clock: float) -> CapacityLedger | None:
+    """Return the ledger if it covers windows from ``start_at``, after forgetting what ended long ago."""
     if clock - synced.pruned_at > PRUNE_EVERY_SECONDS:
         synced.horizon = max(synced.horizon, micros(timezone.now() - _lookback()))
         synced.ledger.drop_bookings_ended_by(synced.horizon)
@@ -221,32 +219,37 @@ def _load() -> _Synced:
 
 
 def _read_changes(synced: _Synced, clock: float) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(CHANGES_SQL, [synced.pending, synced.xmax])
-        xmax, pending, allocation_ids, node_ids, allocations = cursor.fetchone()
+    changes = _call("SELECT allocation_capacity_changes_since(%s::xid8[], %s::xid8)", [synced.pending, synced.xmax])
+    _apply_changes(synced, changes, clock)
+
+
+def _apply_changes(synced: _Synced, changes: dict, clock: float) -> None:
+    """Apply a feed read (see migration 0025) to the ledger and move its position past it.
+
+    The read holds the snapshot to read from next time, and the rows of the transactions that
+    were running at the last read or started after it: exactly what has committed since, in any
+    commit order. The snapshot does not list the reader's own transaction, so the read adds it.
+    """
     ledger = synced.ledger
-    if allocation_ids:
-        # NULL when every changed allocation was deleted.
-        rows = json.loads(allocations) if isinstance(allocations, str) else allocations or []
-        current = {row[0]: row for row in rows}
-        for allocation_id in allocation_ids:
-            row = current.get(allocation_id)
-            booking = _booking(row) if row is not None else None
-            if booking is not None and booking.touches[1] > synced.horizon:
-                ledger.put_booking(booking)
-            else:
-                ledger.drop_booking(allocation_id)
+    current = {row[0]: row for row in changes["allocations"]}
+    for allocation_id in changes["allocation_ids"]:
+        row = current.get(allocation_id)
+        booking = _booking(row) if row is not None else None
+        if booking is not None and booking.touches[1] > synced.horizon:
+            ledger.put_booking(booking)
+        else:
+            ledger.drop_booking(allocation_id)  # Deleted, or ended before the ledger's horizon.
+    node_ids = sorted(set(changes["node_ids"]))
     if node_ids:
-        loaded = _call("SELECT allocation_capacity_nodes(%s)", [list(set(node_ids))])
-        current_nodes = {row[0]: row for row in (loaded if isinstance(loaded, list) else [])}
-        for node_id in set(node_ids):
+        current_nodes = {row[0]: row for row in _call("SELECT allocation_capacity_nodes(%s)", [node_ids])}
+        for node_id in node_ids:
             row = current_nodes.get(node_id)
             if row is None:
                 ledger.drop_node(node_id)
             else:
                 ledger.put_node(_node(row))
-        logger.info("Capacity ledger reloaded nodes %s", sorted(set(node_ids)))
-    synced.pending, synced.xmax, synced.read_at = pending, xmax, clock
+        logger.info("Capacity ledger reloaded nodes %s", node_ids)
+    synced.pending, synced.xmax, synced.read_at = changes["pending"], changes["xmax"], clock
 
 
 def _node(row: list) -> FleetNode:
