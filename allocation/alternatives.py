@@ -170,9 +170,7 @@ def _earliest_start_in_ledger(ledger: CapacityLedger, customer_id: int, request:
 
 def _room_in_ledger(ledger: CapacityLedger, request: PlacementRequest, start_at: datetime, end_at: datetime,
                     node_filter: NodeFilter) -> bool:
-    states = ledger.shortlist(request, micros(start_at), micros(end_at), _search(node_filter), used_limit=1,
-                              free_limit=1)
-    return any(state.can_hold(request) for state in states)
+    return ledger.has_room(request, micros(start_at), micros(end_at), _search(node_filter))
 
 
 def _search(node_filter: NodeFilter) -> NodeSearch:

@@ -26,6 +26,8 @@ HOURLY_UP_TO = 24
 DAILY_UP_TO = 62
 """A booking that touches more days than this is indexed under ``LONG``."""
 LONG = ("long",)
+IDLE_NODES_CHECKED = 64
+"""``has_room`` looks for an idle node among this many candidates before it measures the window."""
 WINDOW_SLOTS_UP_TO = 168
 """A window that touches more hours than this scans every booking instead of the index."""
 
@@ -162,7 +164,11 @@ class CapacityLedger:
     not 168 hour keys.
     """
     _booking_scopes: dict[int, tuple[tuple, ...]] = field(default_factory=dict)
+    _node_bookings: dict[int, set[int]] = field(default_factory=dict)
+    """Booking ids by the node that holds their CPU and memory or one of their shares."""
+    _booking_nodes: dict[int, tuple[int, ...]] = field(default_factory=dict)
     _free_order: dict[int | None, list[tuple]] | None = None
+    _by_price: dict[int, tuple[list[FleetNode], set[tuple[int, str]]]] | None = None
     """Nodes smallest first, per GPU model id and for all models (``None``)."""
 
     # Changes.
@@ -173,7 +179,7 @@ class CapacityLedger:
         self.nodes[node.id] = node
         for gpu_id in node.gpu_ids or node.healthy_gpu_ids:
             self._gpu_node[gpu_id] = node.id
-        self._free_order = None
+        self._free_order = self._by_price = None
         if old is not None and (old.gpu_model_id != node.gpu_model_id or old.gpu_ids != node.gpu_ids):
             # The model scopes of the bookings that use this node's GPUs changed.
             gpus = set(old.gpu_ids) | set(node.gpu_ids)
@@ -187,7 +193,7 @@ class CapacityLedger:
             for gpu_id in old.gpu_ids or old.healthy_gpu_ids:
                 if self._gpu_node.get(gpu_id) == node_id:
                     del self._gpu_node[gpu_id]
-            self._free_order = None
+            self._free_order = self._by_price = None
 
     def put_booking(self, booking: Booking) -> None:
         self.drop_booking(booking.id)
@@ -196,12 +202,18 @@ class CapacityLedger:
         for slot in _booking_slots(*booking.touches):
             for scope in scopes:
                 self._buckets.setdefault((scope, slot), set()).add(booking.id)
+        node_ids = {booking.node_id, *(self._gpu_node.get(share[0]) for share in booking.shares)} - {None}
+        self._booking_nodes[booking.id] = tuple(node_ids)
+        for node_id in node_ids:
+            self._node_bookings.setdefault(node_id, set()).add(booking.id)
 
     def drop_booking(self, booking_id: int) -> None:
         old = self.bookings.pop(booking_id, None)
         if old is None:
             return
         scopes = self._booking_scopes.pop(booking_id)
+        for node_id in self._booking_nodes.pop(booking_id):
+            self._node_bookings[node_id].discard(booking_id)
         for slot in _booking_slots(*old.touches):
             for scope in scopes:
                 bucket = self._buckets.get((scope, slot))
@@ -305,6 +317,34 @@ class CapacityLedger:
             states.append(usage.state(full))
         return states
 
+    def has_room(self, request: PlacementRequest, start: int, end: int, search: NodeSearch) -> bool:
+        """Return whether a node of ``search`` can hold ``request`` in the window.
+
+        The first nodes by size are checked for having no booking in the window, which settles
+        most searches without measuring the window's bookings.
+        """
+        for checked, node in enumerate(self._empty_candidates(request, search.gpu_model_ids)):
+            if checked >= IDLE_NODES_CHECKED:
+                break
+            if (search.admits(node) and node.cpu_millicores >= request.cpu_millicores
+                    and node.memory_mib >= request.memory_mib and len(node.healthy_gpu_ids) >= request.gpu_count
+                    and not node.in_maintenance(start, end) and self._idle(node.id, start, end)):
+                return True
+        states = self.shortlist(request, start, end, search, used_limit=1, free_limit=1)
+        return any(state.can_hold(request) for state in states)
+
+    def _idle(self, node_id: int, start: int, end: int) -> bool:
+        """Return whether no booking holds anything on the node in ``[start, end)``."""
+        for booking_id in self._node_bookings.get(node_id, ()):
+            booking = self.bookings[booking_id]
+            if booking.touches[0] < end and booking.touches[1] > start:
+                if booking.node_id == node_id and _overlaps(booking.start, booking.end, start, end):
+                    return False
+                if any(_overlaps(share_start, share_end, start, end) for gpu_id, _milli, share_start, share_end
+                       in booking.shares if self._gpu_node.get(gpu_id) == node_id):
+                    return False
+        return True
+
     def lowest_prices(self, request: PlacementRequest, start: int, end: int,
                       search: NodeSearch) -> list[tuple[int, str, Decimal, str]]:
         """Return ``(gpu_model_id, region code, lowest price, currency)`` over every node that can hold ``request``.
@@ -323,10 +363,29 @@ class CapacityLedger:
         for node in usage.admitted:
             if usage.measure(node, request)[1]:
                 offer(node)
-        for node in self._empty_candidates(request, search.gpu_model_ids):
-            if usage.empty_fit(node, request):
-                offer(node)
+        # Per model, nodes come cheapest first, so the first empty node that fits in each region
+        # and currency sets that group's empty price, and the walk stops once every group has one.
+        for model_id in set(search.gpu_model_ids):
+            by_price, groups = self._price_order().get(model_id, ([], set()))
+            found: set[tuple[int, str]] = set()
+            for node in by_price:
+                group = (node.region_id, node.currency)
+                if group not in found and usage.empty_fit(node, request):
+                    offer(node)
+                    found.add(group)
+                    if len(found) == len(groups):
+                        break
         return [(model_id, region, price, currency) for (model_id, region, currency), price in lowest.items()]
+
+    def _price_order(self) -> dict[int, tuple[list[FleetNode], set[tuple[int, str]]]]:
+        """Return each model's nodes cheapest first, and the (region, currency) groups they fall in."""
+        if self._by_price is None:
+            self._by_price = {}
+            for node in sorted(self.nodes.values(), key=lambda node: (node.price_per_gpu_hour, node.id)):
+                nodes, groups = self._by_price.setdefault(node.gpu_model_id, ([], set()))
+                nodes.append(node)
+                groups.add((node.region_id, node.currency))
+        return self._by_price
 
     def _empty_candidates(self, request: PlacementRequest, gpu_model_ids: tuple[int, ...]) -> Iterable[FleetNode]:
         """Return nodes of ``gpu_model_ids`` with at least ``request.gpu_count`` GPUs, smallest first.

@@ -93,6 +93,7 @@ def test_shortlist_and_usage_match_brute_force(seed):
         assert state.node_id in fitting
         assert (state.cpu_free_millicores, state.memory_free_mib, state.gpu_free_milli) == fitting[state.node_id]
     assert bool(fitting_states) == bool(fitting)
+    assert ledger.has_room(request, start, end, search) == bool(fitting)
     assert len({state.node_id for state in states}) == len(states)
 
     for customer_id in (1, 2, 3):
