@@ -168,8 +168,9 @@ class CapacityLedger:
     """Booking ids by the node that holds their CPU and memory or one of their shares."""
     _booking_nodes: dict[int, tuple[int, ...]] = field(default_factory=dict)
     _free_order: dict[int | None, list[tuple]] | None = None
-    _by_price: dict[int, tuple[list[FleetNode], set[tuple[int, str]]]] | None = None
     """Nodes smallest first, per GPU model id and for all models (``None``)."""
+    _by_price: dict[int, tuple[list[FleetNode], set[tuple[int, str]]]] | None = None
+    """Nodes cheapest first per GPU model id, with their (region id, currency) groups."""
 
     # Changes.
 
@@ -287,10 +288,10 @@ class CapacityLedger:
                   used_limit: int, free_limit: int) -> list[NodeState]:
         """Return the states of nodes that can hold ``request`` in the window: partly used ones first, tightest first.
 
-        The choice matches the database's candidate query with exact usage. First come up to
-        ``used_limit`` partly used nodes, ordered by the free share of CPU and GPU left after the
-        request, then by price. Then come up to ``free_limit`` nodes with no booking in the
-        window, smallest first.
+        The choice follows the database's candidate query. First come up to ``used_limit`` partly
+        used nodes that fit exactly, ordered by the share of CPU and GPU left after the request,
+        then by price. Then come up to ``free_limit`` nodes with no booking in the window,
+        smallest first.
         When no node fits, the list contains one partly used node that could take the request when
         idle, if there is one, as the database's shortlist does; the policy ranks none of it.
         """
