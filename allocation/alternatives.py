@@ -18,8 +18,8 @@ from .ledger_sync import ledger_for_window, ledger_usage_reader, micros
 from .placement import any_node_could_hold, placement_rank
 from .quotas import quota_admit
 from .selectors import (
-    NodeFilter, allocation_end_instants, candidate_ids, cheapest_empty_nodes, lowest_prices, node_states_in_windows,
-    nodes_that_could_hold,
+    NodeFilter, allocation_end_instants, candidate_ids, cheapest_empty_nodes, customer_usage, lowest_prices,
+    node_states_in_windows, nodes_that_could_hold,
 )
 from .solvers import NodeState, PlacementPolicy, PlacementRequest
 
@@ -111,25 +111,16 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
     # Room under the request's own filter is checked first, because quota and budget can only narrow
     # it. Most candidates fail there.
     for candidate, states in _starts_with_room(request, candidates, duration, node_filter):
-        decision = quota_admit(
-            customer_id=customer_id, model_ids=node_filter.gpu_model_ids, model_names=model_names,
-            gpu_milli=request.gpu_milli_total, start_at=candidate, end_at=candidate + duration,
-        )
-        if not decision.admitted_model_ids:
+        allowed = _filter_at(customer_id, request, node_filter, model_names, candidate, candidate + duration,
+                             customer_usage)
+        if allowed is None:
             continue
-        budget = budget_admit(customer_id=customer_id, gpu_milli=request.gpu_milli_total, start_at=candidate,
-                              end_at=candidate + duration)
-        if budget.refusal:
-            continue
-        price_cap, _ = combined_price_cap(node_filter.max_price_per_gpu_hour, budget)
-        if (states is not None and set(decision.admitted_model_ids) == set(node_filter.gpu_model_ids)
-                and price_cap == node_filter.max_price_per_gpu_hour):
+        if states is not None and _same_filter(allowed, node_filter):
             # Quota and budget left the filter as it was, and ``states`` contains every node it allows.
             if policy.rank(request, states):
                 return candidate
             continue
-        shifted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, price_cap)
-        if placement_rank(request=request, start_at=candidate, end_at=candidate + duration, node_filter=shifted,
+        if placement_rank(request=request, start_at=candidate, end_at=candidate + duration, node_filter=allowed,
                           policy=policy, summed_first=False):
             return candidate
     return None
@@ -147,25 +138,39 @@ def _earliest_start_in_ledger(ledger: CapacityLedger, customer_id: int, request:
     for candidate in candidates:
         if not _room_in_ledger(ledger, request, candidate, candidate + duration, node_filter):
             continue
-        decision = quota_admit(
-            customer_id=customer_id, model_ids=node_filter.gpu_model_ids, model_names=model_names,
-            gpu_milli=request.gpu_milli_total, start_at=candidate, end_at=candidate + duration,
-            read_usage=read_usage,
-        )
-        if not decision.admitted_model_ids:
+        allowed = _filter_at(customer_id, request, node_filter, model_names, candidate, candidate + duration,
+                             read_usage)
+        if allowed is None:
             continue
-        budget = budget_admit(customer_id=customer_id, gpu_milli=request.gpu_milli_total, start_at=candidate,
-                              end_at=candidate + duration)
-        if budget.refusal:
-            continue
-        price_cap, _ = combined_price_cap(node_filter.max_price_per_gpu_hour, budget)
-        if set(decision.admitted_model_ids) == set(node_filter.gpu_model_ids) and \
-                price_cap == node_filter.max_price_per_gpu_hour:
-            return candidate
-        shifted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, price_cap)
-        if _room_in_ledger(ledger, request, candidate, candidate + duration, shifted):
+        if _same_filter(allowed, node_filter) or _room_in_ledger(ledger, request, candidate, candidate + duration,
+                                                                 allowed):
             return candidate
     return None
+
+
+def _filter_at(customer_id: int, request: PlacementRequest, node_filter: NodeFilter, model_names: dict[int, str],
+               start_at: datetime, end_at: datetime, read_usage) -> NodeFilter | None:
+    """Return what is left of ``node_filter`` after the customer's quota and budget in the window, or None if nothing.
+
+    ``read_usage`` reads the customer's usage, from the database or the capacity ledger.
+    """
+    decision = quota_admit(
+        customer_id=customer_id, model_ids=node_filter.gpu_model_ids, model_names=model_names,
+        gpu_milli=request.gpu_milli_total, start_at=start_at, end_at=end_at, read_usage=read_usage,
+    )
+    if not decision.admitted_model_ids:
+        return None
+    budget = budget_admit(customer_id=customer_id, gpu_milli=request.gpu_milli_total, start_at=start_at,
+                          end_at=end_at)
+    if budget.refusal:
+        return None
+    price_cap, _ = combined_price_cap(node_filter.max_price_per_gpu_hour, budget)
+    return NodeFilter(decision.admitted_model_ids, node_filter.region_id, price_cap)
+
+
+def _same_filter(allowed: NodeFilter, node_filter: NodeFilter) -> bool:
+    return (set(allowed.gpu_model_ids) == set(node_filter.gpu_model_ids)
+            and allowed.max_price_per_gpu_hour == node_filter.max_price_per_gpu_hour)
 
 
 def _room_in_ledger(ledger: CapacityLedger, request: PlacementRequest, start_at: datetime, end_at: datetime,
