@@ -1,4 +1,4 @@
-"""A process's in-memory copy of the fleet and its bookings, for shortlisting nodes and checking quotas fast.
+"""A web thread's in-memory copy of the fleet and its bookings, for shortlisting nodes and checking quotas fast.
 
 Plain Python with no Django imports: ``ledger_sync`` fills it from the database's change feed.
 The ledger is a guess, never the authority. The database triggers check every allocation
@@ -165,7 +165,7 @@ class CapacityLedger:
     """
     _booking_scopes: dict[int, tuple[tuple, ...]] = field(default_factory=dict)
     _node_bookings: dict[int, set[int]] = field(default_factory=dict)
-    """Booking ids by the node that holds their CPU and memory or one of their shares."""
+    """Booking ids by node: the node of their CPU and memory, and the nodes of their shares."""
     _booking_nodes: dict[int, tuple[int, ...]] = field(default_factory=dict)
     _free_order: dict[int | None, list[tuple]] | None = None
     """Nodes smallest first, per GPU model id and for all models (``None``)."""
@@ -257,9 +257,9 @@ class CapacityLedger:
         slots = _window_slots(start, end)
         ids: set[int] = set()
         if slots is None:  # A long window: any booking may overlap it.
-            wanted = set(scopes)
+            scope_set = set(scopes)
             ids = {booking_id for booking_id, booking_scopes in self._booking_scopes.items()
-                   if not wanted.isdisjoint(booking_scopes)}
+                   if not scope_set.isdisjoint(booking_scopes)}
         else:
             for slot in slots:
                 for scope in scopes:
@@ -293,7 +293,7 @@ class CapacityLedger:
         then by price. Then come up to ``free_limit`` nodes with no booking in the window,
         smallest first.
         When no node fits, the list contains one partly used node that could take the request when
-        idle, if there is one, as the database's shortlist does; the policy ranks none of it.
+        idle, if there is one, as the database's shortlist does. The policy ranks none of it.
         """
         usage = _WindowUsage(self, start, end, search)
         fitting = []
@@ -335,7 +335,7 @@ class CapacityLedger:
         return any(state.can_hold(request) for state in states)
 
     def _idle(self, node_id: int, start: int, end: int) -> bool:
-        """Return whether no booking holds anything on the node in ``[start, end)``."""
+        """Return whether no booking uses the node in ``[start, end)``."""
         for booking_id in self._node_bookings.get(node_id, ()):
             booking = self.bookings[booking_id]
             if booking.touches[0] < end and booking.touches[1] > start:
@@ -436,7 +436,7 @@ class _WindowUsage:
         """Return the share of CPU and GPU left on ``node`` after ``request`` (smaller is tighter), and if it fits.
 
         Whether it fits is exact. The share left counts the sum of the overlapping rows where that
-        sum fits, as the database's summed pass orders its candidates; the peak needs a sort.
+        sum fits, as the database's summed pass orders its candidates, because the peak needs a sort.
         """
         cpu_free = node.cpu_millicores - _used(self.cpu_rows.get(node.id), node.cpu_millicores - request.cpu_millicores)
         memory_free = node.memory_mib - _used(self.memory_rows.get(node.id), node.memory_mib - request.memory_mib)
@@ -446,9 +446,9 @@ class _WindowUsage:
         room = GPU_MILLI_PER_GPU - request.gpu_milli_per_gpu
         for gpu_id in self.node_gpus.get(node.id, ()):
             if gpu_id in node.healthy:
-                held = _used(self.gpu_rows[gpu_id], room)
-                used_milli += held
-                blocked += held > room
+                gpu_used = _used(self.gpu_rows[gpu_id], room)
+                used_milli += gpu_used
+                blocked += gpu_used > room
         fits = request.gpu_count == 0 or len(node.healthy_gpu_ids) - blocked >= request.gpu_count
         gpu_capacity = node.gpu_count * GPU_MILLI_PER_GPU
         cpu_left = (cpu_free - request.cpu_millicores) / node.cpu_millicores if node.cpu_millicores else 0

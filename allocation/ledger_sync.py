@@ -39,7 +39,7 @@ from .solvers import NodeState, Placement, PlacementPolicy, PlacementRequest
 logger = logging.getLogger(__name__)
 
 FEED_RETENTION = timedelta(minutes=30)
-"""Feed rows of transactions that committed longer ago than this are purged; a thread that has not read
+"""Feed rows of transactions that committed longer ago than this are purged. A thread that has not read
 the feed for half as long reloads instead."""
 PRUNE_EVERY_SECONDS = 60.0
 
@@ -226,7 +226,7 @@ def _read_changes(synced: _Synced, clock: float) -> None:
 def _apply_changes(synced: _Synced, changes: dict, clock: float) -> None:
     """Apply a feed read (see migration 0025) to the ledger and move its position past it.
 
-    The read holds the snapshot to read from next time, and the rows of the transactions that
+    The read contains the snapshot to read from next time, and the rows of the transactions that
     were running at the last read or started after it: exactly what has committed since, in any
     commit order. The snapshot does not list the reader's own transaction, so the read adds it.
     """

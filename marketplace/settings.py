@@ -272,9 +272,9 @@ MARKETPLACE = {
     # Nodes that the database pre-ranks and hands to the policy for one decision.
     "PLACEMENT_SHORTLIST_SIZE": env.int("PLACEMENT_SHORTLIST_SIZE", default=24),
     # On PostgreSQL each web thread keeps capacity in memory, current from the database's change
-    # feed, and shortlists nodes and checks quotas there (allocation/ledger_sync.py); it reloads
-    # everything this often. It holds allocations that ended at most LOOKBACK ago, so windows that
-    # start earlier than that read the database.
+    # feed, and shortlists nodes and checks quotas there (allocation/ledger_sync.py). It reloads
+    # everything every RELOAD_SECONDS. It contains allocations that ended at most LOOKBACK ago, so
+    # windows that start earlier than that read the database.
     "CAPACITY_LEDGER": env.bool("CAPACITY_LEDGER", default=True),
     "CAPACITY_LEDGER_RELOAD_SECONDS": env.int("CAPACITY_LEDGER_RELOAD_SECONDS", default=600),
     "CAPACITY_LEDGER_LOOKBACK_SECONDS": env.int("CAPACITY_LEDGER_LOOKBACK_SECONDS", default=3600),

@@ -50,7 +50,7 @@ def cache_empty() -> None:
 
 @pytest.fixture(autouse=True, scope="session")
 def capacity_ledger_covers_test_times():
-    """Let the capacity ledger answer for the tests' fixed times, which lie in the past."""
+    """Let the capacity ledger cover the tests' fixed times, which lie in the past."""
     from django.conf import settings
 
     settings.MARKETPLACE["CAPACITY_LEDGER_LOOKBACK_SECONDS"] = 20 * 365 * 86400

@@ -106,7 +106,7 @@ def test_shortlist_and_usage_match_brute_force(seed):
             assert by_model.get(model_id, 0) == expected
 
 
-def test_shortlist_orders_used_nodes_tightest_first_then_empty_nodes_smallest_first():
+def test_shortlist_order_tightest_then_smallest():
     ledger = CapacityLedger()
     for node_id, gpu_count in ((1, 8), (2, 8), (3, 4), (4, 2)):
         gpus = tuple(range(node_id * 10, node_id * 10 + gpu_count))
@@ -143,7 +143,7 @@ def test_shortlist_follows_a_node_that_changes_model():
     assert [state.gpu_free_milli for state in states] == [((10, 0),)]
 
 
-def test_customer_usage_skips_booking_that_ends_where_the_window_starts():
+def test_customer_usage_half_open_window():
     ledger = CapacityLedger()
     ledger.put_booking(Booking(id=1, node_id=1, customer_id=7, gpu_model_id=1, start=0, end=HOUR, cpu_millicores=0,
                                memory_mib=0, gpu_milli_total=1000, shares=()))

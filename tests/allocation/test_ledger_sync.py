@@ -67,7 +67,7 @@ def test_commits_of_other_connections_reach_the_ledger(customer, t4_node):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_ledger_reads_transaction_that_commits_after_a_later_one(customer, other_customer, region):
+def test_feed_reads_late_commit(customer, other_customer, region):
     # Two models, so that the fast request does not wait for the slow one's node lock.
     NodeFactory(hostname="slow", gpu_model=gpu_model("T4"), gpu_count=1, region=region)
     NodeFactory(hostname="fast", gpu_model=gpu_model("A10"), gpu_count=1, region=region)
@@ -186,7 +186,7 @@ def age_purge_marks(minutes: int) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_purge_deletes_rows_of_transactions_completed_before_an_old_mark(customer, t4_node):
+def test_purge_deletes_old_completed_rows(customer, t4_node):
     reservation_create(customer=customer, spec=spec("before-mark"), now=NOW)
     before_mark, rows_before_mark = change_txids(), change_rows()
     assert capacity_changes_purge() == 0  # The first purge only leaves a mark.
@@ -202,7 +202,7 @@ def test_purge_deletes_rows_of_transactions_completed_before_an_old_mark(custome
 
 
 @pytest.mark.django_db(transaction=True)
-def test_purge_keeps_rows_of_a_long_transaction_until_a_reader_had_time(customer, region):
+def test_purge_keeps_long_transaction_rows(customer, region):
     NodeFactory(hostname="only", gpu_count=1, region=region)
     booked = in_other_connection(lambda: reservation_create(customer=customer, spec=spec("booked"), now=NOW))
     capacity_changes_purge()  # An old mark, taken while nothing was running.

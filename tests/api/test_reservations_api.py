@@ -574,7 +574,7 @@ def test_session_post_without_csrf_names_fix(client, customer, t4_node):
 
 
 @pytest.mark.parametrize("ledger", [True, False], ids=["ledger", "database"])
-def test_price_cap_beside_a_busy_node_without_gpus_is_a_409(api, customer, region, settings, ledger):
+def test_price_cap_with_gpuless_node(api, customer, region, settings, ledger):
     settings.MARKETPLACE = {**settings.MARKETPLACE, "CAPACITY_LEDGER": ledger}
     node = NodeFactory(hostname="cpu-only", gpu_model=gpu_model("A10"), gpu_count=0, region=region,
                        price_per_gpu_hour="2.0000")
