@@ -1,18 +1,21 @@
-"""The express path of ``reservation_create`` on PostgreSQL: the same rules in about five statements.
+"""The express path of ``reservation_create`` on PostgreSQL: the same rules in two statements.
 
 The full path in ``services.py`` admits, places and records a request with about 24 statements
 through the ORM, and on these machines the ORM's Python work costs more than the database's. On
 PostgreSQL this module runs the same rules around these statements:
 
-1. ``allocation_admission_context`` (migration 0017) locks the organization row, as the full path
-   does, and returns the duplicate ``external_ref`` if any, the quotas, whether a budget exists and
-   the approval policy.
-2. The quota check (``quota_admit``, given the quotas just read) and the placement shortlist
-   (``placement_shortlist``) read usage and free capacity with the full path's own queries.
+1. ``allocation_admission_context`` (migrations 0017 and 0025) locks the organization row, as the
+   full path does, and returns the duplicate ``external_ref`` if any, the quotas, whether a budget
+   exists, the approval policy and the capacity feed's changes since this thread's ledger last
+   read it.
+2. The quota check (``quota_admit``, given the quotas just read) and the shortlist read usage and
+   free capacity from the thread's capacity ledger (``ledger_sync.py``), brought up to date with
+   those changes. Without a ledger (switched off, or a window before its horizon) they read the
+   tables with the full path's own queries.
 3. ``allocation_reservation_write`` writes the reservation, its models, events and workload, and
    either the rejection or the first of the ranked placements that still fits. It locks each
    node and compares it with what the shortlist read. The triggers check the allocation against
-   everything committed, as on the full path.
+   everything committed, as on the full path, so a stale ledger can only lose a race here.
 
 Quotas, ranking, prices, billing, approvals and every message come from the same Python functions
 as on the full path, so the rules stay in one place. The SQL functions only lock, compare, read
