@@ -13,8 +13,8 @@ from django.db import connection
 from marketplace.models import GpuModel
 
 from .budgets import budget_admit, combined_price_cap
-from .ledger import CapacityLedger, NodeSearch
-from .ledger_sync import ledger_for_window, ledger_usage_reader, micros
+from .ledger import CapacityLedger
+from .ledger_sync import ledger_for_window, ledger_usage_reader, micros, node_search
 from .placement import any_node_could_hold, placement_rank
 from .quotas import quota_admit
 from .selectors import (
@@ -175,12 +175,7 @@ def _same_filter(allowed: NodeFilter, node_filter: NodeFilter) -> bool:
 
 def _room_in_ledger(ledger: CapacityLedger, request: PlacementRequest, start_at: datetime, end_at: datetime,
                     node_filter: NodeFilter) -> bool:
-    return ledger.has_room(request, micros(start_at), micros(end_at), _search(node_filter))
-
-
-def _search(node_filter: NodeFilter) -> NodeSearch:
-    return NodeSearch(gpu_model_ids=tuple(node_filter.gpu_model_ids), region_id=node_filter.region_id,
-                      max_price_per_gpu_hour=node_filter.max_price_per_gpu_hour)
+    return ledger.has_room(request, micros(start_at), micros(end_at), node_search(node_filter))
 
 
 def _starts_with_room(request: PlacementRequest, candidates: list[datetime], duration: timedelta,
@@ -226,7 +221,7 @@ def _options_now(customer_id, request, start_at, end_at, policy,
         return []
     node_filter = NodeFilter(decision.admitted_model_ids, None, budget.max_affordable_price)
     if ledger is not None:
-        rows = ledger.lowest_prices(request, micros(start_at), micros(end_at), _search(node_filter))
+        rows = ledger.lowest_prices(request, micros(start_at), micros(end_at), node_search(node_filter))
     else:
         rows = _option_rows(request, start_at, end_at, node_filter)
     cheapest: dict[tuple[str, str], Option] = {}

@@ -127,8 +127,8 @@ def _decide_and_write(
 
     request = resolved.request
     model_names = {model.id: model.name for model in resolved.models}
-    # The changes were read after the customer's row was locked, so the ledger holds every committed
-    # admission of the customer.
+    # The changes were read after the customer's row was locked, so the ledger contains every
+    # committed admission of the customer.
     if position is not None:
         ledger = ledger_after_changes(context["changes"], spec.start_at)
     else:

@@ -11,9 +11,9 @@ ends at an instant does not overlap one that starts there.
 """
 
 from bisect import bisect_left
-from heapq import merge
 from dataclasses import dataclass, field
 from decimal import Decimal
+from heapq import merge
 from typing import Iterable
 
 from .solvers import NodeState, PlacementRequest
@@ -65,7 +65,7 @@ class FleetNode:
 
 @dataclass(frozen=True, slots=True)
 class Booking:
-    """One allocation row: the node's CPU and memory it holds, and its GPU shares, each with its own window."""
+    """One allocation row: the CPU and memory it takes on its node, and its GPU shares, each with its own window."""
 
     id: int
     node_id: int

@@ -149,11 +149,15 @@ def ledger_shortlist(
 ) -> tuple[list[Placement], dict[int, NodeState]]:
     """Return what ``placement.placement_shortlist`` returns, from ``ledger`` instead of the database."""
     shortlist_size = settings.MARKETPLACE["PLACEMENT_SHORTLIST_SIZE"]
-    search = NodeSearch(gpu_model_ids=tuple(node_filter.gpu_model_ids), region_id=node_filter.region_id,
-                        max_price_per_gpu_hour=node_filter.max_price_per_gpu_hour)
-    states = ledger.shortlist(request, micros(start_at), micros(end_at), search, used_limit=shortlist_size,
-                              free_limit=max(shortlist_size // 4, 2))
+    states = ledger.shortlist(request, micros(start_at), micros(end_at), node_search(node_filter),
+                              used_limit=shortlist_size, free_limit=max(shortlist_size // 4, 2))
     return policy.rank(request, states), {state.node_id: state for state in states}
+
+
+def node_search(node_filter: NodeFilter) -> NodeSearch:
+    """Return ``node_filter``, the database selectors' node conditions, as the ledger's ``NodeSearch``."""
+    return NodeSearch(gpu_model_ids=tuple(node_filter.gpu_model_ids), region_id=node_filter.region_id,
+                      max_price_per_gpu_hour=node_filter.max_price_per_gpu_hour)
 
 
 def ledger_reset() -> None:
@@ -184,8 +188,8 @@ def capacity_changes_purge(*, now: datetime | None = None) -> int:
             cursor.execute("DELETE FROM allocation_capacity_purge_mark WHERE id <= %s", [mark_id])
         cursor.execute("INSERT INTO allocation_capacity_purge_mark (oldest_running) "
                        "VALUES (pg_snapshot_xmin(pg_current_snapshot()))")
-    logger.info("Purged %d capacity change rows of transactions that completed before %s", deleted,
-                cutoff.isoformat())
+    logger.info("Purged %d capacity change rows of transactions that completed before a mark taken before %s",
+                deleted, cutoff.isoformat())
     return deleted
 
 

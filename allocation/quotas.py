@@ -35,7 +35,7 @@ def quota_admit(
     instant. The caller has locked the customer's row, so concurrent requests of one customer are
     checked one after another. ``quotas`` gives the customer's ``(gpu_model_id, max_gpu_milli)``
     rows when the caller has read them already. ``read_usage`` reads the customer's usage, with the
-    signature of ``selectors.customer_usage``; the express path passes the capacity ledger's.
+    signature of ``selectors.customer_usage``. The express path passes the capacity ledger's.
     """
     if quotas is None:
         quotas = list(Quota.objects.filter(organization_id=customer_id).values_list("gpu_model_id", "max_gpu_milli"))

@@ -185,9 +185,9 @@ least half the floor's throughput, p99 under 150 ms, zero violations.
 
 The two ceiling mixes ran afterwards, each on its own gunicorn whose workers leave part of the
 decision out (`bench/ceilings.py`), and are not counted in the decisions per second. Both answer
-spread requests with a 409 without alternatives. *record_only* shortlists no node: after the same
-authentication, validation, admission context, capacity ledger update and quota check it records the rejected
-reservation with its event, workload and decision rows. That is the ceiling of any decision made
+spread requests with a 409 without alternatives. *record_only* shortlists no node. It runs the same
+authentication, validation, admission context, capacity ledger update and quota check, then records
+the rejected reservation with its event, workload and decision rows. That is the ceiling of any decision made
 per request in a web worker: ratio {results['ceiling_ratios']['record_only']} to the floor.
 *validate_only* runs no statement after authentication: it parses and validates the body and
 returns the 409 body of an unsaved reservation. That is the ceiling of the web tier alone, which

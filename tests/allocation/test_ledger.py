@@ -67,7 +67,7 @@ def brute_free(node: FleetNode, bookings: list[Booking], start: int, end: int):
 
 
 @pytest.mark.parametrize("seed", range(150))
-def test_shortlist_and_usage_match_brute_force(seed):
+def test_shortlist_usage_match_brute_force(seed):
     rng = random.Random(seed)
     ledger, bookings = random_fleet(rng)
     start = rng.randrange(0, 60 * HOUR, HOUR // 4)
@@ -127,7 +127,7 @@ def test_shortlist_order_tightest_then_smallest():
     assert [state.node_id for state in states] == [2, 1, 4, 3]
 
 
-def test_shortlist_follows_a_node_that_changes_model():
+def test_shortlist_follows_model_change():
     ledger = CapacityLedger()
     node = FleetNode(id=1, gpu_model_id=1, gpu_model_name="T4", region_id=1, hostname="n1", gpu_count=1,
                      cpu_millicores=8000, memory_mib=8192, price_per_gpu_hour=Decimal("1"), currency="USD",
@@ -153,7 +153,7 @@ def test_customer_usage_half_open_window():
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_peak_matches_brute_force_for_many_rows(seed):
+def test_peak_many_rows_brute_force(seed):
     rng = random.Random(seed)
     rows = []
     for _ in range(rng.randint(2, 20)):
@@ -168,7 +168,7 @@ def test_peak_counts_back_to_back_rows_once():
     assert peak([(0, 10, 5), (5, 20, 7)]) == 12
 
 
-def test_bookings_ended_before_an_instant_are_forgotten():
+def test_ended_bookings_are_dropped():
     ledger = CapacityLedger()
     for booking_id, end in ((1, HOUR), (2, 3 * HOUR), (3, 400 * HOUR)):
         ledger.put_booking(Booking(id=booking_id, node_id=1, customer_id=1, gpu_model_id=1, start=0, end=end,

@@ -47,7 +47,7 @@ def booked_ids(ledger) -> set[int]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_commits_of_other_connections_reach_the_ledger(customer, t4_node):
+def test_ledger_reads_other_commits(customer, t4_node):
     ledger = ledger_for_window(NOW)
     assert booked_ids(ledger) == set()
 
@@ -101,7 +101,7 @@ def test_feed_reads_late_commit(customer, other_customer, region):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_ledger_follows_node_changes_but_not_heartbeat_columns(customer, t4_node):
+def test_ledger_node_changes_not_heartbeats(customer, t4_node):
     ledger = ledger_for_window(NOW)
     gpu = Gpu.objects.filter(node=t4_node).order_by("index").first()
     changes_before = change_rows()
@@ -134,7 +134,7 @@ def change_rows() -> int:
         return cursor.fetchone()[0]
 
 
-def test_one_row_per_statement_of_shares(customer, region):
+def test_feed_row_per_share_statement(customer, region):
     NodeFactory(hostname="eight", gpu_count=8, region=region)
     before = change_rows()
 
@@ -144,7 +144,7 @@ def test_one_row_per_statement_of_shares(customer, region):
     assert change_rows() - before == 2  # The allocation's insert and its shares' insert.
 
 
-def test_ledger_reads_own_transactions_earlier_writes(customer, t4_node, caplog):
+def test_ledger_reads_own_writes(customer, t4_node, caplog):
     # A test's transaction never commits: the ledger reads its rows as its own transaction's. A later
     # transaction that completes first puts the test's own id below the snapshot's horizon.
     in_other_connection(consume_a_transaction_id)
@@ -159,7 +159,7 @@ def test_ledger_reads_own_transactions_earlier_writes(customer, t4_node, caplog)
     assert "full path" not in caplog.text
 
 
-def test_windows_before_the_ledger_horizon_read_the_database(customer, t4_node, settings):
+def test_window_before_horizon_reads_database(customer, t4_node, settings):
     settings.MARKETPLACE = {**settings.MARKETPLACE, "CAPACITY_LEDGER_LOOKBACK_SECONDS": 3600}
     ledger_reset()
 
@@ -167,7 +167,7 @@ def test_windows_before_the_ledger_horizon_read_the_database(customer, t4_node, 
     assert ledger_for_window(timezone.now()) is not None
 
 
-def test_ledger_can_be_switched_off(settings):
+def test_ledger_switched_off(settings):
     settings.MARKETPLACE = {**settings.MARKETPLACE, "CAPACITY_LEDGER": False}
 
     assert ledger_for_window(NOW) is None

@@ -135,7 +135,7 @@ def test_node_fitting_between_bookings_sets_price(customer, source):
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("limits", ["none", "quota"])
-def test_earliest_start_from_ledger_equals_database(customer, seed, limits):
+def test_earliest_start_ledger_equals_database(customer, seed, limits):
     build_fleet(customer, seed)
     if limits == "quota":
         Quota.objects.create(organization=customer, gpu_model=None, max_gpu_milli=3000)
