@@ -16,6 +16,7 @@ from decimal import Decimal
 from heapq import merge
 from typing import Iterable
 
+from .ledger_arrays import BookingRows, FleetArrays, WindowUsage
 from .solvers import NodeState, PlacementRequest
 
 GPU_MILLI_PER_GPU = 1000
@@ -28,6 +29,8 @@ DAILY_UP_TO = 62
 LONG = ("long",)
 IDLE_NODES_CHECKED = 64
 """``has_room`` looks for an idle node among this many candidates before it measures the window."""
+ARRAYS_FROM_BOOKINGS = 128
+"""A window whose index buckets hold at least this many booking ids is measured with NumPy arrays."""
 WINDOW_SLOTS_UP_TO = 168
 """A window that touches more hours than this scans every booking instead of the index."""
 
@@ -83,12 +86,16 @@ class Booking:
     cpu_row: tuple[int, int, int] = (0, 0, 0)
     """``(start, end, cpu_millicores)``, set from the fields; likewise ``memory_row``."""
     memory_row: tuple[int, int, int] = (0, 0, 0)
+    gpu_rows: tuple[tuple[int, tuple[int, int, int]], ...] = ()
+    """``(gpu_id, (start, end, milli))`` per share with a non-empty window, set from ``shares``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "touches", (min([self.start, *(share[2] for share in self.shares)]),
                                              max([self.end, *(share[3] for share in self.shares)])))
         object.__setattr__(self, "cpu_row", (self.start, self.end, self.cpu_millicores))
         object.__setattr__(self, "memory_row", (self.start, self.end, self.memory_mib))
+        object.__setattr__(self, "gpu_rows", tuple((gpu_id, (start, end, milli))
+                                                   for gpu_id, milli, start, end in self.shares if end > start))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +121,10 @@ def peak(rows: Iterable[tuple[int, int, int]]) -> int:
     rows = rows if isinstance(rows, list) else list(rows)
     if len(rows) <= 1:
         return rows[0][2] if rows else 0
+    if len(rows) == 2:
+        (start, end, amount), (other_start, other_end, other_amount) = rows
+        if start < end and other_start < other_end:  # Both non-empty: they overlap or one is the peak.
+            return amount + other_amount if start < other_end and other_start < end else max(amount, other_amount)
     if len(rows) <= 8:
         return max(sum(amount for start, end, amount in rows if start <= at < end) for at, _end, _amount in rows)
     events = sorted([(start, 1, amount) for start, _end, amount in rows]
@@ -171,6 +182,10 @@ class CapacityLedger:
     """Nodes smallest first, per GPU model id and for all models (``None``)."""
     _by_price: dict[int, tuple[list[FleetNode], set[tuple[int, str]]]] | None = None
     """Nodes cheapest first per GPU model id, with their (region id, currency) groups."""
+    _rows: BookingRows = field(default_factory=BookingRows)
+    """The bookings as array rows, for measuring a window's usage (``ledger_arrays``)."""
+    _fleet: FleetArrays | None = None
+    """The nodes and GPUs as arrays, rebuilt after a node changes."""
 
     # Changes.
 
@@ -180,7 +195,7 @@ class CapacityLedger:
         self.nodes[node.id] = node
         for gpu_id in node.gpu_ids or node.healthy_gpu_ids:
             self._gpu_node[gpu_id] = node.id
-        self._free_order = self._by_price = None
+        self._free_order = self._by_price = self._fleet = None
         if old is not None and (old.gpu_model_id != node.gpu_model_id or old.gpu_ids != node.gpu_ids):
             # The model scopes of the bookings that use this node's GPUs changed.
             gpus = set(old.gpu_ids) | set(node.gpu_ids)
@@ -194,7 +209,7 @@ class CapacityLedger:
             for gpu_id in old.gpu_ids or old.healthy_gpu_ids:
                 if self._gpu_node.get(gpu_id) == node_id:
                     del self._gpu_node[gpu_id]
-            self._free_order = self._by_price = None
+            self._free_order = self._by_price = self._fleet = None
 
     def put_booking(self, booking: Booking) -> None:
         self.drop_booking(booking.id)
@@ -207,12 +222,16 @@ class CapacityLedger:
         self._booking_nodes[booking.id] = tuple(node_ids)
         for node_id in node_ids:
             self._node_bookings.setdefault(node_id, set()).add(booking.id)
+        self._rows.put(booking)
 
     def drop_booking(self, booking_id: int) -> None:
         old = self.bookings.pop(booking_id, None)
         if old is None:
             return
         scopes = self._booking_scopes.pop(booking_id)
+        self._rows.drop(booking_id)
+        if self._rows.needs_compaction():
+            self._rows = BookingRows(self.bookings.values())
         for node_id in self._booking_nodes.pop(booking_id):
             self._node_bookings[node_id].discard(booking_id)
         for slot in _booking_slots(*old.touches):
@@ -295,27 +314,24 @@ class CapacityLedger:
         When no node fits, the list contains one partly used node that could take the request when
         idle, if there is one, as the database's shortlist does. The policy ranks none of it.
         """
-        usage = _WindowUsage(self, start, end, search)
-        fitting = []
-        full: FleetNode | None = None
-        for node in usage.admitted:
-            tightness, fits = usage.measure(node, request)
-            if fits:
-                fitting.append((tightness, node.price_per_gpu_hour, node.id, node))
-            elif full is None and _big_enough(node, request):
-                full = node
+        usage = self._window_usage(start, end, search)
+        fitting = usage.fitting(request)
         fitting.sort(key=lambda entry: entry[:3])
-        states = [usage.state(node) for _tightness, _price, _id, node in fitting[:used_limit]]
+        states = [_node_state(node, usage.free_at_peak(node)) for _tightness, _price, _id, node in fitting[:used_limit]]
 
         free_found = 0
+        used_ids = usage.used_ids()
         for node in self._empty_candidates(request, search.gpu_model_ids):
             if free_found >= free_limit:
                 break
-            if usage.empty_fit(node, request):
-                states.append(usage.state(node))
+            if node.id not in used_ids and _empty_fit(node, request, start, end, search):
+                states.append(_node_state(node, _free_when_idle(node)))
                 free_found += 1
-        if not states and full is not None:
-            states.append(usage.state(full))
+        if not states:
+            full = min((node for node in usage.admitted_nodes() if _big_enough(node, request)),
+                       key=lambda node: node.id, default=None)
+            if full is not None:
+                states.append(_node_state(full, usage.free_at_peak(full)))
         return states
 
     def has_room(self, request: PlacementRequest, start: int, end: int, search: NodeSearch) -> bool:
@@ -353,7 +369,8 @@ class CapacityLedger:
         The rows match the database's option rows: every partly used node that fits, and every
         empty one.
         """
-        usage = _WindowUsage(self, start, end, search)
+        usage = self._window_usage(start, end, search)
+        used_ids = usage.used_ids()
         lowest: dict[tuple[int, str, str], Decimal] = {}
 
         def offer(node: FleetNode) -> None:
@@ -361,9 +378,8 @@ class CapacityLedger:
             if key not in lowest or node.price_per_gpu_hour < lowest[key]:
                 lowest[key] = node.price_per_gpu_hour
 
-        for node in usage.admitted:
-            if usage.measure(node, request)[1]:
-                offer(node)
+        for _tightness, _price, _id, node in usage.fitting(request):
+            offer(node)
         # Per model, nodes come cheapest first, so the first empty node that fits in each region
         # and currency sets that group's empty price, and the walk stops once every group has one.
         for model_id in set(search.gpu_model_ids):
@@ -371,12 +387,30 @@ class CapacityLedger:
             found: set[tuple[int, str]] = set()
             for node in by_price:
                 group = (node.region_id, node.currency)
-                if group not in found and usage.empty_fit(node, request):
+                if group not in found and node.id not in used_ids and _empty_fit(node, request, start, end,
+                                                                                  search):
                     offer(node)
                     found.add(group)
                     if len(found) == len(groups):
                         break
         return [(model_id, region, price, currency) for (model_id, region, currency), price in lowest.items()]
+
+    def _window_usage(self, start: int, end: int, search: NodeSearch) -> "_WindowUsage | WindowUsage":
+        """Return the window's usage, measured in Python over few bookings, else with the ledger's arrays.
+
+        The arrays cost a fixed 0.2 ms or so and little per booking, and the Python loop about 2.5
+        microseconds per booking (measured on the bench fleet). The count of booking ids in the index buckets the window reads, duplicates
+        included, decides.
+        """
+        slots = _window_slots(start, end)
+        if slots is not None:
+            scopes = [("model", model_id) for model_id in search.gpu_model_ids]
+            indexed = sum(len(self._buckets.get((scope, slot), ())) for slot in slots for scope in scopes)
+            if indexed < ARRAYS_FROM_BOOKINGS:
+                return _WindowUsage(self, start, end, search)
+        if self._fleet is None:
+            self._fleet = FleetArrays(self.nodes.values(), self._gpu_node)
+        return WindowUsage(self._fleet, self._rows, start, end, search)
 
     def _price_order(self) -> dict[int, tuple[list[FleetNode], set[tuple[int, str]]]]:
         """Return each model's nodes cheapest first, and the (region, currency) groups they fall in."""
@@ -410,80 +444,86 @@ class CapacityLedger:
         return (entry[4] for entry in (chosen[0] if len(chosen) == 1 else merge(*chosen)))
 
 
-class _WindowUsage:
-    """The usage of one window by node and GPU, from the bookings that overlap it, for the nodes a search admits."""
-
-    def __init__(self, ledger: CapacityLedger, start: int, end: int, search: NodeSearch) -> None:
-        self.start, self.end, self.search = start, end, search
-        self.cpu_rows: dict[int, list[tuple[int, int, int]]] = {}
-        self.memory_rows: dict[int, list[tuple[int, int, int]]] = {}
-        self.gpu_rows: dict[int, list[tuple[int, int, int]]] = {}
-        self.node_gpus: dict[int | None, set[int]] = {}
-        gpu_node = ledger._gpu_node
-        for booking in ledger.bookings_in(start, end, gpu_model_ids=search.gpu_model_ids):
-            if booking.start < end and booking.end > start and booking.end > booking.start:
-                self.cpu_rows.setdefault(booking.node_id, []).append(booking.cpu_row)
-                self.memory_rows.setdefault(booking.node_id, []).append(booking.memory_row)
-            for gpu_id, milli, share_start, share_end in booking.shares:
-                if share_start < end and share_end > start and share_end > share_start:
-                    self.gpu_rows.setdefault(gpu_id, []).append((share_start, share_end, milli))
-                    self.node_gpus.setdefault(gpu_node.get(gpu_id), set()).add(gpu_id)
-        self.used_node_ids = set(self.cpu_rows) | set(self.node_gpus)
-        self.admitted = [node for node in map(ledger.nodes.get, self.used_node_ids)
-                         if node is not None and search.admits(node) and not node.in_maintenance(start, end)]
-
-    def measure(self, node: FleetNode, request: PlacementRequest) -> tuple[float, bool]:
-        """Return the share of CPU and GPU left on ``node`` after ``request`` (smaller is tighter), and if it fits.
-
-        Whether it fits is exact. The share left counts the sum of the overlapping rows where that
-        sum fits, as the database's summed pass orders its candidates, because the peak needs a sort.
-        """
-        cpu_free = node.cpu_millicores - _used(self.cpu_rows.get(node.id), node.cpu_millicores - request.cpu_millicores)
-        memory_free = node.memory_mib - _used(self.memory_rows.get(node.id), node.memory_mib - request.memory_mib)
-        if cpu_free < request.cpu_millicores or memory_free < request.memory_mib:
-            return 0.0, False
-        used_milli = blocked = 0
-        room = GPU_MILLI_PER_GPU - request.gpu_milli_per_gpu
-        for gpu_id in self.node_gpus.get(node.id, ()):
-            if gpu_id in node.healthy:
-                gpu_used = _used(self.gpu_rows[gpu_id], room)
-                used_milli += gpu_used
-                blocked += gpu_used > room
-        fits = request.gpu_count == 0 or len(node.healthy_gpu_ids) - blocked >= request.gpu_count
-        gpu_capacity = node.gpu_count * GPU_MILLI_PER_GPU
-        cpu_left = (cpu_free - request.cpu_millicores) / node.cpu_millicores if node.cpu_millicores else 0
-        gpu_left = (gpu_capacity - used_milli - request.gpu_milli_total) / gpu_capacity if gpu_capacity else 0
-        return 0.5 * cpu_left + 0.5 * gpu_left, fits
-
-    def empty_fit(self, node: FleetNode, request: PlacementRequest) -> bool:
-        """Return whether ``node``, with no booking in the window, passes the search and can hold ``request``."""
-        return (node.id not in self.used_node_ids and self.search.admits(node)
-                and node.cpu_millicores >= request.cpu_millicores and node.memory_mib >= request.memory_mib
-                and len(node.healthy_gpu_ids) >= request.gpu_count and not node.in_maintenance(self.start, self.end))
-
-    def state(self, node: FleetNode) -> NodeState:
-        cpu_free, memory_free, gpu_free = _free_on(node, self.cpu_rows.get(node.id), self.memory_rows.get(node.id),
-                                                   self.gpu_rows)
-        return NodeState(
-            node_id=node.id, gpu_model=node.gpu_model_name, gpu_count=node.gpu_count,
-            cpu_capacity_millicores=node.cpu_millicores, cpu_free_millicores=cpu_free,
-            memory_capacity_mib=node.memory_mib, memory_free_mib=memory_free, gpu_free_milli=gpu_free,
-            price_per_gpu_hour=float(node.price_per_gpu_hour), hostname=node.hostname,
-        )
-
-
 def _big_enough(node: FleetNode, request: PlacementRequest) -> bool:
     """Return whether ``node`` could hold ``request`` when idle."""
     return (node.cpu_millicores >= request.cpu_millicores and node.memory_mib >= request.memory_mib
             and len(node.healthy_gpu_ids) >= request.gpu_count)
 
 
+class _WindowUsage:
+    """The usage of one window by node and GPU, from the bookings that overlap it, for the nodes a search admits.
+
+    It has the methods of ``ledger_arrays.WindowUsage``, which measures the same from arrays.
+    """
+
+    def __init__(self, ledger: CapacityLedger, start: int, end: int, search: NodeSearch) -> None:
+        self.start, self.end = start, end
+        cpu_rows: dict[int, list[tuple[int, int, int]]] = {}
+        memory_rows: dict[int, list[tuple[int, int, int]]] = {}
+        gpu_rows: dict[int, list[tuple[int, int, int]]] = {}
+        used_node_ids: set[int | None] = set()
+        gpu_node = ledger._gpu_node
+        for booking in ledger.bookings_in(start, end, gpu_model_ids=search.gpu_model_ids):
+            if booking.start < end and booking.end > start and booking.end > booking.start:
+                cpu_rows.setdefault(booking.node_id, []).append(booking.cpu_row)
+                memory_rows.setdefault(booking.node_id, []).append(booking.memory_row)
+            for gpu_id, row in booking.gpu_rows:
+                if row[0] < end and row[1] > start:
+                    gpu_rows.setdefault(gpu_id, []).append(row)
+                    used_node_ids.add(gpu_node.get(gpu_id))
+        used_node_ids.update(cpu_rows)
+        self.cpu_rows, self.memory_rows, self.gpu_rows = cpu_rows, memory_rows, gpu_rows
+        self._used_ids = used_node_ids
+        self._admitted = [node for node in map(ledger.nodes.get, used_node_ids)
+                          if node is not None and search.admits(node) and not node.in_maintenance(start, end)]
+
+    def used_ids(self) -> set[int | None]:
+        return self._used_ids
+
+    def admitted_nodes(self) -> list[FleetNode]:
+        return self._admitted
+
+    def fitting(self, request: PlacementRequest) -> list[tuple[float, Decimal, int, FleetNode]]:
+        """Return ``(share left, price, id, node)`` for each admitted node that can hold ``request``, in no order.
+
+        Whether a node fits is exact. The share left (smaller is tighter) averages the CPU and GPU
+        left, counting the sum of the overlapping rows where that sum fits, as the database's
+        summed pass orders its candidates, and the peak where it does not.
+        """
+        found = []
+        room = GPU_MILLI_PER_GPU - request.gpu_milli_per_gpu
+        for node in self._admitted:
+            healthy_count = len(node.healthy_gpu_ids)
+            if healthy_count < request.gpu_count:
+                continue
+            cpu_free = node.cpu_millicores - _used(self.cpu_rows.get(node.id),
+                                                   node.cpu_millicores - request.cpu_millicores)
+            memory_free = node.memory_mib - _used(self.memory_rows.get(node.id), node.memory_mib - request.memory_mib)
+            if cpu_free < request.cpu_millicores or memory_free < request.memory_mib:
+                continue
+            used_milli = blocked = 0
+            for gpu_id in node.healthy_gpu_ids:
+                gpu_used = _used(self.gpu_rows.get(gpu_id), room)
+                used_milli += gpu_used
+                blocked += gpu_used > room
+            if request.gpu_count and healthy_count - blocked < request.gpu_count:
+                continue
+            gpu_capacity = node.gpu_count * GPU_MILLI_PER_GPU
+            cpu_left = (cpu_free - request.cpu_millicores) / node.cpu_millicores if node.cpu_millicores else 0
+            gpu_left = (gpu_capacity - used_milli - request.gpu_milli_total) / gpu_capacity if gpu_capacity else 0
+            found.append((0.5 * cpu_left + 0.5 * gpu_left, node.price_per_gpu_hour, node.id, node))
+        return found
+
+    def free_at_peak(self, node: FleetNode) -> tuple[int, int, tuple[tuple[int, int], ...]]:
+        """Return the node's free CPU, free memory and ``(gpu_id, free_milli)`` per healthy GPU at the window's peak."""
+        return (node.cpu_millicores - _peak_of(self.cpu_rows.get(node.id)),
+                node.memory_mib - _peak_of(self.memory_rows.get(node.id)),
+                tuple((gpu_id, GPU_MILLI_PER_GPU - _peak_of(self.gpu_rows.get(gpu_id)))
+                      for gpu_id in node.healthy_gpu_ids))
+
+
 def _peak_of(rows: list[tuple[int, int, int]] | None) -> int:
-    if not rows:
-        return 0
-    if len(rows) == 1:
-        return rows[0][2]
-    return peak(rows)
+    return peak(rows) if rows else 0
 
 
 def _used(rows: list[tuple[int, int, int]] | None, allowed: int) -> int:
@@ -491,10 +531,24 @@ def _used(rows: list[tuple[int, int, int]] | None, allowed: int) -> int:
     if not rows:
         return 0
     total = sum(row[2] for row in rows) if len(rows) > 1 else rows[0][2]
-    return total if total <= allowed else _peak_of(rows)
+    return total if total <= allowed else peak(rows)
 
 
-def _free_on(node: FleetNode, cpu_rows, memory_rows, gpu_rows: dict) -> tuple[int, int, tuple[tuple[int, int], ...]]:
-    """Return the node's free CPU, free memory and ``(gpu_id, free_milli)`` per healthy GPU at the window's peak."""
-    return (node.cpu_millicores - _peak_of(cpu_rows), node.memory_mib - _peak_of(memory_rows),
-            tuple((gpu_id, GPU_MILLI_PER_GPU - _peak_of(gpu_rows.get(gpu_id))) for gpu_id in node.healthy_gpu_ids))
+def _empty_fit(node: FleetNode, request: PlacementRequest, start: int, end: int, search: NodeSearch) -> bool:
+    """Return whether ``node``, when it has no booking in the window, passes ``search`` and can hold ``request``."""
+    return (search.admits(node) and _big_enough(node, request) and not node.in_maintenance(start, end))
+
+
+def _free_when_idle(node: FleetNode) -> tuple[int, int, tuple[tuple[int, int], ...]]:
+    return (node.cpu_millicores, node.memory_mib,
+            tuple((gpu_id, GPU_MILLI_PER_GPU) for gpu_id in node.healthy_gpu_ids))
+
+
+def _node_state(node: FleetNode, free: tuple[int, int, tuple[tuple[int, int], ...]]) -> NodeState:
+    cpu_free, memory_free, gpu_free = free
+    return NodeState(
+        node_id=node.id, gpu_model=node.gpu_model_name, gpu_count=node.gpu_count,
+        cpu_capacity_millicores=node.cpu_millicores, cpu_free_millicores=cpu_free,
+        memory_capacity_mib=node.memory_mib, memory_free_mib=memory_free, gpu_free_milli=gpu_free,
+        price_per_gpu_hour=float(node.price_per_gpu_hour), hostname=node.hostname,
+    )

@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import pytest
 
+from allocation import ledger as ledger_module
+from allocation import ledger_arrays
 from allocation.ledger import HOUR_MICROS, Booking, CapacityLedger, FleetNode, NodeSearch, peak
 from allocation.solvers import PlacementRequest
 
@@ -66,8 +68,53 @@ def brute_free(node: FleetNode, bookings: list[Booking], start: int, end: int):
     return cpu, memory, gpus
 
 
+@pytest.fixture(params=["python", "arrays"])
+def measured_with(request, monkeypatch):
+    """Measure windows with the Python loop, or with the NumPy arrays (``ledger_arrays``), whatever their size."""
+    monkeypatch.setattr(ledger_module, "ARRAYS_FROM_BOOKINGS", 10**9 if request.param == "python" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", range(150))
-def test_shortlist_usage_match_brute_force(seed):
+def test_shortlist_usage_match_brute_force(seed, measured_with):
+    check_against_brute_force(seed)
+
+
+@pytest.mark.parametrize("setting", ["LOOKUP_IDS_UP_TO", "SORT_KEY_LIMIT"])
+@pytest.mark.parametrize("seed", range(20))
+def test_array_fallbacks_match_brute_force(seed, setting, monkeypatch):
+    """Ids found by binary search, and rows sorted by three keys instead of one, give the same results."""
+    monkeypatch.setattr(ledger_module, "ARRAYS_FROM_BOOKINGS", 0)
+    monkeypatch.setattr(ledger_arrays, setting, 0)
+    check_against_brute_force(seed)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_compacted_rows_same_shortlist(seed, monkeypatch):
+    monkeypatch.setattr(ledger_module, "ARRAYS_FROM_BOOKINGS", 0)
+    monkeypatch.setattr(ledger_arrays, "COMPACT_AFTER_DEAD_ROWS", 0)
+    ledger, bookings = random_fleet(random.Random(seed))
+    remaining = bookings[: len(bookings) // 4]
+    rebuilt = []
+    monkeypatch.setattr(ledger_module, "BookingRows",
+                        lambda rows=(): rebuilt.append(True) or ledger_arrays.BookingRows(rows))
+    for booking in bookings[len(bookings) // 4:]:
+        ledger.drop_booking(booking.id)
+    fresh = CapacityLedger()
+    for node in ledger.nodes.values():
+        fresh.put_node(node)
+    for booking in remaining:
+        fresh.put_booking(booking)
+    request = PlacementRequest(gpu_count=1, gpu_milli_per_gpu=250, cpu_millicores=0, memory_mib=0)
+    search = NodeSearch(gpu_model_ids=(1, 2))
+
+    assert rebuilt or len(bookings) < 4
+    for hour in range(0, 72, 6):
+        assert (ledger.shortlist(request, hour * HOUR, (hour + 3) * HOUR, search, used_limit=8, free_limit=2)
+                == fresh.shortlist(request, hour * HOUR, (hour + 3) * HOUR, search, used_limit=8, free_limit=2))
+
+
+def check_against_brute_force(seed):
     rng = random.Random(seed)
     ledger, bookings = random_fleet(rng)
     start = rng.randrange(0, 60 * HOUR, HOUR // 4)
@@ -106,7 +153,7 @@ def test_shortlist_usage_match_brute_force(seed):
             assert by_model.get(model_id, 0) == expected
 
 
-def test_shortlist_order_tightest_then_smallest():
+def test_shortlist_order_tightest_then_smallest(measured_with):
     ledger = CapacityLedger()
     for node_id, gpu_count in ((1, 8), (2, 8), (3, 4), (4, 2)):
         gpus = tuple(range(node_id * 10, node_id * 10 + gpu_count))
@@ -127,7 +174,7 @@ def test_shortlist_order_tightest_then_smallest():
     assert [state.node_id for state in states] == [2, 1, 4, 3]
 
 
-def test_shortlist_follows_model_change():
+def test_shortlist_follows_model_change(measured_with):
     ledger = CapacityLedger()
     node = FleetNode(id=1, gpu_model_id=1, gpu_model_name="T4", region_id=1, hostname="n1", gpu_count=1,
                      cpu_millicores=8000, memory_mib=8192, price_per_gpu_hour=Decimal("1"), currency="USD",
