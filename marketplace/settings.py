@@ -91,7 +91,8 @@ SQLITE_PATH = Path(env.str("SQLITE_PATH", default=str(VAR_DIR / "marketplace.sql
 if env.str("DATABASE_URL", default=""):
     DATABASES = {"default": env.db_url("DATABASE_URL")}
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=0))
-    # A kept connection is checked before reuse, so a PostgreSQL restart costs one request, not one per process.
+    # A kept connection is checked before reuse (marketplace/postgresql/base.py), so after a PostgreSQL restart
+    # each process opens a new one instead of failing a request.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Server-side parameters let psycopg prepare a statement once it has run 5 times on a connection,
     # so PostgreSQL stops planning the hot queries again on every request. Planning a 10-table join
@@ -112,8 +113,10 @@ else:
     }
 
 # django-prometheus's backends subclass Django's and count connections, queries, errors and query time.
+# On PostgreSQL, marketplace.postgresql subclasses that one with a health check that sends no query.
 DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
-    "django.db.backends.", "django_prometheus.db.backends.", 1)
+    "django.db.backends.", "django_prometheus.db.backends.", 1).replace(
+    "django_prometheus.db.backends.postgresql", "marketplace.postgresql", 1)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
