@@ -196,9 +196,12 @@ class CapacityLedger:
         for gpu_id in node.gpu_ids or node.healthy_gpu_ids:
             self._gpu_node[gpu_id] = node.id
         self._free_order = self._by_price = self._fleet = None
-        if old is not None and (old.gpu_model_id != node.gpu_model_id or old.gpu_ids != node.gpu_ids):
-            # The model scopes of the bookings that use this node's GPUs changed.
-            gpus = set(old.gpu_ids) | set(node.gpu_ids)
+        if old is None or old.gpu_model_id != node.gpu_model_id or old.gpu_ids != node.gpu_ids:
+            # The scopes and node index of the bookings on this node or its GPUs changed. A node that
+            # is new here can already have bookings: one feed read applies allocations before nodes.
+            gpus = set(node.gpu_ids or node.healthy_gpu_ids)
+            if old is not None:
+                gpus |= set(old.gpu_ids or old.healthy_gpu_ids)
             for booking in [booking for booking in self.bookings.values() if booking.node_id == node.id
                             or any(share[0] in gpus for share in booking.shares)]:
                 self.put_booking(booking)
@@ -243,8 +246,14 @@ class CapacityLedger:
                         del self._buckets[(scope, slot)]
 
     def _scopes(self, booking: Booking) -> tuple[tuple, ...]:
-        """Return the scopes ``booking`` is indexed under: all, its customer, and each GPU model it uses."""
+        """Return the scopes ``booking`` is indexed under: all, its customer, and each GPU model it uses.
+
+        The models it uses are its own, its node's current one and those of its shares' nodes.
+        """
         models = {booking.gpu_model_id}
+        node = self.nodes.get(booking.node_id)
+        if node is not None:
+            models.add(node.gpu_model_id)
         for gpu_id, _milli, _start, _end in booking.shares:
             node = self.nodes.get(self._gpu_node.get(gpu_id))
             if node is not None:
