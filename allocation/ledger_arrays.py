@@ -29,7 +29,10 @@ _DEAD = np.iinfo(np.int64).min
 """The start and end of a dropped row, which overlaps no window."""
 _INITIAL_ROWS = 1024
 LOOKUP_IDS_UP_TO = 2_000_000
-"""Node and GPU ids below this are found through a table indexed by id (8 bytes per id), others by binary search."""
+"""Node and GPU ids below this are found through a table indexed by id (4 bytes per id), others by binary search.
+
+The table is also skipped when the ids are sparse: more than 8 per node or GPU, plus 65,536.
+"""
 SORT_KEY_LIMIT = 2**62
 """``_grouped`` sorts by one integer key below this (about 2,000 years of window per key), else by three."""
 COMPACT_AFTER_DEAD_ROWS = 4096
@@ -146,17 +149,19 @@ class FleetArrays:
 
 def _lookup_table(sorted_ids: np.ndarray) -> np.ndarray | None:
     """Return an array of each id's position indexed by id (-1 where none), or None when the ids run too high."""
-    if not len(sorted_ids) or sorted_ids[0] < 0 or sorted_ids[-1] >= LOOKUP_IDS_UP_TO:
+    if (not len(sorted_ids) or sorted_ids[0] < 0 or sorted_ids[-1] >= LOOKUP_IDS_UP_TO
+            or sorted_ids[-1] >= 8 * len(sorted_ids) + 65_536):
         return None
-    table = np.full(int(sorted_ids[-1]) + 1, -1, dtype=np.int64)
+    table = np.full(int(sorted_ids[-1]) + 1, -1, dtype=np.int32)
     table[sorted_ids] = np.arange(len(sorted_ids))
     return table
 
 
 def _positions(sorted_ids: np.ndarray, table: np.ndarray | None, ids: np.ndarray) -> np.ndarray:
+    """Return each of ``ids``' position in ``sorted_ids`` as int64, or -1 where it is missing."""
     if table is not None:
         inside = (ids >= 0) & (ids < len(table))
-        return np.where(inside, table[np.where(inside, ids, 0)], -1)
+        return np.where(inside, table[np.where(inside, ids, 0)], -1).astype(np.int64)
     positions = np.searchsorted(sorted_ids, ids)
     clipped = np.minimum(positions, max(len(sorted_ids) - 1, 0))
     found = (positions < len(sorted_ids)) & (sorted_ids[clipped] == ids) if len(sorted_ids) else positions < 0
