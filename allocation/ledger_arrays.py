@@ -31,7 +31,8 @@ _INITIAL_ROWS = 1024
 LOOKUP_IDS_UP_TO = 2_000_000
 """Node and GPU ids below this are found through a table indexed by id (4 bytes per id), others by binary search.
 
-The table is also skipped when the ids are sparse: more than 8 per node or GPU, plus 65,536.
+The table is also skipped for sparse ids: when the highest id reaches 8 times the count of nodes
+or GPUs plus 65,536.
 """
 SORT_KEY_LIMIT = 2**62
 """``_grouped`` sorts by one integer key below this (about 2,000 years of window per key), else by three."""
@@ -40,7 +41,7 @@ COMPACT_AFTER_DEAD_ROWS = 4096
 
 
 class _Columns:
-    """Integer columns of equal length, growing by doubling. Row 0 is the start and row 1 the end of each row."""
+    """Integer columns of equal length, growing by doubling. ``data[0]`` contains the starts, ``data[1]`` the ends."""
 
     def __init__(self, width: int) -> None:
         self.data = np.zeros((width, _INITIAL_ROWS), dtype=np.int64)
