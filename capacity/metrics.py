@@ -18,7 +18,7 @@ Recomputing a range replaces its points in one transaction, so it is idempotent.
 import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
@@ -49,7 +49,7 @@ class RollupSummary:
     series: int
     points: int
     reservations: int
-    """Reservations that overlap the range; for a range rolled up in chunks, the largest chunk's count."""
+    """Reservations that overlap the range."""
 
 
 def floor_hour(moment: datetime) -> datetime:
@@ -138,11 +138,13 @@ def metrics_rollup_all(*, now: datetime | None = None) -> RollupSummary | None:
     start, end = floor_hour(min(first, now)), floor_hour(now) + HOUR
     summary = None
     # Chunks of a month keep each transaction's memory bounded on a long history.
-    while start < end:
-        chunk_end = min(start + ROLLUP_CHUNK, end)
-        summary = _merge(summary, metrics_rollup(start=start, end=chunk_end))
-        start = chunk_end
-    return summary
+    chunk_start = start
+    while chunk_start < end:
+        chunk_end = min(chunk_start + ROLLUP_CHUNK, end)
+        summary = _merge(summary, metrics_rollup(start=chunk_start, end=chunk_end))
+        chunk_start = chunk_end
+    # A reservation that spans two chunks counts in both, so the whole range is counted once more.
+    return replace(summary, reservations=Reservation.objects.filter(start_at__lt=end, end_at__gt=start).count())
 
 
 def _merge(total: RollupSummary | None, part: RollupSummary) -> RollupSummary:
@@ -150,7 +152,7 @@ def _merge(total: RollupSummary | None, part: RollupSummary) -> RollupSummary:
         return part
     return RollupSummary(start=total.start, end=part.end, hours=total.hours + part.hours,
                          series=max(total.series, part.series), points=total.points + part.points,
-                         reservations=max(total.reservations, part.reservations))
+                         reservations=total.reservations + part.reservations)
 
 
 def _overlapping_reservations(start: datetime, end: datetime):

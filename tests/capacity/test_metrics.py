@@ -7,7 +7,7 @@ import pytest
 
 from allocation.models import ReservationStatus
 from allocation.services import ReservationSpec, reservation_cancel, reservation_create
-from capacity.metrics import metrics_rollup
+from capacity.metrics import ROLLUP_CHUNK, metrics_rollup, metrics_rollup_all
 from capacity.models import DemandPoint, DemandSeries
 from marketplace.models import GpuModel
 
@@ -45,6 +45,18 @@ def test_placed_request_counts_hour_fractions(customer, fleet, now):
     assert values(key, "demand", now, 4) == [0.0, 1.23, 1.0, 0.0]
     assert values(key, "allocated", now, 4) == [0.0, 1.23, 1.0, 0.0]
     assert values(key, "capacity", now, 4) == [2.0, 2.0, 2.0, 2.0]
+
+
+def test_rollup_all_counts_each_reservation_once(customer, fleet, now):
+    """Three reservations, one in each monthly chunk and one across both, count three over the whole history."""
+    reserve(customer, now, hours(1), hours(2))
+    boundary = hours(1) + ROLLUP_CHUNK
+    reserve(customer, now, boundary - hours(2), boundary + hours(2))
+    reserve(customer, now, boundary + hours(5), boundary + hours(6))
+
+    summary = metrics_rollup_all(now=now + ROLLUP_CHUNK + timedelta(days=5))
+
+    assert summary.reservations == 3
 
 
 def test_rejected_request_is_unmet_demand(customer, fleet, now):
