@@ -27,5 +27,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return False
         if connection.info.transaction_status != TransactionStatus.IDLE:
             return super().is_usable()
-        readable, _writable, _failed = select.select([connection.fileno()], [], [], 0)
-        return not readable
+        # poll, not select: select fails on descriptors numbered 1024 and above.
+        poller = select.poll()
+        poller.register(connection.fileno(), select.POLLIN)
+        return not poller.poll(0)
