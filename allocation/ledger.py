@@ -408,8 +408,8 @@ class CapacityLedger:
         """Return the window's usage, measured in Python over few bookings, else with the ledger's arrays.
 
         The arrays cost a fixed 0.2 ms or so and little per booking, and the Python loop about 2.5
-        microseconds per booking (measured on the bench fleet). The count of booking ids in the index buckets the window reads, duplicates
-        included, decides.
+        microseconds per booking (measured on the bench fleet). The count of booking ids in the
+        index buckets the window reads, duplicates included, decides.
         """
         slots = _window_slots(start, end)
         if slots is not None:

@@ -1,4 +1,4 @@
-"""The PostgreSQL backend's health check: a kept connection is replaced after its server session ended, with no query."""
+"""The PostgreSQL backend's health check sends no query, and replaces a connection whose server session ended."""
 
 import time
 
