@@ -156,8 +156,11 @@ def placement_find_and_commit(
 
 def _filtered(node_ids: tuple[int, ...], node_filter: NodeFilter, start_at: datetime, end_at: datetime) -> list[int]:
     """Return those of ``node_ids`` that are active, pass ``node_filter`` and have no maintenance in the window."""
-    nodes = (Node.objects.filter(pk__in=node_ids, status=Node.Status.ACTIVE, gpu_model_id__in=node_filter.gpu_model_ids)
-             .exclude(maintenance_windows__start_at__lt=end_at, maintenance_windows__end_at__gt=start_at))
+    # One window must meet both conditions. exclude() over the relation would drop a node whose
+    # windows meet one each, as a window ending before the request and another starting after it do.
+    in_maintenance = MaintenanceWindow.objects.filter(node=OuterRef("pk"), start_at__lt=end_at, end_at__gt=start_at)
+    nodes = Node.objects.filter(~Exists(in_maintenance), pk__in=node_ids, status=Node.Status.ACTIVE,
+                                gpu_model_id__in=node_filter.gpu_model_ids)
     if node_filter.region_id is not None:
         nodes = nodes.filter(region_id=node_filter.region_id)
     if node_filter.max_price_per_gpu_hour is not None:

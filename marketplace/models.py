@@ -185,7 +185,9 @@ class Gpu(models.Model):
     class Meta:
         ordering = ["node", "index"]
         constraints = [
-            models.UniqueConstraint(fields=["node", "index"], name="gpu_unique_index_per_node"),
+            # A retired GPU keeps its index, and the GPU that replaces it in that slot takes it too.
+            models.UniqueConstraint(fields=["node", "index"], condition=models.Q(retired_at__isnull=True),
+                                    name="gpu_unique_index_per_node"),
         ]
 
     def __str__(self) -> str:

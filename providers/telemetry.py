@@ -181,7 +181,8 @@ def _uuid(value: str) -> str:
 
 
 def _free_index(node: Node) -> int:
-    used = set(Gpu.objects.filter(node=node).values_list("index", flat=True))
+    """Return the lowest index that no GPU of ``node`` in service uses; retired GPUs keep theirs."""
+    used = set(Gpu.objects.filter(node=node, retired_at__isnull=True).values_list("index", flat=True))
     return next(index for index in range(len(used) + 1) if index not in used)
 
 

@@ -367,3 +367,21 @@ def test_same_gpu_twice_in_a_snapshot_is_refused(t4_node):
     body = {"snapshots": [{"at": timezone.now().isoformat(), "gpus": [{"uuid": f"GPU-{uuid}"}, {"uuid": uuid}]}]}
 
     assert agent(t4_node).post("/api/v1/agent/heartbeats/", body, format="json").status_code == 400
+
+
+def test_new_gpu_takes_retired_gpu_index(t4_node):
+    """A replacement GPU reported at a retired GPU's index gets that index: the physical slot the agent named."""
+    client = agent(t4_node)
+    first, second = uuids_of(t4_node)
+    register(client, [first, second])
+    register(client, [first])  # The GPU at index 1 is gone, so it is retired.
+
+    summary = register(client, [first, "aaaaaaaa-0000-4000-8000-000000000001"])
+
+    assert summary["created"] == 1
+    replacement = Gpu.objects.get(uuid="aaaaaaaa-0000-4000-8000-000000000001")
+    assert replacement.index == 1
+    assert replacement.retired_at is None
+    assert Gpu.objects.filter(node=t4_node, index=1, retired_at__isnull=False).count() == 1
+    t4_node.refresh_from_db()
+    assert t4_node.gpu_count == 2
