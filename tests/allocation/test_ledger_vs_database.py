@@ -408,12 +408,12 @@ def ledger_as_express_reads_it(customer_id: int, start_at: datetime):
 
 def fresh_ledger(start_at: datetime):
     """Return a ledger loaded from the database now, leaving this thread's fed ledger in place."""
-    kept = ledger_sync._local.synced
+    fed = ledger_sync._local.synced
     ledger_reset()
     try:
         return ledger_for_window(start_at)
     finally:
-        ledger_sync._local.synced = kept
+        ledger_sync._local.synced = fed
 
 
 def contents(ledger) -> dict:
@@ -702,7 +702,7 @@ def test_filtered_keeps_node_between_maintenance_windows(t4_node):
     MaintenanceWindow.objects.create(node=t4_node, start_at=NOW, end_at=NOW + timedelta(hours=1))
     MaintenanceWindow.objects.create(node=t4_node, start_at=NOW + timedelta(hours=5), end_at=NOW + timedelta(hours=6))
 
-    kept = _filtered((t4_node.pk,), NodeFilter((t4_node.gpu_model_id,)), NOW + timedelta(hours=2),
+    remaining = _filtered((t4_node.pk,), NodeFilter((t4_node.gpu_model_id,)), NOW + timedelta(hours=2),
                      NOW + timedelta(hours=3))
 
-    assert kept == [t4_node.pk]
+    assert remaining == [t4_node.pk]
