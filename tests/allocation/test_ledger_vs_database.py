@@ -15,7 +15,7 @@ requests, windows and node filters, each ledger must agree with the database:
 
 - every node state in ``ledger_shortlist`` equals the database's ``node_states`` for that node,
   and the nodes of the shortlist that can hold the request are the ones the database's exact
-  state says can hold it (up to the shortlist's limits, which are checked separately);
+  state finds able to hold it (up to the shortlist's limits, which are checked separately);
 - ``ledger_shortlist`` ranks a placement exactly when some node can hold the request, and so
   does ``placement_shortlist``;
 - ``has_room`` says the same;
