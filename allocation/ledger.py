@@ -30,7 +30,7 @@ LONG = ("long",)
 IDLE_NODES_CHECKED = 64
 """``has_room`` looks for an idle node among this many candidates before it measures the window."""
 ARRAYS_FROM_BOOKINGS = 128
-"""A window whose index buckets hold at least this many booking ids is measured with NumPy arrays."""
+"""A window whose index buckets contain at least this many booking ids is measured with NumPy arrays."""
 WINDOW_SLOTS_UP_TO = 168
 """A window that touches more hours than this scans every booking instead of the index."""
 

@@ -13,12 +13,12 @@ does (``ledger_load_if_due``, ``ledger_feed_position``, ``_admission_context``,
 ``ledger_after_changes``), and a second ledger is loaded fresh from the database. For random
 requests, windows and node filters, each ledger must agree with the database:
 
-- every node state in ``ledger_shortlist`` equals the database's ``node_states`` for that node,
-  and the nodes of the shortlist that can hold the request are the ones the database's exact
-  state finds able to hold it (up to the shortlist's limits, which are checked separately);
+- every node state in ``ledger_shortlist`` equals the database's ``node_states`` for that node.
+  The shortlist's nodes that can hold the request are those the database's exact state finds
+  able to hold it, up to the shortlist's limits, which are checked separately;
 - ``ledger_shortlist`` ranks a placement exactly when some node can hold the request, and so
   does ``placement_shortlist``;
-- ``has_room`` says the same;
+- ``has_room`` agrees;
 - each customer's usage from ``ledger_usage_reader`` equals ``selectors.customer_usage``.
 
 The fed ledger is also compared with the fresh one, row by row, which tells a change the feed
@@ -265,24 +265,24 @@ def heartbeat(node: Node, gpu: Gpu, temperature: float, now: datetime) -> None:
 
 
 def gpu_fails(run: Run) -> None:
-    gpus = list(Gpu.objects.filter(node__in=[n.pk for n in run.nodes]).exclude(health=Gpu.Health.FAILED)
-                .select_related("node").order_by("id"))
-    if not gpus:
-        return gpu_recovers(run)
-    gpu = run.rng.choice(gpus)
-    heartbeat(gpu.node, gpu, 99.0, run.clock)
-    run.note(f"GPU {gpu.index} of {gpu.node.hostname} reads 99 C -> {Gpu.objects.get(pk=gpu.pk).health}")
+    gpu_reads(run, temperature=99.0, unless=Gpu.Health.FAILED, otherwise=gpu_recovers)
 
 
 def gpu_recovers(run: Run) -> None:
-    gpus = list(Gpu.objects.filter(node__in=[n.pk for n in run.nodes]).exclude(health=Gpu.Health.HEALTHY)
+    # With a probation of 0, a failed GPU becomes degraded and a degraded one healthy.
+    gpu_reads(run, temperature=40.0, unless=Gpu.Health.HEALTHY, otherwise=gpu_fails)
+
+
+def gpu_reads(run: Run, *, temperature: float, unless: str, otherwise) -> None:
+    """Send one heartbeat at ``temperature`` for a random GPU whose health is not ``unless``, else run ``otherwise``."""
+    gpus = list(Gpu.objects.filter(node__in=[n.pk for n in run.nodes]).exclude(health=unless)
                 .select_related("node").order_by("id"))
     if not gpus:
-        return gpu_fails(run)
+        return otherwise(run)
     gpu = run.rng.choice(gpus)
-    # With a probation of 0, a failed GPU becomes degraded and a degraded one healthy.
-    heartbeat(gpu.node, gpu, 40.0, run.clock)
-    run.note(f"GPU {gpu.index} of {gpu.node.hostname} reads 40 C -> {Gpu.objects.get(pk=gpu.pk).health}")
+    heartbeat(gpu.node, gpu, temperature, run.clock)
+    run.note(f"GPU {gpu.index} of {gpu.node.hostname} reads {temperature:.0f} C -> "
+             f"{Gpu.objects.get(pk=gpu.pk).health}")
 
 
 def maintenance_add(run: Run) -> None:
