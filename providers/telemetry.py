@@ -37,7 +37,14 @@ class IngestSummary:
 
 
 def node_register(*, node: Node, inventory: dict, agent_version: str, now: datetime | None = None) -> dict:
-    """Reconcile ``node``'s GPUs with ``inventory`` (validated by the API) and return counts."""
+    """Reconcile ``node``'s GPUs with ``inventory`` (validated by the API) and return counts.
+
+    The inventory is the truth for the GPUs in service. A reported UUID keeps its GPU row, and a
+    listed GPU that never reported is adopted by a new UUID reported at its index. Every GPU
+    in service ends at the index its agent reported, because the driver numbers GPUs again when
+    one is removed. A GPU no longer reported is retired before the new ones are added, so a
+    replacement takes the slot it was reported in.
+    """
     now = now or timezone.now()
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node.pk)
@@ -45,39 +52,68 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
         existing = list(Gpu.objects.filter(node=node, retired_at__isnull=True).order_by("index"))
         by_uuid = {str(gpu.uuid).lower(): gpu for gpu in existing}
         by_index = {gpu.index: gpu for gpu in existing}
-        seen, created, adopted = set(), 0, 0
-        for item in inventory["gpus"]:
-            uuid = _uuid(item["uuid"])
-            gpu = by_uuid.get(uuid)
-            if gpu is None:
-                placeholder = by_index.get(item["index"])
-                if placeholder is not None and placeholder.first_reading_at is None and placeholder.pk not in seen:
-                    gpu, adopted = placeholder, adopted + 1
-                    gpu.uuid = uuid
-                else:
-                    index = item["index"] if item["index"] not in by_index else _free_index(node)
-                    gpu = Gpu.objects.create(node=node, index=index, uuid=uuid)
-                    by_index[index] = gpu
-                    created += 1
-            gpu.model_name, gpu.memory_mib = item["model"][:128], item["memory_mib"]
-            gpu.save(update_fields=["uuid", "model_name", "memory_mib"])
-            seen.add(gpu.pk)
+        reported = [(item, _uuid(item["uuid"])) for item in inventory["gpus"]]
 
-        retired = [gpu for gpu in existing if gpu.pk not in seen]
+        matched = {uuid: by_uuid[uuid] for _item, uuid in reported if uuid in by_uuid}
+        claimed = {gpu.pk for gpu in matched.values()}
+        adopted = 0
+        for item, uuid in reported:
+            placeholder = by_index.get(item["index"])
+            if (uuid not in matched and placeholder is not None and placeholder.first_reading_at is None
+                    and placeholder.pk not in claimed):
+                matched[uuid] = placeholder
+                claimed.add(placeholder.pk)
+                adopted += 1
+
+        retired = [gpu for gpu in existing if gpu.pk not in claimed]
         for gpu in retired:
             gpu.retired_at, gpu.health = now, Gpu.Health.FAILED
             gpu.health_reasons = ["no longer found by the node's GPU discovery; retired"]
             gpu.save(update_fields=["retired_at", "health", "health_reasons"])
+        reindexed = _move_to_reported_indexes(
+            [(matched[uuid], item["index"]) for item, uuid in reported if uuid in matched])
+
+        created = 0
+        for item, uuid in reported:
+            gpu = matched.get(uuid)
+            if gpu is None:
+                Gpu.objects.create(node=node, index=item["index"], uuid=uuid, model_name=item["model"][:128],
+                                   memory_mib=item["memory_mib"])
+                created += 1
+                continue
+            gpu.uuid, gpu.model_name, gpu.memory_mib = uuid, item["model"][:128], item["memory_mib"]
+            gpu.save(update_fields=["uuid", "model_name", "memory_mib"])
+
         node.gpu_count = Gpu.objects.filter(node=node, retired_at__isnull=True).count()
         node.agent_version = agent_version[:32]
         node.driver_version = inventory.get("driver_version", "")[:64]
         node.cuda_version = inventory.get("cuda_version", "")[:32]
         node.save(update_fields=["gpu_count", "agent_version", "driver_version", "cuda_version", "updated_at"])
         moved = _move_work_off(node, retired, now) if retired else 0
-    logger.info("Node %s registered %d GPUs: %d adopted, %d new, %d retired, %d reservations moving",
-                node.hostname, len(inventory["gpus"]), adopted, created, len(retired), moved)
-    return {"gpus": len(inventory["gpus"]), "adopted": adopted, "created": created, "retired": len(retired),
-            "reservations_moving": moved}
+    logger.info("Node %s registered %d GPUs: %d adopted, %d new, %d renumbered, %d retired, %d reservations moving",
+                node.hostname, len(inventory["gpus"]), adopted, created, reindexed, len(retired), moved)
+    return {"gpus": len(inventory["gpus"]), "adopted": adopted, "created": created, "reindexed": reindexed,
+            "retired": len(retired), "reservations_moving": moved}
+
+
+def _move_to_reported_indexes(gpus_and_indexes: list[tuple[Gpu, int]]) -> int:
+    """Give each GPU in service the index its agent reported; return how many changed.
+
+    ``gpus_and_indexes`` contains every GPU of the node in service. Two of them may swap indexes, and
+    an index is unique per node among GPUs in service, so the GPUs that move first step to free
+    indexes above all of these, then to their own.
+    """
+    moving = [(gpu, index) for gpu, index in gpus_and_indexes if gpu.index != index]
+    if not moving:
+        return 0
+    above_all = 1 + max(max(gpu.index, index) for gpu, index in gpus_and_indexes)
+    for position, (gpu, _index) in enumerate(moving):
+        gpu.index = above_all + position
+        gpu.save(update_fields=["index"])
+    for gpu, index in moving:
+        gpu.index = index
+        gpu.save(update_fields=["index"])
+    return len(moving)
 
 
 def _reject_foreign_uuids(node: Node, gpus: list[dict]) -> None:
@@ -178,12 +214,6 @@ def _uuid(value: str) -> str:
     """Return a GPU UUID in the form stored: without NVIDIA's ``GPU-`` prefix, lower case."""
     text = value.strip().lower()
     return text[4:] if text.startswith("gpu-") else text
-
-
-def _free_index(node: Node) -> int:
-    """Return the lowest index that no GPU of ``node`` in service uses; retired GPUs keep theirs."""
-    used = set(Gpu.objects.filter(node=node, retired_at__isnull=True).values_list("index", flat=True))
-    return next(index for index in range(len(used) + 1) if index not in used)
 
 
 def reading_retention() -> timedelta:

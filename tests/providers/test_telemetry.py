@@ -385,3 +385,48 @@ def test_new_gpu_takes_retired_gpu_index(t4_node):
     assert Gpu.objects.filter(node=t4_node, index=1, retired_at__isnull=False).count() == 1
     t4_node.refresh_from_db()
     assert t4_node.gpu_count == 2
+
+
+def test_renumbered_gpus_take_reported_indexes(t4_node):
+    """The driver numbers GPUs again when one is removed, so the stored index follows the report."""
+    client = agent(t4_node)
+    first, second = uuids_of(t4_node)
+    third = "aaaaaaaa-0000-4000-8000-000000000003"
+    register(client, [first, second, third])
+
+    summary = register(client, [first, third])  # The second GPU is gone; the third is now index 1.
+
+    assert summary["retired"] == 1
+    assert summary["reindexed"] == 1
+    assert Gpu.objects.get(uuid=third).index == 1
+    in_service = Gpu.objects.filter(node=t4_node, retired_at__isnull=True).order_by("index")
+    assert [str(gpu.uuid) for gpu in in_service] == [first, third]
+
+
+def test_gpus_may_swap_indexes(t4_node):
+    client = agent(t4_node)
+    first, second = uuids_of(t4_node)
+    register(client, [first, second])
+    body = inventory([second, first])  # The same two GPUs, reported in the other order.
+
+    response = client.post("/api/v1/agent/register/", body, format="json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["reindexed"] == 2
+    assert Gpu.objects.get(uuid=second).index == 0
+    assert Gpu.objects.get(uuid=first).index == 1
+
+
+def test_replacement_in_one_report_takes_the_slot(t4_node):
+    """A GPU swapped between two registrations: the old one is retired and the new one gets its index."""
+    client = agent(t4_node)
+    first, second = uuids_of(t4_node)
+    register(client, [first, second])
+    beat(client, [first, second])  # GPUs that reported are not placeholders a new UUID may adopt.
+
+    summary = register(client, [first, "aaaaaaaa-0000-4000-8000-000000000002"])
+
+    assert summary["retired"] == 1
+    assert summary["created"] == 1
+    assert Gpu.objects.get(uuid="aaaaaaaa-0000-4000-8000-000000000002").index == 1
+    assert Gpu.objects.get(uuid=second).retired_at is not None
