@@ -117,6 +117,7 @@ class Reservation(models.Model):
     customer = models.ForeignKey(
         Organization, on_delete=models.PROTECT, related_name="reservations",
         limit_choices_to={"kind": Organization.Kind.CUSTOMER},
+        db_index=False,  # reservation_customer_status and reservation_customer_ref lead with it.
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
@@ -263,8 +264,9 @@ class Allocation(models.Model):
         Reservation, on_delete=models.PROTECT, related_name="allocation", null=True, blank=True,
         help_text="Empty for a migration's hold: capacity kept on the target node while the reservation moves.",
     )
-    customer = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
-    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocations")
+    # Indexes that lead with the customer and the node serve both columns (Meta.indexes).
+    customer = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+", db_index=False)
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocations", db_index=False)
     gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="+")
     start_at = models.DateTimeField()
     end_at = models.DateTimeField()
@@ -302,8 +304,9 @@ class Allocation(models.Model):
 class GpuShare(models.Model):
     """Milli of one GPU held by an allocation over the allocation's window (copied here)."""
 
-    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="shares")
-    gpu = models.ForeignKey(Gpu, on_delete=models.PROTECT, related_name="shares")
+    # share_one_per_gpu_per_allocation and share_gpu_end lead with these columns.
+    allocation = models.ForeignKey(Allocation, on_delete=models.CASCADE, related_name="shares", db_index=False)
+    gpu = models.ForeignKey(Gpu, on_delete=models.PROTECT, related_name="shares", db_index=False)
     gpu_milli = models.PositiveSmallIntegerField()
     start_at = models.DateTimeField()
     end_at = models.DateTimeField()
@@ -329,7 +332,8 @@ class GpuShare(models.Model):
 class ReservationEvent(models.Model):
     """One state change of a reservation: who, when, from which status to which, and why."""
 
-    reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="events")
+    reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="events",
+                                    db_index=False)  # event_reservation_at leads with it.
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
         help_text="Empty when the marketplace itself acted.",

@@ -36,3 +36,22 @@ def _is_invalid(schema_editor, name: str) -> bool:
                        "WHERE c.relname = %s", [name])
         row = cursor.fetchone()
     return row is not None and row[0]
+
+
+def redundant_index_drops(indexes: dict[str, tuple[str, str]]):
+    """Return forward and backward ``RunPython`` functions that drop and rebuild foreign key indexes.
+
+    ``indexes`` maps each index name to its ``(table, column)``. Use it for the index Django builds
+    for a foreign key when a composite index that leads with the same column already serves its
+    lookups: every write pays for each index, so a redundant one only costs.
+    """
+
+    def drop(apps, schema_editor):
+        for name in indexes:
+            index_drop(schema_editor, name)
+
+    def rebuild(apps, schema_editor):
+        for name, (table, column) in indexes.items():
+            index_create(schema_editor, name, f"ON {table} ({column})")
+
+    return drop, rebuild

@@ -128,7 +128,8 @@ class Decision(models.Model):
         NOT_MIGRATED = "not_migrated", "Left in place"
         EXPIRED = "expired", "Expired in the queue"
 
-    reservation = models.ForeignKey("allocation.Reservation", on_delete=models.CASCADE, related_name="decisions")
+    reservation = models.ForeignKey("allocation.Reservation", on_delete=models.CASCADE, related_name="decisions",
+                                    db_index=False)  # decision_reservation_at leads with it.
     cycle = models.ForeignKey(SchedulingCycle, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     kind = models.CharField(max_length=24, choices=Kind.choices)
     reason_code = models.CharField(max_length=32, blank=True)
