@@ -12,10 +12,11 @@ from django.db import connection
 
 from marketplace.models import GpuModel
 
-from .budgets import budget_admit, combined_price_cap
+from .budgets import budget_admit
 from .ledger import CapacityLedger
 from .ledger_sync import ledger_for_window, ledger_usage_reader, micros, node_search
 from .placement import any_node_could_hold, placement_rank
+from .pricing import charged_price, node_price_cap
 from .quotas import quota_admit
 from .selectors import (
     NodeFilter, allocation_end_instants, candidate_ids, cheapest_empty_nodes, customer_usage, lowest_prices,
@@ -61,9 +62,14 @@ class Alternatives:
 
 def alternatives_find(
     *, customer_id: int, request: PlacementRequest, start_at: datetime, end_at: datetime,
-    node_filter: NodeFilter, policy: PlacementPolicy, now: datetime,
+    node_filter: NodeFilter, policy: PlacementPolicy, now: datetime, price_factor: Decimal = Decimal(1),
 ) -> Alternatives:
     """Find when the request would fit as asked, and which other models or regions fit in its window.
+
+    ``node_filter``'s price cap is what the customer pays per GPU-hour, and ``price_factor`` the
+    share of a node's list price that the request pays (below 1 for interruptible work). Nodes are
+    searched up to the list price that the cap and the budget afford at that share, and options
+    are priced at it, as placement does.
 
     The earliest start keeps the request's models, region, price cap and duration, and respects
     the customer's quotas, budget and the booking horizon. It is one of the next instants at which
@@ -82,23 +88,27 @@ def alternatives_find(
     key = "alternatives:" + ":".join(str(part) for part in (
         customer_id, request.gpu_count, request.gpu_milli_per_gpu, request.cpu_millicores, request.memory_mib,
         start_at.isoformat(), end_at.isoformat(), ",".join(map(str, sorted(node_filter.gpu_model_ids))),
-        node_filter.region_id, node_filter.max_price_per_gpu_hour, policy.name,
+        node_filter.region_id, node_filter.max_price_per_gpu_hour, policy.name, price_factor,
     ))
     cached = cache.get(key)
     if cached is not None:
         return cached
     ledger = ledger_for_window(start_at)
+    listed = NodeFilter(node_filter.gpu_model_ids, node_filter.region_id,
+                        node_price_cap(node_filter.max_price_per_gpu_hour, price_factor))
     found = Alternatives(
-        earliest_start_at=(_earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now, ledger)
-                           if any_node_could_hold(request, node_filter) else None),
-        options=_options_now(customer_id, request, start_at, end_at, policy, ledger),
+        earliest_start_at=(_earliest_start(customer_id, request, start_at, end_at, listed, policy, now, ledger,
+                                           price_factor)
+                           if any_node_could_hold(request, listed) else None),
+        options=_options_now(customer_id, request, start_at, end_at, policy, ledger, price_factor),
     )
     cache.set(key, found, settings.MARKETPLACE["ALTERNATIVES_CACHE_SECONDS"])
     return found
 
 
 def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy, now,
-                    ledger: CapacityLedger | None) -> datetime | None:
+                    ledger: CapacityLedger | None, price_factor: Decimal) -> datetime | None:
+    """Return the first later start at which the request fits; ``node_filter`` caps the nodes' list prices."""
     duration = end_at - start_at
     latest_start = now + timedelta(seconds=settings.MARKETPLACE["MAX_HORIZON_SECONDS"])
     model_names = dict(GpuModel.objects.filter(id__in=node_filter.gpu_model_ids).values_list("id", "name"))
@@ -107,12 +117,12 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
                                          node_filter=node_filter, customer_id=customer_id)
     if ledger is not None:
         return _earliest_start_in_ledger(ledger, customer_id, request, candidates, duration, node_filter,
-                                         model_names)
+                                         model_names, price_factor)
     # Room under the request's own filter is checked first, because quota and budget can only narrow
     # it. Most candidates fail there.
     for candidate, states in _starts_with_room(request, candidates, duration, node_filter):
         allowed = _filter_at(customer_id, request, node_filter, model_names, candidate, candidate + duration,
-                             customer_usage)
+                             customer_usage, price_factor)
         if allowed is None:
             continue
         if states is not None and _same_filter(allowed, node_filter):
@@ -128,7 +138,7 @@ def _earliest_start(customer_id, request, start_at, end_at, node_filter, policy,
 
 def _earliest_start_in_ledger(ledger: CapacityLedger, customer_id: int, request: PlacementRequest,
                               candidates: list[datetime], duration: timedelta, node_filter: NodeFilter,
-                              model_names: dict[int, str]) -> datetime | None:
+                              model_names: dict[int, str], price_factor: Decimal) -> datetime | None:
     """Return the first of ``candidates`` at which the request fits, checking room and quota in ``ledger``.
 
     The same checks as ``_earliest_start``, in the same order. A node that can hold the request is
@@ -139,7 +149,7 @@ def _earliest_start_in_ledger(ledger: CapacityLedger, customer_id: int, request:
         if not _room_in_ledger(ledger, request, candidate, candidate + duration, node_filter):
             continue
         allowed = _filter_at(customer_id, request, node_filter, model_names, candidate, candidate + duration,
-                             read_usage)
+                             read_usage, price_factor)
         if allowed is None:
             continue
         if _same_filter(allowed, node_filter) or _room_in_ledger(ledger, request, candidate, candidate + duration,
@@ -149,10 +159,12 @@ def _earliest_start_in_ledger(ledger: CapacityLedger, customer_id: int, request:
 
 
 def _filter_at(customer_id: int, request: PlacementRequest, node_filter: NodeFilter, model_names: dict[int, str],
-               start_at: datetime, end_at: datetime, read_usage) -> NodeFilter | None:
+               start_at: datetime, end_at: datetime, read_usage, price_factor: Decimal) -> NodeFilter | None:
     """Return what is left of ``node_filter`` after the customer's quota and budget in the window, or None if nothing.
 
-    ``read_usage`` reads the customer's usage, from the database or the capacity ledger.
+    ``read_usage`` reads the customer's usage, from the database or the capacity ledger. Both
+    filters cap list prices: the budget's cap on what the customer pays becomes one on list
+    prices through ``price_factor``.
     """
     decision = quota_admit(
         customer_id=customer_id, model_ids=node_filter.gpu_model_ids, model_names=model_names,
@@ -164,8 +176,11 @@ def _filter_at(customer_id: int, request: PlacementRequest, node_filter: NodeFil
                           end_at=end_at)
     if budget.refusal:
         return None
-    price_cap, _ = combined_price_cap(node_filter.max_price_per_gpu_hour, budget)
-    return NodeFilter(decision.admitted_model_ids, node_filter.region_id, price_cap)
+    list_price_cap = node_filter.max_price_per_gpu_hour
+    affordable = node_price_cap(budget.max_affordable_price, price_factor)
+    if affordable is not None and (list_price_cap is None or affordable < list_price_cap):
+        list_price_cap = affordable
+    return NodeFilter(decision.admitted_model_ids, node_filter.region_id, list_price_cap)
 
 
 def _same_filter(allowed: NodeFilter, node_filter: NodeFilter) -> bool:
@@ -201,8 +216,10 @@ def _starts_with_room(request: PlacementRequest, candidates: list[datetime], dur
 
 
 def _options_now(customer_id, request, start_at, end_at, policy,
-                 ledger: CapacityLedger | None = None) -> list[Option]:
+                 ledger: CapacityLedger | None = None, price_factor: Decimal = Decimal(1)) -> list[Option]:
     """List every (GPU model, region) that can hold the request in its window, ignoring the request's filters.
+
+    Prices are what the request would pay: the node's list price times ``price_factor``.
 
     ``candidate_ids`` already checks CPU, memory and room on enough healthy GPUs of partly used
     nodes. The last query also drops empty nodes with too few healthy GPUs. ``policy`` is not
@@ -219,13 +236,14 @@ def _options_now(customer_id, request, start_at, end_at, policy,
                           end_at=end_at)
     if budget.refusal or not decision.admitted_model_ids:
         return []
-    node_filter = NodeFilter(decision.admitted_model_ids, None, budget.max_affordable_price)
+    node_filter = NodeFilter(decision.admitted_model_ids, None, node_price_cap(budget.max_affordable_price, price_factor))
     if ledger is not None:
         rows = ledger.lowest_prices(request, micros(start_at), micros(end_at), node_search(node_filter))
     else:
         rows = _option_rows(request, start_at, end_at, node_filter)
     cheapest: dict[tuple[str, str], Option] = {}
-    for model_id, region, price, currency in rows:
+    for model_id, region, list_price, currency in rows:
+        price = charged_price(list_price, price_factor)
         key = (catalogue[model_id], region)
         if key not in cheapest or price < cheapest[key].price_per_gpu_hour:
             cheapest[key] = Option(gpu_model=key[0], region=region, price_per_gpu_hour=price, currency=currency)

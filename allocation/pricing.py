@@ -2,7 +2,7 @@
 
 import math
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
 from marketplace.models import GPU_MILLI_PER_GPU
 
@@ -15,6 +15,13 @@ PRICE_STEP = Decimal("0.0001")
 def charged_price(list_price: Decimal, price_factor: Decimal) -> Decimal:
     """Return the price per GPU-hour a reservation pays on a node: its list price times ``price_factor``, to 4 places."""
     return (list_price * price_factor).quantize(PRICE_STEP)
+
+
+def node_price_cap(price_cap: Decimal | None, price_factor: Decimal) -> Decimal | None:
+    """Return the highest node list price whose share ``price_factor`` stays within ``price_cap``, to 4 places."""
+    if price_cap is None:
+        return None
+    return (price_cap / price_factor).quantize(PRICE_STEP, rounding=ROUND_DOWN)
 
 
 def billed_gpu_milli(

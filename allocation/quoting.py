@@ -58,6 +58,7 @@ def reservation_quote(
     resolved = resolve_spec(spec, now)
     workload_terms(spec, now)
     request = resolved.request
+    factor = interruptible_price_factor() if spec.interruptible else Decimal(1)
     model_names = {model.id: model.name for model in resolved.models}
     node_filter = NodeFilter(
         gpu_model_ids=tuple(model_names), region_id=resolved.region.id if resolved.region else None,
@@ -69,16 +70,15 @@ def reservation_quote(
         gpu_milli=request.gpu_milli_total, start_at=spec.start_at, end_at=spec.end_at,
     )
     if not decision.admitted_model_ids:
-        return _no_fit(customer, request, spec, node_filter, policy, now,
+        return _no_fit(customer, request, spec, node_filter, factor, policy, now,
                        RejectionReason.QUOTA_EXCEEDED, decision.detail)
     budget = budget_admit(customer_id=customer.id, gpu_milli=request.gpu_milli_total, start_at=spec.start_at,
                           end_at=spec.end_at)
     if budget.refusal:
-        return _no_fit(customer, request, spec, node_filter, policy, now, RejectionReason.BUDGET_EXCEEDED,
+        return _no_fit(customer, request, spec, node_filter, factor, policy, now, RejectionReason.BUDGET_EXCEEDED,
                        budget.refusal)
 
     price_cap, budget_binds = combined_price_cap(spec.max_price_per_gpu_hour, budget)
-    factor = interruptible_price_factor() if spec.interruptible else Decimal(1)
     admitted = NodeFilter(decision.admitted_model_ids, node_filter.region_id, node_price_cap(price_cap, factor))
     ranked = placement_rank(request=request, start_at=spec.start_at, end_at=spec.end_at, node_filter=admitted,
                             policy=policy)
@@ -102,20 +102,20 @@ def reservation_quote(
         )
 
     if ranked:
-        return _no_fit(customer, request, spec, node_filter, policy, now, RejectionReason.BUDGET_EXCEEDED,
+        return _no_fit(customer, request, spec, node_filter, factor, policy, now, RejectionReason.BUDGET_EXCEEDED,
                        "On every node that fits, the charge would take the organization past its budget.")
     outcome = placement_diagnose(request, spec.start_at, spec.end_at, admitted)
     reason, detail = outcome.reason, outcome.detail
     if budget_binds and reason == RejectionReason.PRICE_ABOVE_MAXIMUM:
         reason = RejectionReason.BUDGET_EXCEEDED
         detail = f"What is left of the organization's budget pays at most {price_cap} per GPU-hour for this window."
-    return _no_fit(customer, request, spec, node_filter, policy, now, reason, detail)
+    return _no_fit(customer, request, spec, node_filter, factor, policy, now, reason, detail)
 
 
-def _no_fit(customer, request, spec, node_filter, policy, now, reason: str, detail: str) -> Quote:
+def _no_fit(customer, request, spec, node_filter, price_factor, policy, now, reason: str, detail: str) -> Quote:
     alternatives = alternatives_find(
         customer_id=customer.id, request=request, start_at=spec.start_at, end_at=spec.end_at,
-        node_filter=node_filter, policy=policy, now=now,
+        node_filter=node_filter, policy=policy, now=now, price_factor=price_factor,
     )
     return Quote(fits=False, start_at=spec.start_at, end_at=spec.end_at, reason_code=str(reason), detail=detail,
                  alternatives=alternatives)
@@ -126,6 +126,8 @@ def reservation_alternatives(
 ) -> Alternatives:
     """Find alternatives for a rejected reservation, from the models, region and price it requested."""
     now = now or timezone.now()
+    workload = getattr(reservation, "workload", None)  # Attached by the services that rejected it.
+    factor = interruptible_price_factor() if workload is not None and workload.interruptible else Decimal(1)
     policy = placement_policy(policy_name)
     # all() reads the prefetched models that a reservation built by the express path carries.
     model_ids = tuple(model.id for model in reservation.gpu_models.all())
@@ -139,5 +141,5 @@ def reservation_alternatives(
         customer_id=reservation.customer_id, request=request, start_at=reservation.start_at,
         end_at=reservation.end_at,
         node_filter=NodeFilter(model_ids, reservation.region_id, reservation.max_price_per_gpu_hour),
-        policy=policy, now=now,
+        policy=policy, now=now, price_factor=factor,
     )

@@ -6,7 +6,7 @@ The REST API, the admin, Celery tasks and the trace replay all call these functi
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -27,7 +27,7 @@ from .approval_policy import approval_reason
 from .budgets import budget_admit, combined_price_cap
 from .express import express_available, reservation_create_express
 from .placement import placement_find_and_commit
-from .pricing import estimated_cost
+from .pricing import estimated_cost, node_price_cap
 from .quotas import quota_admit
 from .selectors import NodeFilter, candidate_ids
 from .placement_policy import placement_policy
@@ -271,13 +271,6 @@ def _confirm(reservation: Reservation, allocation: Allocation, policy, *, actor,
     Decision.objects.create(reservation=reservation, kind=Decision.Kind.PLACED, at=now,
                             reason=f"{placed.note} {placed_reason}".strip(),
                             detail={"node_id": allocation.node_id, "status": reservation.status})
-
-
-def node_price_cap(price_cap: Decimal | None, price_factor: Decimal) -> Decimal | None:
-    """Return the highest node list price whose share ``price_factor`` stays within ``price_cap``, to 4 places."""
-    if price_cap is None:
-        return None
-    return (price_cap / price_factor).quantize(Decimal("0.0001"), rounding=ROUND_DOWN)
 
 
 def interruptible_price_factor() -> Decimal:

@@ -33,19 +33,46 @@ CHECKS = {
             ) sweep GROUP BY node_id
         ) peaks JOIN marketplace_node n ON n.id = peaks.node_id
         WHERE peaks.cpu > n.cpu_millicores OR peaks.memory > n.memory_mib""",
+    # A customer stays within each quota per GPU model. Over all models it may pass its own quota
+    # only as a cohort member: by at most its borrowing limit, and never past its cohort's summed
+    # quotas, which every borrowing admission checked. A lender admitted within its own quota may
+    # later take the cohort past that sum, so the cohort's total is not checked.
     "quota_overrun": """
-        SELECT COUNT(*) FROM (
+        WITH events AS (
+            SELECT customer_id, gpu_model_id, start_at AS at, gpu_milli_total AS delta
+            FROM allocation_allocation WHERE end_at > start_at
+            UNION ALL
+            SELECT customer_id, gpu_model_id, end_at, -gpu_milli_total
+            FROM allocation_allocation WHERE end_at > start_at
+        ), overall AS (
             SELECT customer_id, MAX(running) AS peak FROM (
                 SELECT customer_id,
                        SUM(delta) OVER (PARTITION BY customer_id ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS running
-                FROM (SELECT customer_id, start_at AS at, gpu_milli_total AS delta
-                      FROM allocation_allocation WHERE end_at > start_at
-                      UNION ALL
-                      SELECT customer_id, end_at, -gpu_milli_total
-                      FROM allocation_allocation WHERE end_at > start_at) events
+                FROM events
             ) sweep GROUP BY customer_id
-        ) peaks JOIN allocation_quota q ON q.organization_id = peaks.customer_id AND q.gpu_model_id IS NULL
-        WHERE peaks.peak > q.max_gpu_milli""",
+        ), per_model AS (
+            SELECT customer_id, gpu_model_id, MAX(running) AS peak FROM (
+                SELECT customer_id, gpu_model_id,
+                       SUM(delta) OVER (PARTITION BY customer_id, gpu_model_id ORDER BY at, delta
+                                        ROWS UNBOUNDED PRECEDING) AS running
+                FROM events
+            ) sweep GROUP BY customer_id, gpu_model_id
+        ), cohort_quota AS (
+            SELECT m.cohort_id, SUM(q.max_gpu_milli) AS total
+            FROM allocation_cohortmembership m
+            JOIN allocation_quota q ON q.organization_id = m.organization_id AND q.gpu_model_id IS NULL
+            GROUP BY m.cohort_id
+        )
+        SELECT (SELECT COUNT(*) FROM overall p
+                JOIN allocation_quota q ON q.organization_id = p.customer_id AND q.gpu_model_id IS NULL
+                LEFT JOIN allocation_cohortmembership m ON m.organization_id = p.customer_id
+                LEFT JOIN cohort_quota c ON c.cohort_id = m.cohort_id
+                WHERE p.peak > q.max_gpu_milli
+                  AND (m.id IS NULL OR p.peak > c.total
+                       OR p.peak - q.max_gpu_milli > COALESCE(m.borrowing_limit_gpu_milli, p.peak)))
+             + (SELECT COUNT(*) FROM per_model p
+                JOIN allocation_quota q ON q.organization_id = p.customer_id AND q.gpu_model_id = p.gpu_model_id
+                WHERE p.peak > q.max_gpu_milli)""",
     # Half-written states, as a crash or a lost database between two writes would leave them.
     "booked_without_allocation": """
         SELECT COUNT(*) FROM allocation_reservation r

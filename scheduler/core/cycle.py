@@ -203,7 +203,7 @@ class _Cycle:
         self.order.append(item.key)
         timeline, config = self.timeline, self.config
         if item.not_before > 0:
-            return self.wait(item, "not_before_start", "Its earliest start has not come yet.", item.not_before)
+            return self.wait_for_start(item)
         if item.queue in self.blocked_queues:
             return self.wait(item, "behind_strict_head", f"Queue {item.queue} is first in, first out, and request "
                                                          f"{self.blocked_queues[item.queue]} ahead of it cannot start yet.")
@@ -252,6 +252,26 @@ class _Cycle:
         self.held_windows += 1
         return self.wait(item, "no_capacity", "No allowed node has this shape free for its whole run time now; a "
                                               "window is held for it from the estimated start.", start)
+
+    def wait_for_start(self, item: Waiting) -> None:
+        """Record why ``item``, whose earliest start is still ahead, waits, and when it could start.
+
+        The estimate is the first start at or after its earliest start where an allowed node has
+        the shape free for the whole run time, from the bookings known now. Nothing is held for it.
+        """
+        allowed = allowed_nodes(self.timeline, item, self.model_masks)
+        slot = self.timeline.earliest_start(item.request, allowed, item.duration, not_before=item.not_before)
+        if slot is not None and slot[0] <= item.not_before:
+            return self.wait(item, "not_before_start", "Its earliest start has not come yet.", item.not_before)
+        if not self.timeline.could_ever_fit(item.request, allowed):
+            return self.wait(item, "never_fits", "No allowed node could hold this shape even when idle; it will "
+                                                 "not start unless larger nodes join.")
+        if slot is None:
+            return self.wait(item, "no_capacity", "Its earliest start has not come yet, and no allowed node has "
+                                                  "this shape free then; no start time is known yet.")
+        return self.wait(item, "no_capacity", "Its earliest start has not come yet, and no allowed node has this "
+                                              "shape free then; the estimate is the first start where one has.",
+                         slot[0])
 
     def place(self, item: Waiting, row: int, columns: tuple[int, ...]) -> None:
         self.timeline.take(row, columns, item.request, 0.0, item.duration)
@@ -390,9 +410,9 @@ def priority_inversions(placed: Sequence[Placed], waiting: Sequence[WaitingDecis
     rows = np.array([row for _, row in lower])
     inversions = 0
     for decision in waiting:
-        if decision.reason_code in ("not_before_start", "behind_strict_head", "cycle_limit", "never_fits"):
-            continue
         item = by_key[decision.key]
+        if item.not_before > 0 or decision.reason_code in ("behind_strict_head", "cycle_limit", "never_fits"):
+            continue
         request = item.request
         allowed = allowed_nodes(timeline, item)
         room = ((shapes[:, 5] < item.priority) & allowed[rows] & (shapes[:, 0] >= request.gpu_count)

@@ -145,8 +145,8 @@ def test_earliest_start_ledger_equals_database(customer, seed, limits):
         node_filter = NodeFilter(models)
         arguments = (customer.pk, request, start_at, end_at, node_filter, placement_policy(), NOW)
 
-        from_ledger = alternatives._earliest_start(*arguments, ledger_for_window(start_at))
+        from_ledger = alternatives._earliest_start(*arguments, ledger_for_window(start_at), Decimal(1))
 
-        assert from_ledger == alternatives._earliest_start(*arguments, None), (request, start_at)
+        assert from_ledger == alternatives._earliest_start(*arguments, None, Decimal(1)), (request, start_at)
         found += from_ledger is not None
     assert found >= 3

@@ -209,3 +209,24 @@ def test_batch_optimizer_keeps_the_order_when_it_places_no_more():
                        usage={1: (4000.0, 0.0, 0.0)}, config=CycleConfig(batch_solver=True))
 
     assert [placed.key for placed in result.placed] == [2]
+
+
+def test_future_request_waits_for_its_start():
+    waiting = [Waiting(1, 1, gpus(1), HOUR, not_before=HOUR)]
+
+    result, _ = cycle(fleet(1), waiting)
+
+    assert result.waiting[0].reason_code == "not_before_start"
+    assert result.waiting[0].estimated_start == pytest.approx(HOUR)
+
+
+def test_future_request_estimate_skips_a_booked_window():
+    booked = Booking(key=100, row=0, columns=(0,), gpu_milli_per_gpu=1000, cpu_millicores=1000, memory_mib=1024,
+                     start=0.5 * HOUR, end=3 * HOUR)
+    timeline = Timeline(fleet(1), [booked])
+    waiting = [Waiting(1, 1, gpus(1), HOUR, not_before=HOUR)]
+
+    result = run_cycle(timeline, waiting, [], policy_by_name("best_fit"))
+
+    assert result.waiting[0].reason_code == "no_capacity"
+    assert result.waiting[0].estimated_start == pytest.approx(3 * HOUR)
