@@ -82,6 +82,8 @@ def _replay(record: IdempotencyKey, fingerprint: str) -> Response:
                 f"{HEADER} {record.key!r} was first used at {record.created_at.isoformat()} with a different "
                 f"body. Send the same body to retry that request, or use a new key for a new request."
             ),
+            errors=[{"field": HEADER, "code": "idempotency_key_reused",
+                     "message": "This key was used with a different body. Use a new key for a new request."}],
         ))
     headers = {"Idempotent-Replayed": "true"}
     if record.response_status in (201, 202) and record.reservation_id:

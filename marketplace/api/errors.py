@@ -105,7 +105,8 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
             headers["WWW-Authenticate"] = exc.auth_header
         if getattr(exc, "wait", None) is not None:
             headers["Retry-After"] = str(max(1, math.ceil(exc.wait)))
-        body = problem(status=exc.status_code, code=code, title=_title(code), detail=detail)
+        errors = [{"field": "body", "message": detail, "code": code}] if code == "parse_error" else None
+        body = problem(status=exc.status_code, code=code, title=_title(code), detail=detail, errors=errors)
         response = problem_response(body, headers)
         if exc.status_code == 401 and "WWW-Authenticate" not in headers:
             response["WWW-Authenticate"] = 'Token realm="api"'

@@ -13,6 +13,12 @@ class SafeJSONParser(JSONParser):
             return super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise ParseError("JSON parse error: the body is nested too deeply.") from None
+        except ParseError as error:
+            if "integer string conversion" in str(error.detail):
+                # Python refuses integers of more than sys.get_int_max_str_digits() digits (4300 by default).
+                raise ParseError("JSON parse error: a number in the body has thousands of digits. Send numbers "
+                                 "within the ranges in /api/docs/.") from None
+            raise
 
 
 

@@ -44,6 +44,7 @@ def test_same_key_other_body_is_422(api, t4_node):
 
     data = assert_problem(response, 422, "idempotency_key_reused")
     assert "key-2" in data["detail"]
+    assert data["errors"][0]["field"] == "Idempotency-Key"
     assert Reservation.objects.count() == 1
 
 

@@ -127,7 +127,28 @@ def test_invalid_field_is_400_naming_field(api, t4_node, payload, field):
 def test_malformed_json_is_400(api):
     response = api.post("/api/v1/reservations/", "{not json", content_type="application/json")
 
-    assert_problem(response, 400, "parse_error")
+    data = assert_problem(response, 400, "parse_error")
+    assert data["errors"][0]["field"] == "body"
+
+
+def test_number_with_thousands_of_digits_is_400(api):
+    response = api.post("/api/v1/reservations/", '{"gpu_count": ' + "9" * 5000 + "}",
+                        content_type="application/json")
+
+    data = assert_problem(response, 400, "parse_error")
+    assert "thousands of digits" in data["detail"]
+    assert "sys." not in data["detail"]
+
+
+def test_offset_in_whole_hours_is_accepted(api, t4_node):
+    start = (datetime.now(timezone.utc) + timedelta(days=1)).astimezone(timezone(timedelta(hours=5)))
+    start_text = start.strftime("%Y-%m-%dT%H:%M:%S+05")
+    end_text = (start + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S+05")
+
+    response = api.post("/api/v1/reservations/", {"gpu_count": 1, "start_at": start_text, "end_at": end_text},
+                        format="json")
+
+    assert response.status_code == 201, response.json()
 
 
 def test_body_as_form_is_415(api):
