@@ -188,7 +188,7 @@ def capacity_plan_propose(*, plan_settings: PlanSettings, actor: AbstractBaseUse
             )
             for item in preview.lines
         )
-    logger.info("Capacity plan %s proposed by %s: %d lines, %s %s a month", plan.pk, actor or "the scheduler",
+    logger.info("Capacity plan %s proposed by %s: %d lines, %s %s a month", plan.pk, actor or "a task or command",
                 len(preview.lines), plan.total_monthly_cost, plan.currency)
     return plan
 

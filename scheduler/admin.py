@@ -23,7 +23,7 @@ def drain_nodes(modeladmin, request, queryset):
             modeladmin.message_user(request, f"{node.hostname}: {error}", messages.ERROR)
             continue
         modeladmin.message_user(
-            request, f"{node.hostname} is draining: {summary['planned']} moves planned, {summary['stayed']} "
+            request, f"Node {node.hostname} is draining: {summary['planned']} moves planned, {summary['stayed']} "
                      f"reservations stay (do-not-migrate, or no room elsewhere); see Scheduler > Migrations.")
 
 

@@ -13,12 +13,9 @@ import pytest
 from django.db import OperationalError
 from prometheus_client.parser import text_string_to_metric_families
 
-from allocation.batch_runs import batch_placement_run
-from allocation.solvers import PlacementRequest
-from allocation.solvers.batch import BatchRequest
-from allocation.solvers.fleet import Fleet
 from capacity.models import DemandForecast, DemandSeries
 from marketplace import metric_collectors
+from marketplace.metrics import solver_run_observe
 
 pytestmark = pytest.mark.django_db
 
@@ -178,12 +175,10 @@ def test_rolled_back_decision_is_not_counted(client, api, settings, t4_node):
 
 def test_scrape_shows_solver_time(client, settings):
     settings.METRICS_TOKEN = ""
-    labels = {"kind": "batch", "policy": "cp_sat/fgd_best_fit"}
+    labels = {"kind": "batch", "policy": "cp_sat/scheduler_cycle"}
     before = value(scrape(client), "marketplace_solver_run_seconds_count", **labels) or 0.0
-    fleet = Fleet.build(cpu=[64000], memory=[262144], gpu_count=[1], models=["T4"], price=[1.0])
 
-    batch_placement_run(fleet, [BatchRequest(PlacementRequest(1, 500, 1000, 1024))], solver="cp_sat",
-                        time_limit_seconds=1)
+    solver_run_observe(kind="batch", policy="cp_sat/scheduler_cycle", wall_seconds=0.3)
 
     after = scrape(client)
     assert value(after, "marketplace_solver_run_seconds_count", **labels) == before + 1

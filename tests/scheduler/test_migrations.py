@@ -176,7 +176,7 @@ def test_admin_drains_a_node_from_the_node_list(admin_client, customer, nodes):
                                  follow=True)
 
     assert response.status_code == 200
-    assert [str(message) for message in response.context["messages"]][0].startswith("a is draining: 1 moves planned")
+    assert [str(message) for message in response.context["messages"]][0].startswith("Node a is draining: 1 moves planned")
     assert Migration.objects.get().reservation == reservation
 
 
