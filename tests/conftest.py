@@ -7,6 +7,9 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from allocation.models import Cohort, CohortMembership
+from allocation.services import quota_set
+
 from .factories import CustomerFactory, NodeFactory, RegionFactory, gpu_model, member_with_token
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -92,6 +95,18 @@ def customer(db):
 @pytest.fixture
 def other_customer(db):
     return CustomerFactory(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def cohort(customer, other_customer, region):
+    """Acme (own quota 1000) and Globex (own quota 2000) share a cohort; one 8-GPU node."""
+    NodeFactory(hostname="eight", gpu_count=8, region=region)
+    quota_set(organization=customer, gpu_model=None, max_gpu_milli=1000)
+    quota_set(organization=other_customer, gpu_model=None, max_gpu_milli=2000)
+    cohort = Cohort.objects.create(slug="research", name="Research")
+    CohortMembership.objects.create(cohort=cohort, organization=customer)
+    CohortMembership.objects.create(cohort=cohort, organization=other_customer)
+    return cohort
 
 
 @pytest.fixture

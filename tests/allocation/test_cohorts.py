@@ -3,26 +3,13 @@
 import pytest
 from django.db import IntegrityError, transaction
 
-from allocation.models import Allocation, Cohort, CohortMembership, ReservationStatus
-from allocation.services import ReservationSpec, quota_set, reservation_create
+from allocation.models import Allocation, CohortMembership, ReservationStatus
+from allocation.services import ReservationSpec, reservation_create
 from marketplace.models import Node
 
 from ..conftest import NOW, hours
-from ..factories import NodeFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def cohort(customer, other_customer, region):
-    """Acme (own quota 1000) and Globex (own quota 2000) share a cohort; one 8-GPU node."""
-    NodeFactory(hostname="eight", gpu_count=8, region=region)
-    quota_set(organization=customer, gpu_model=None, max_gpu_milli=1000)
-    quota_set(organization=other_customer, gpu_model=None, max_gpu_milli=2000)
-    cohort = Cohort.objects.create(slug="research", name="Research")
-    CohortMembership.objects.create(cohort=cohort, organization=customer)
-    CohortMembership.objects.create(cohort=cohort, organization=other_customer)
-    return cohort
 
 
 def reserve(customer, gpu_count):

@@ -2,29 +2,21 @@
 
 import pytest
 
-from allocation.models import Cohort, CohortMembership
-from allocation.services import ReservationSpec, quota_set, reservation_create
+from allocation.models import CohortMembership
+from allocation.services import quota_set
 from bench.invariants import check_invariants
 
-from ..conftest import NOW, hours
-from ..factories import NodeFactory, gpu_model
+from ..allocation.test_cohorts import reserve
+from ..factories import gpu_model
 from ..stack import database_url_of_tests
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("require_postgres")]
 
 
 @pytest.fixture
-def borrowing(customer, other_customer, region):
-    """Acme (quota 1000) and Globex (quota 2000) share a cohort. Acme books two T4 GPUs, so it borrows 1000."""
-    NodeFactory(hostname="eight", gpu_count=8, region=region)
-    quota_set(organization=customer, gpu_model=None, max_gpu_milli=1000)
-    quota_set(organization=other_customer, gpu_model=None, max_gpu_milli=2000)
-    cohort = Cohort.objects.create(slug="research", name="Research")
-    CohortMembership.objects.create(cohort=cohort, organization=customer)
-    CohortMembership.objects.create(cohort=cohort, organization=other_customer)
-    spec = ReservationSpec(gpu_count=2, gpu_milli_per_gpu=1000, cpu_millicores=1000, memory_mib=1024,
-                           start_at=NOW, end_at=NOW + hours(2))
-    reservation = reservation_create(customer=customer, spec=spec, now=NOW)
+def borrowing(customer, cohort):
+    """Acme (quota 1000) books two T4 GPUs in its cohort with Globex (quota 2000), so it borrows 1000."""
+    reservation = reserve(customer, 2)
     assert reservation.allocation.borrowed_gpu_milli == 1000
     return customer
 
