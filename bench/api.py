@@ -17,7 +17,6 @@ allocation and that no 409 has one. The validate-only mix writes nothing, so it 
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import psycopg
 
 from bench.ceilings import CEILINGS
 from bench.invariants import check_invariants
-from bench.report import write_section
+from bench.report import machine_description, write_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -247,8 +246,7 @@ def main() -> None:
     decisions_per_second = round(sum(m["per_second"] for m in decided) / len(decided), 1)
     results = {
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-                   f"Python {platform.python_version()}",
+        "machine": machine_description(),
         "mixes": mixes,
         "ceilings": ceilings,
         "ceiling_ratios": {m["mix"]: round(m["per_second"] / floor["per_second"], 3) if floor["per_second"] else None

@@ -20,7 +20,6 @@ response a client received is compared with it. The last line is JSON with ``req
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ from bench.api import manage, prepare_database
 from bench.invariants import check_invariants
 from bench.mixed_load import Agent, LoadResult, MixedLoad
 from bench.redis_server import PrivateRedis
-from bench.report import write_section
+from bench.report import machine_description, write_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -238,7 +237,7 @@ def main() -> None:
     latencies = sorted(result.latencies_ms)
     summary = {
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine_description(),
         "seconds": args.seconds, "threads": args.threads, "restart_postgres": args.restart_postgres, "faults": faults,
         "requests": result.requests, "requests_per_second": round(result.requests / args.seconds, 1),
         "statuses": {str(status): count for status, count in result.statuses.items()},
