@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from allocation.models import Allocation, Reservation, ReservationStatus
@@ -43,7 +44,8 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
     listed GPU that never reported is adopted by a new UUID reported at its index. Every GPU
     in service ends at the index its agent reported, because the driver numbers GPUs again when
     one is removed. A GPU no longer reported is retired before the new ones are added, so a
-    replacement takes the slot it was reported in.
+    replacement takes the slot it was reported in. A retired GPU of this node that is reported
+    again returns to service, still failed until its heartbeats pass the health rules' probation.
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -53,14 +55,16 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
         by_uuid = {str(gpu.uuid).lower(): gpu for gpu in existing}
         by_index = {gpu.index: gpu for gpu in existing}
         reported = [(item, _uuid(item["uuid"])) for item in inventory["gpus"]]
+        returning = {str(gpu.uuid).lower(): gpu for gpu in Gpu.objects.filter(
+            node=node, retired_at__isnull=False, uuid__in=[uuid for _item, uuid in reported if uuid not in by_uuid])}
 
         matched = {uuid: by_uuid[uuid] for _item, uuid in reported if uuid in by_uuid}
         claimed = {gpu.pk for gpu in matched.values()}
         adopted = 0
         for item, uuid in reported:
             placeholder = by_index.get(item["index"])
-            if (uuid not in matched and placeholder is not None and placeholder.first_reading_at is None
-                    and placeholder.pk not in claimed):
+            if (uuid not in matched and uuid not in returning and placeholder is not None
+                    and placeholder.first_reading_at is None and placeholder.pk not in claimed):
                 matched[uuid] = placeholder
                 claimed.add(placeholder.pk)
                 adopted += 1
@@ -70,6 +74,8 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
             gpu.retired_at, gpu.health = now, Gpu.Health.FAILED
             gpu.health_reasons = ["no longer found by the node's GPU discovery; retired"]
             gpu.save(update_fields=["retired_at", "health", "health_reasons"])
+        _return_to_service(list(returning.values()), above=[gpu.index for gpu in existing])
+        matched.update(returning)
         reindexed = _move_to_reported_indexes(
             [(matched[uuid], item["index"]) for item, uuid in reported if uuid in matched])
 
@@ -90,10 +96,23 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
         node.cuda_version = inventory.get("cuda_version", "")[:32]
         node.save(update_fields=["gpu_count", "agent_version", "driver_version", "cuda_version", "updated_at"])
         moved = _move_work_off(node, retired, now) if retired else 0
-    logger.info("Node %s registered %d GPUs: %d adopted, %d new, %d renumbered, %d retired, %d reservations moving",
-                node.hostname, len(inventory["gpus"]), adopted, created, reindexed, len(retired), moved)
-    return {"gpus": len(inventory["gpus"]), "adopted": adopted, "created": created, "reindexed": reindexed,
-            "retired": len(retired), "reservations_moving": moved}
+    logger.info("Node %s registered %d GPUs: %d adopted, %d new, %d returned, %d renumbered, %d retired, "
+                "%d reservations moving", node.hostname, len(inventory["gpus"]), adopted, created, len(returning),
+                reindexed, len(retired), moved)
+    return {"gpus": len(inventory["gpus"]), "adopted": adopted, "created": created, "returned": len(returning),
+            "reindexed": reindexed, "retired": len(retired), "reservations_moving": moved}
+
+
+def _return_to_service(gpus: list[Gpu], above: list[int]) -> None:
+    """Put retired ``gpus`` back in service at free indexes above ``above``; registration then moves them.
+
+    Each stays failed, so placement leaves it out until its readings pass the recovery probation.
+    """
+    first_free = 1 + max(above + [gpu.index for gpu in gpus], default=-1)
+    for position, gpu in enumerate(gpus):
+        gpu.retired_at, gpu.index = None, first_free + position
+        gpu.health_reasons = ["found again by the node's GPU discovery; out of placement until it reports healthy"]
+        gpu.save(update_fields=["retired_at", "index", "health_reasons"])
 
 
 def _move_to_reported_indexes(gpus_and_indexes: list[tuple[Gpu, int]]) -> int:
@@ -184,11 +203,33 @@ def heartbeats_ingest(*, heartbeats: list[tuple[Node, list[dict]]], now: datetim
         # Lock the nodes first, in id order, as a booking does (its node, then that node's GPUs through the share
         # guard trigger), so ingestion and bookings take these rows in one order and cannot deadlock on them.
         list(Node.objects.select_for_update().filter(pk__in=set(node_ids)).order_by("pk").values_list("pk", flat=True))
+        latest = _newer_than_stored(latest)
         _insert_readings(rows)
         summary.readings = len(rows)
         summary.health_changes = apply_readings(gpus=gpus, latest=latest, nodes=[node for node, _ in heartbeats],
                                                 now=now)
     return summary
+
+
+def _newer_than_stored(latest: dict) -> dict:
+    """Return the entries of ``latest`` (GPU id to ``(at, reading, xids)``) newer than the GPU's newest stored reading.
+
+    Heartbeats may arrive out of order (an agent's buffer sent after a newer snapshot, or queued
+    batches), and an older reading must not override the health that a newer one set. It is
+    still stored for history. The newest stored reading of each GPU is one probe of the
+    ``(gpu, at)`` index.
+    """
+    if not latest:
+        return latest
+    newest_stored = Subquery(GpuReading.objects.filter(gpu=OuterRef("pk")).order_by("-at").values("at")[:1])
+    stored = dict(Gpu.objects.filter(pk__in=list(latest)).annotate(newest=newest_stored)
+                  .values_list("pk", "newest"))
+    fresh = {gpu_id: entry for gpu_id, entry in latest.items()
+             if stored.get(gpu_id) is None or entry[0] >= stored[gpu_id]}
+    if len(fresh) < len(latest):
+        logger.info("Ignored the health of %d readings older than their GPU's newest stored reading",
+                    len(latest) - len(fresh))
+    return fresh
 
 
 READING_COLUMNS = ("gpu_id", "at", "temperature_c", "utilization_pct", "memory_used_mib", "power_w",

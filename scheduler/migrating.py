@@ -8,8 +8,10 @@ left it. The lock order is the services': migration, reservation, allocation, cu
   no quota, no price), checked by the database triggers like any allocation.
 - target_reserved -> moving: the source's agent gets a request to stop the work by a deadline.
 - moving -> done: once the agent stopped (or the deadline passed, or no agent ran it), one
-  transaction deletes the hold, cuts the source's GPU shares at now, and moves the allocation
-  to the target with shares from now to its end. The booked price stays; rebalancing plans,
+  transaction checks again that the reservation is still on the source and that the target is
+  active with its held GPUs healthy and in service. It meters the source's run up to now,
+  deletes the hold, cuts the source's GPU shares at now, and moves the allocation to the target
+  with shares from now to its end. The booked price stays; rebalancing plans,
   which only move reservations that have not started, take the target's lower price as before.
 - Any step that fails rolls back: the hold goes, the stop request is withdrawn, and the
   reservation stays where it was.
@@ -37,7 +39,8 @@ from allocation.solvers import PlacementRequest
 from marketplace.audit import audit_record
 from marketplace.broker import enqueue
 from marketplace.exceptions import InvalidRequest, NotFound
-from marketplace.models import Node, Organization
+from marketplace.models import Gpu, Node, Organization
+from providers.metering import usage_record
 
 from .models import Assignment, Decision, Migration
 
@@ -166,6 +169,9 @@ def _switch(migration: Migration, now: datetime) -> bool:
     reservation, allocation = _locked(migration)
     if reservation.status not in (ReservationStatus.SCHEDULED, ReservationStatus.ACTIVE) or allocation is None:
         raise MoveSkipped(f"The reservation became {reservation.status} while it moved; nothing to move.")
+    if allocation.node_id != migration.from_node_id:
+        # A failed start moved the reservation to another node while this move waited.
+        raise MoveSkipped("The reservation's allocation changed since the move was planned.")
     still_running = Assignment.objects.filter(
         reservation_id=reservation.pk, node_id=migration.from_node_id, status=Assignment.Status.STARTED,
         stop_by__gt=now).exists()
@@ -174,10 +180,15 @@ def _switch(migration: Migration, now: datetime) -> bool:
 
     Organization.objects.select_for_update().only("id").get(pk=reservation.customer_id)
     target = Node.objects.select_for_update().get(pk=migration.to_node_id)
+    check_target(reservation, allocation, target, migration.rebalance_move)
     hold = migration.hold
     shares = list(hold.shares.values_list("gpu_id", "gpu_milli")) if hold else []
     if hold is None or not shares and reservation.gpu_count:
         raise MoveSkipped("The target's hold is gone; the move starts over from planning.")
+    usable = Gpu.objects.filter(pk__in=[gpu_id for gpu_id, _milli in shares], retired_at__isnull=True,
+                                health=Gpu.Health.HEALTHY).count()
+    if usable < len(shares):
+        raise MoveSkipped(f"GPUs held on node {target.hostname} failed or were retired since they were reserved.")
     source = Node.objects.get(pk=migration.from_node_id).hostname
     migration.hold = None
     migration.save(update_fields=["hold"])
@@ -185,6 +196,10 @@ def _switch(migration: Migration, now: datetime) -> bool:
     hold.delete()
 
     cut = max(now, allocation.start_at)
+    # The source's runs are billed up to the switch, whenever their agent reports the stop.
+    for assignment in Assignment.objects.select_related("node").filter(
+            reservation_id=reservation.pk, node_id=migration.from_node_id, status=Assignment.Status.STARTED):
+        usage_record(assignment=assignment, stopped_at=cut)
     old_shares = GpuShare.objects.filter(allocation=allocation)
     if cut > allocation.start_at:
         old_shares.filter(end_at__gt=cut).update(end_at=cut)
@@ -228,8 +243,9 @@ def _roll_back(migration: Migration, reason: str, now: datetime) -> None:
         migration.hold = None
         GpuShare.objects.filter(allocation=hold).delete()
         hold.delete()
+    # Past the deadline too: an agent that has not stopped yet runs on, and the reservation stays here.
     (Assignment.objects.filter(reservation_id=migration.reservation_id, node_id=migration.from_node_id,
-                               status__in=[Assignment.Status.ASSIGNED, Assignment.Status.STARTED], stop_by__gt=now)
+                               status__in=[Assignment.Status.ASSIGNED, Assignment.Status.STARTED])
      .update(stop_requested_at=None, stop_by=None))
     migration.status, migration.outcome = Migration.Status.ROLLED_BACK, reason
     migration.save(update_fields=["hold", "status", "outcome", "updated_at"])

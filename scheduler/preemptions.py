@@ -202,8 +202,10 @@ def _close_obsolete(preemption: Preemption, now: datetime) -> None:
     """Close a preemption whose beneficiary no longer waits and withdraw its victims' stop requests."""
     if preemption.status == Preemption.Status.GRACE:
         victims = preemption.victims.values_list("reservation_id", flat=True)
+        # Past the deadline too: a victim still active was not preempted, so its agent may run on.
         Assignment.objects.filter(reservation_id__in=list(victims), reservation__status=ReservationStatus.ACTIVE,
-                                  stop_by__gt=now).update(stop_requested_at=None, stop_by=None)
+                                  status__in=[Assignment.Status.ASSIGNED, Assignment.Status.STARTED],
+                                  ).update(stop_requested_at=None, stop_by=None)
     preemption.status = Preemption.Status.OBSOLETE
     preemption.decision_note = "The beneficiary no longer waited; the victims keep running."
     preemption.save(update_fields=["status", "decision_note"])

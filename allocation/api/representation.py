@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from marketplace.models import GPU_MILLI_PER_GPU
 
+from ..models import ReservationStatus
 from ..pricing import estimated_cost
 
 PRICE_PLACES = Decimal("0.0001")
@@ -46,7 +47,7 @@ def reservation_body(reservation) -> dict:
         "hold_expires_at": _datetime(reservation.hold_expires_at),
         "do_not_migrate": reservation.do_not_migrate,
         "allocation": allocation_body(allocation) if allocation is not None else None,
-        "scheduling": scheduling_body(workload) if workload is not None else None,
+        "scheduling": scheduling_body(workload, reservation.status) if workload is not None else None,
         "created_at": _datetime(reservation.created_at),
         "updated_at": _datetime(reservation.updated_at),
     }
@@ -75,7 +76,13 @@ def allocation_body(allocation) -> dict:
     }
 
 
-def scheduling_body(workload) -> dict:
+def scheduling_body(workload, status: str) -> dict:
+    """Return the scheduling terms of a reservation; its place in the queue only while ``status`` is queued.
+
+    The cycle writes a queued reservation's position, reason and estimate on its workload, and
+    nothing clears them when the reservation is placed, cancelled or expired.
+    """
+    waiting = status == ReservationStatus.QUEUED
     return {
         "priority_class": workload.priority_class.name,
         "priority": workload.priority_class.value,
@@ -83,10 +90,10 @@ def scheduling_body(workload) -> dict:
         "interruptible": workload.interruptible,
         "duration_seconds": workload.duration_seconds,
         "latest_start_at": _datetime(workload.latest_start_at),
-        "queue_position": workload.position,
-        "waiting_reason_code": workload.waiting_reason_code,
-        "waiting_reason": workload.waiting_reason,
-        "estimated_start_at": _datetime(workload.estimated_start_at),
+        "queue_position": workload.position if waiting else None,
+        "waiting_reason_code": workload.waiting_reason_code if waiting else "",
+        "waiting_reason": workload.waiting_reason if waiting else "",
+        "estimated_start_at": _datetime(workload.estimated_start_at) if waiting else None,
         "requeued_from": workload.requeued_from_id,
     }
 

@@ -117,7 +117,13 @@ class Timeline:
         return tuple(int(column) for column in fitting[order])
 
     def take(self, row: int, columns: Sequence[int], request: PlacementRequest, start: float, end: float) -> None:
-        """Hold ``request`` on node ``row`` over ``[start, end)``; the caller checked that it fits."""
+        """Hold ``request`` on node ``row`` over ``[start, end)``; the caller checked that it fits.
+
+        NOTE: rows are not split at ``start`` or ``end``, so a hold is subtracted from every whole
+        row it overlaps. A row that runs past ``end`` (the last one runs to infinity) then looks
+        busy after the hold too, and a later request on that node may get no estimated start.
+        This errs on the safe side: it never admits work that does not fit.
+        """
         self._subtract(row, columns, request, start, end)
         self._sync_now(np.array([row]))
 

@@ -430,3 +430,38 @@ def test_replacement_in_one_report_takes_the_slot(t4_node):
     assert summary["created"] == 1
     assert Gpu.objects.get(uuid="aaaaaaaa-0000-4000-8000-000000000002").index == 1
     assert Gpu.objects.get(uuid=second).retired_at is not None
+
+
+def test_retired_gpu_found_again_returns_to_service(t4_node):
+    """A GPU retired when discovery missed it, then reported again, is back in service but out of placement."""
+    client = agent(t4_node)
+    first, second = uuids_of(t4_node)
+    register(client, [first, second])
+    beat(client, [first, second])
+    register(client, [first])
+
+    summary = register(client, [first, second])
+
+    assert summary["returned"] == 1
+    returned = Gpu.objects.get(uuid=second)
+    assert returned.retired_at is None
+    assert returned.index == 1
+    assert returned.health == Gpu.Health.FAILED
+    t4_node.refresh_from_db()
+    assert t4_node.gpu_count == 2
+
+
+def test_reading_older_than_stored_leaves_health(t4_node):
+    """An hour-old snapshot that arrives after a newer one is stored but does not set the GPU's health."""
+    client = agent(t4_node)
+    uuids = uuids_of(t4_node)
+    register(client, uuids)
+    beat(client, uuids, temperature_c=50)
+    stale = snapshot(uuids, temperature_c=96)
+    stale["at"] = (timezone.now() - timedelta(hours=1)).isoformat()
+
+    response = client.post("/api/v1/agent/heartbeats/", {"snapshots": [stale]}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert Gpu.objects.get(uuid=uuids[0]).health == Gpu.Health.HEALTHY
+    assert GpuReading.objects.filter(gpu__uuid=uuids[0], temperature_c=96).exists()
