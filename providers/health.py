@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Avg, Count, Max
+from django.db.models import Avg, Count, Max, OuterRef, Subquery
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -35,11 +35,14 @@ def apply_readings(*, gpus: dict, latest: dict, nodes: list[Node], now: datetime
 
     ``latest`` maps a GPU id to ``(at, reading, xid_events)``; ``gpus`` maps ``(node_id, uuid)`` to
     ``Gpu`` rows. Only GPUs whose health changed are written, so a steady fleet costs one UPDATE of
-    the nodes' heartbeat time per call.
+    the nodes' heartbeat time per call. Call it after storing the readings: a change is applied
+    only if its reading is the GPU's newest stored one, because heartbeats may arrive out of order
+    and an older reading must not override what a newer one set.
     """
     probation = timedelta(seconds=settings.MARKETPLACE["PROBATION_SECONDS"])
     by_id = {gpu.pk: gpu for gpu in gpus.values()}
     changed_nodes, changes = set(), 0
+    updates = []
     for gpu_id, (at, reading, xids) in sorted(latest.items()):
         gpu = by_id[gpu_id]
         observed = health_rules.evaluate_reading(temperature_c=reading.get("temperature_c"),
@@ -51,22 +54,43 @@ def apply_readings(*, gpus: dict, latest: dict, nodes: list[Node], now: datetime
         if gpu.first_reading_at is None:
             values["first_reading_at"] = at
         if any(getattr(gpu, field) != value for field, value in values.items()):
-            if state != gpu.health:
-                changes += 1
-                logger.info("GPU %s of node %s: %s -> %s (%s)", gpu.pk, gpu.node_id, gpu.health, state,
-                            "; ".join(reasons) or "readings normal")
-                GpuHealthEvent.objects.create(gpu=gpu, node_id=gpu.node_id, at=at, from_state=gpu.health,
-                                              to_state=state, reasons=reasons)
-            Gpu.objects.filter(pk=gpu.pk).update(**values)
-            for field, value in values.items():
-                setattr(gpu, field, value)
-            changed_nodes.add(gpu.node_id)
+            updates.append((gpu, at, state, reasons, values))
+
+    for gpu, at, state, reasons, values in _from_newest_readings(updates):
+        if state != gpu.health:
+            changes += 1
+            logger.info("GPU %s of node %s: %s -> %s (%s)", gpu.pk, gpu.node_id, gpu.health, state,
+                        "; ".join(reasons) or "readings normal")
+            GpuHealthEvent.objects.create(gpu=gpu, node_id=gpu.node_id, at=at, from_state=gpu.health,
+                                          to_state=state, reasons=reasons)
+        Gpu.objects.filter(pk=gpu.pk).update(**values)
+        for field, value in values.items():
+            setattr(gpu, field, value)
+        changed_nodes.add(gpu.node_id)
 
     Node.objects.filter(pk__in=[node.pk for node in nodes]).update(last_heartbeat_at=now)
     recompute = changed_nodes | {node.pk for node in nodes if node.health == "unknown"}
     if recompute:
         _update_nodes(sorted(recompute), now)
     return changes
+
+
+def _from_newest_readings(updates: list[tuple]) -> list[tuple]:
+    """Return those of ``updates`` (``(gpu, at, ...)``) whose ``at`` is the GPU's newest stored reading.
+
+    Only GPUs about to change are checked, one probe of the ``(gpu, at)`` index each, so a steady
+    fleet pays nothing for it.
+    """
+    if not updates:
+        return updates
+    newest = Subquery(GpuReading.objects.filter(gpu=OuterRef("pk")).order_by("-at").values("at")[:1])
+    stored = dict(Gpu.objects.filter(pk__in=[update[0].pk for update in updates]).annotate(newest=newest)
+                  .values_list("pk", "newest"))
+    fresh = [update for update in updates if stored.get(update[0].pk) is None or update[1] >= stored[update[0].pk]]
+    if len(fresh) < len(updates):
+        logger.info("Ignored the health of %d GPUs whose readings were older than their newest stored one",
+                    len(updates) - len(fresh))
+    return fresh
 
 
 def _update_nodes(node_ids: list[int], now: datetime) -> None:

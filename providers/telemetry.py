@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from allocation.models import Allocation, Reservation, ReservationStatus
@@ -203,33 +202,11 @@ def heartbeats_ingest(*, heartbeats: list[tuple[Node, list[dict]]], now: datetim
         # Lock the nodes first, in id order, as a booking does (its node, then that node's GPUs through the share
         # guard trigger), so ingestion and bookings take these rows in one order and cannot deadlock on them.
         list(Node.objects.select_for_update().filter(pk__in=set(node_ids)).order_by("pk").values_list("pk", flat=True))
-        latest = _newer_than_stored(latest)
         _insert_readings(rows)
         summary.readings = len(rows)
         summary.health_changes = apply_readings(gpus=gpus, latest=latest, nodes=[node for node, _ in heartbeats],
                                                 now=now)
     return summary
-
-
-def _newer_than_stored(latest: dict) -> dict:
-    """Return the entries of ``latest`` (GPU id to ``(at, reading, xids)``) newer than the GPU's newest stored reading.
-
-    Heartbeats may arrive out of order (an agent's buffer sent after a newer snapshot, or queued
-    batches), and an older reading must not override the health that a newer one set. It is
-    still stored for history. The newest stored reading of each GPU is one probe of the
-    ``(gpu, at)`` index.
-    """
-    if not latest:
-        return latest
-    newest_stored = Subquery(GpuReading.objects.filter(gpu=OuterRef("pk")).order_by("-at").values("at")[:1])
-    stored = dict(Gpu.objects.filter(pk__in=list(latest)).annotate(newest=newest_stored)
-                  .values_list("pk", "newest"))
-    fresh = {gpu_id: entry for gpu_id, entry in latest.items()
-             if stored.get(gpu_id) is None or entry[0] >= stored[gpu_id]}
-    if len(fresh) < len(latest):
-        logger.info("Ignored the health of %d readings older than their GPU's newest stored reading",
-                    len(latest) - len(fresh))
-    return fresh
 
 
 READING_COLUMNS = ("gpu_id", "at", "temperature_c", "utilization_pct", "memory_used_mib", "power_w",
