@@ -248,7 +248,7 @@ class _Cycle:
         if start <= 0:
             # A node beyond the policy's best few can take it now.
             return self.place(item, row, columns)
-        timeline.take(row, columns, item.request, start, start + item.duration)
+        timeline.hold(row, columns, item.request, start, start + item.duration)
         self.held_windows += 1
         return self.wait(item, "no_capacity", "No allowed node has this shape free for its whole run time now; a "
                                               "window is held for it from the estimated start.", start)

@@ -119,13 +119,43 @@ class Timeline:
     def take(self, row: int, columns: Sequence[int], request: PlacementRequest, start: float, end: float) -> None:
         """Hold ``request`` on node ``row`` over ``[start, end)``; the caller checked that it fits.
 
-        NOTE: rows are not split at ``start`` or ``end``, so a hold is subtracted from every whole
-        row it overlaps. A row that runs past ``end`` (the last one runs to infinity) then looks
-        busy after the hold too, and a later request on that node may get no estimated start.
-        This errs on the safe side: it never admits work that does not fit.
+        The hold is subtracted from every whole row it overlaps, so a row that runs past ``end``
+        looks busy after it too. That errs on the safe side. ``hold`` splits the rows first.
         """
         self._subtract(row, columns, request, start, end)
         self._sync_now(np.array([row]))
+
+    def hold(self, row: int, columns: Sequence[int], request: PlacementRequest, start: float, end: float) -> None:
+        """Hold ``request`` on node ``row`` over exactly ``[start, end)``, splitting the rows at both instants.
+
+        A held window ahead of a blocked request then leaves the time after it free for the next
+        estimate on that node. Each split copies the timeline's arrays, so the cycle uses it only
+        for its few held windows.
+        """
+        for moment in (start, end):
+            self._split(row, moment)
+        self.take(row, columns, request, start, end)
+
+    def _split(self, row: int, moment: float) -> None:
+        """Start a new row of node ``row`` at ``moment``, with the free capacity of the row that contains it."""
+        if not 0.0 < moment < INFINITY:
+            return
+        span = self.node_rows(row)
+        times = self.time[span]
+        offset = int(np.searchsorted(times, moment))
+        if offset < times.size and times[offset] == moment:
+            return
+        position = span.start + offset
+        containing = position - 1
+        self.end = np.insert(self.end, position, self.end[containing])
+        self.end[containing] = moment
+        self.time = np.insert(self.time, position, moment)
+        self.node = np.insert(self.node, position, row)
+        self.gpu_free = np.insert(self.gpu_free, position, self.gpu_free[containing], axis=0)
+        self.cpu_free = np.insert(self.cpu_free, position, self.cpu_free[containing])
+        self.memory_free = np.insert(self.memory_free, position, self.memory_free[containing])
+        self.counts[row] += 1
+        self.first[row + 1:] += 1
 
     def give_back(self, row: int, columns: Sequence[int], request: PlacementRequest, start: float, end: float) -> None:
         """Return a booking's capacity to node ``row`` over ``[start, end)``, as when it is preempted."""

@@ -230,3 +230,29 @@ def test_future_request_estimate_skips_a_booked_window():
 
     assert result.waiting[0].reason_code == "no_capacity"
     assert result.waiting[0].estimated_start == pytest.approx(3 * HOUR)
+
+
+def test_estimate_after_a_held_window_on_one_node():
+    """A one-GPU node busy until t=100: after holding [100, 200) for one request, the next can start at 200."""
+    booked = Booking(key=1, row=0, columns=(0,), gpu_milli_per_gpu=1000, cpu_millicores=0, memory_mib=0,
+                     start=0.0, end=100.0)
+    timeline = Timeline(fleet(1), [booked])
+    allowed = np.ones(1, dtype=bool)
+    first = timeline.earliest_start(gpus(1), allowed, 100.0)
+    timeline.hold(0, first[2], gpus(1), first[0], first[0] + 100.0)
+
+    second = timeline.earliest_start(gpus(1), allowed, 100.0)
+
+    assert first[0] == 100.0
+    assert second is not None
+    assert second[0] == 200.0
+
+
+def test_queued_requests_on_one_node_get_successive_estimates():
+    work = [running(100, 0, (0,), end=HOUR)]
+    waiting = [Waiting(key, key, gpus(1), HOUR, submitted=key) for key in (1, 2, 3)]
+
+    result, _ = cycle(fleet(1), waiting, work)
+
+    estimates = sorted(decision.estimated_start for decision in result.waiting)
+    assert estimates == pytest.approx([HOUR, 2 * HOUR, 3 * HOUR])
