@@ -11,7 +11,7 @@ import datetime
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 from health_check.checks import Database
 from health_check.contrib.celery import Ping
 from health_check.contrib.redis import Redis
@@ -19,7 +19,7 @@ from health_check.views import HealthCheckView
 from redis.asyncio import Redis as RedisClient
 
 
-@require_GET
+@require_safe
 def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 

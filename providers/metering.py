@@ -124,7 +124,7 @@ def _statement(entries, organization_id: int, start: datetime, end: datetime, cu
     )
 
 
-MONTH = re.compile(r"(\d{4})-(\d{2})")
+MONTH = re.compile(r"(\d{4})-(\d{2})", re.ASCII)
 
 
 def month_bounds(text: str) -> tuple[datetime, datetime] | None:

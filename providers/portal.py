@@ -79,7 +79,7 @@ def model_price(request: HttpRequest) -> HttpResponse:
     def change() -> str:
         model_id = request.POST.get("gpu_model", "")
         price = parse_price(request.POST.get("price", ""), "price")
-        count = model_price_set(provider=request.provider, gpu_model_id=int(model_id) if model_id.isdigit() else 0,
+        count = model_price_set(provider=request.provider, gpu_model_id=_id_or_zero(model_id),
                                 price=price, actor=request.user)
         return f"{count} node{'s' if count != 1 else ''} now cost {price} per GPU-hour for new bookings."
     return _change(request, "portal/_nodes.html", _nodes_context, change)
@@ -101,11 +101,11 @@ def maintenance_add(request: HttpRequest) -> HttpResponse:
     def change() -> str:
         start, end = (_aware(request.POST.get(name, "")) for name in ("start_at", "end_at"))
         node_id = request.POST.get("node", "")
-        window, moved = maintenance_create(provider=request.provider, node_id=int(node_id) if node_id.isdigit() else 0,
+        window, moved = maintenance_create(provider=request.provider, node_id=_id_or_zero(node_id),
                                            start_at=start, end_at=end, reason=request.POST.get("reason", ""),
                                            actor=request.user)
-        return (f"Maintenance of {window.node.hostname} booked; {moved['moving']} reservations move to other nodes, "
-                f"{moved['staying']} stay and their customers were told.")
+        return (f"Maintenance of {window.node.hostname} booked; {_reservations(moved['moving'])} to move to other "
+                f"nodes, {_reservations(moved['staying'])} staying, whose customers were told.")
     return _change(request, "portal/_maintenance.html", _maintenance_context, change)
 
 
@@ -122,7 +122,7 @@ def maintenance_remove(request: HttpRequest, window_id: int) -> HttpResponse:
 @provider_required
 def payouts(request: HttpRequest) -> HttpResponse:
     """Return the payouts report of one month (``?month=YYYY-MM``, default this month) as CSV."""
-    month = request.GET.get("month") or timezone.now().strftime("%Y-%m")
+    month = (request.GET.get("month") or timezone.now().strftime("%Y-%m")).strip()
     bounds = month_bounds(month)
     if bounds is None:
         return HttpResponse(f"month {month[:20]!r} is not a month; use the form 2026-05.", status=400,
@@ -141,6 +141,15 @@ def _change(request: HttpRequest, template: str, context, change) -> HttpRespons
         return render(request, template, {**context(request.provider), "messages_failed": [str(error)]},
                       status=error.status)
     return render(request, template, {**context(request.provider), "messages_done": [message]})
+
+
+def _id_or_zero(text: str) -> int:
+    """Return ``text`` as a row id, or 0 (no row) unless it is plain ASCII digits; ``"²".isdigit()`` is true."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else 0
+
+
+def _reservations(count: int) -> str:
+    return f"{count} reservation{'s' if count != 1 else ''}"
 
 
 def _aware(text: str) -> datetime:

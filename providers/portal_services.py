@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 MAX_PRICE = Decimal("9999.9999")
 PRICE = re.compile(r"[0-9]{1,4}(\.[0-9]{1,4})?", re.ASCII)
 MAX_MAINTENANCE = timedelta(days=30)
+MAX_MAINTENANCE_LEAD = timedelta(days=366)
+"""A maintenance window starts at most this long ahead: bookings never reach further, and a date in
+year 9999 of one time zone may fall in year 10000 in UTC, which PostgreSQL stores and Python cannot read."""
 
 
 def parse_price(raw: str, field: str) -> Decimal:
@@ -116,6 +119,8 @@ def maintenance_create(*, provider: Organization, node_id: int, start_at: dateti
         problems.append(FieldProblem("reason", "Use plain text of at most 300 characters."))
     if start_at < now - timedelta(minutes=5):
         problems.append(FieldProblem("start_at", "The window must start now or later."))
+    elif start_at > now + MAX_MAINTENANCE_LEAD:
+        problems.append(FieldProblem("start_at", f"The window must start within {MAX_MAINTENANCE_LEAD.days} days."))
     if end_at <= start_at:
         problems.append(FieldProblem("end_at", "end_at must be after start_at."))
     elif end_at - start_at > MAX_MAINTENANCE:

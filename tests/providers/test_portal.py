@@ -109,7 +109,7 @@ def test_maintenance_blocks_new_bookings_and_moves_existing_ones(provider_client
         "end_at": (start + timedelta(hours=4)).strftime("%Y-%m-%dT%H:%M"), "reason": "firmware"})
 
     assert response.status_code == 200, response.content
-    assert "1 reservations move" in response.content.decode()
+    assert "1 reservation to move" in response.content.decode()
     assert MaintenanceWindow.objects.get().reason == "firmware"
     later = book(customer, hours=1, start_in=2)
     assert later.status == ReservationStatus.SCHEDULED
