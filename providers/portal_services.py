@@ -7,6 +7,7 @@ import logging
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -23,9 +24,6 @@ logger = logging.getLogger(__name__)
 MAX_PRICE = Decimal("9999.9999")
 PRICE = re.compile(r"[0-9]{1,4}(\.[0-9]{1,4})?", re.ASCII)
 MAX_MAINTENANCE = timedelta(days=30)
-MAX_MAINTENANCE_LEAD = timedelta(days=366)
-"""A maintenance window starts at most this long ahead: bookings never reach further, and a date in
-year 9999 of one time zone may fall in year 10000 in UTC, which PostgreSQL stores and Python cannot read."""
 
 
 def parse_price(raw: str, field: str) -> Decimal:
@@ -106,6 +104,16 @@ def minimum_price_set(*, provider: Organization, price: Decimal, actor=None) -> 
     return profile
 
 
+def _maintenance_lead() -> timedelta:
+    """Return how far ahead a maintenance window may start: as far as the last booking may end.
+
+    A date in year 9999 of one time zone may fall in year 10000 in UTC, which PostgreSQL stores
+    and Python cannot read back, so an unbounded start is refused.
+    """
+    limits = settings.MARKETPLACE
+    return timedelta(seconds=limits["MAX_HORIZON_SECONDS"] + limits["MAX_DURATION_SECONDS"])
+
+
 def maintenance_create(*, provider: Organization, node_id: int, start_at: datetime, end_at: datetime, reason: str,
                        actor=None, now: datetime | None = None) -> tuple[MaintenanceWindow, dict]:
     """Book a maintenance window: no new booking may overlap it, and the reservations it overlaps move away.
@@ -119,8 +127,9 @@ def maintenance_create(*, provider: Organization, node_id: int, start_at: dateti
         problems.append(FieldProblem("reason", "Use plain text of at most 300 characters."))
     if start_at < now - timedelta(minutes=5):
         problems.append(FieldProblem("start_at", "The window must start now or later."))
-    elif start_at > now + MAX_MAINTENANCE_LEAD:
-        problems.append(FieldProblem("start_at", f"The window must start within {MAX_MAINTENANCE_LEAD.days} days."))
+    elif start_at > now + _maintenance_lead():
+        problems.append(FieldProblem("start_at", f"The window must start within {_maintenance_lead().days} days, "
+                                                 f"as far as bookings reach."))
     if end_at <= start_at:
         problems.append(FieldProblem("end_at", "end_at must be after start_at."))
     elif end_at - start_at > MAX_MAINTENANCE:
