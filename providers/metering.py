@@ -14,10 +14,10 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import Max, Sum
 from django.utils import timezone
 
-from allocation.models import Allocation, ReservationStatus
+from allocation.models import Allocation, GpuShare, ReservationStatus
 
 from .models import UsageEntry
 
@@ -43,7 +43,7 @@ def usage_record(*, assignment, stopped_at: datetime) -> UsageEntry | None:
     if allocation is None:
         return None
     start = max(assignment.started_at, allocation.start_at)
-    stop = min(stopped_at, allocation.end_at if allocation.node_id == assignment.node_id else stopped_at)
+    stop = min(stopped_at, _billable_until(allocation, assignment.node_id))
     stop = max(stop, start)
     seconds = int((stop - start).total_seconds())
     amount = usage_amount(price_per_gpu_hour=allocation.price_per_gpu_hour,
@@ -65,6 +65,20 @@ def usage_record(*, assignment, stopped_at: datetime) -> UsageEntry | None:
     logger.info("Metered reservation %s on %s: %d s, %s %s", assignment.reservation_id, assignment.node.hostname,
                 seconds, amount, allocation.currency)
     return entry
+
+
+def _billable_until(allocation: Allocation, node_id: int) -> datetime:
+    """Return when ``allocation`` stopped holding ``node_id``: its end on its node, else the end of its shares there.
+
+    A move cuts the allocation's shares on the source at the switch and keeps them, so a run
+    that the source's agent reports late, or starts after the switch, is billed up to the switch
+    at most. A CPU-only allocation keeps no shares, so a run on a node it left bills nothing.
+    """
+    if allocation.node_id == node_id:
+        return allocation.end_at
+    left_at = (GpuShare.objects.filter(allocation=allocation, gpu__node_id=node_id)
+               .aggregate(left_at=Max("end_at"))["left_at"])
+    return left_at or allocation.start_at
 
 
 def open_assignments_close(*, now: datetime | None = None) -> int:

@@ -70,9 +70,9 @@ def node_register(*, node: Node, inventory: dict, agent_version: str, now: datet
 
         retired = [gpu for gpu in existing if gpu.pk not in claimed]
         for gpu in retired:
-            gpu.retired_at, gpu.health = now, Gpu.Health.FAILED
+            gpu.retired_at, gpu.health, gpu.probation_until = now, Gpu.Health.FAILED, None
             gpu.health_reasons = ["no longer found by the node's GPU discovery; retired"]
-            gpu.save(update_fields=["retired_at", "health", "health_reasons"])
+            gpu.save(update_fields=["retired_at", "health", "probation_until", "health_reasons"])
         _return_to_service(list(returning.values()), above=[gpu.index for gpu in existing])
         matched.update(returning)
         reindexed = _move_to_reported_indexes(
@@ -110,8 +110,9 @@ def _return_to_service(gpus: list[Gpu], above: list[int]) -> None:
     first_free = 1 + max(above + [gpu.index for gpu in gpus], default=-1)
     for position, gpu in enumerate(gpus):
         gpu.retired_at, gpu.index = None, first_free + position
+        gpu.health, gpu.probation_until = Gpu.Health.FAILED, None  # Its next healthy reading starts a probation.
         gpu.health_reasons = ["found again by the node's GPU discovery; out of placement until it reports healthy"]
-        gpu.save(update_fields=["retired_at", "index", "health_reasons"])
+        gpu.save(update_fields=["retired_at", "index", "health", "probation_until", "health_reasons"])
 
 
 def _move_to_reported_indexes(gpus_and_indexes: list[tuple[Gpu, int]]) -> int:
@@ -194,10 +195,14 @@ def heartbeats_ingest(*, heartbeats: list[tuple[Node, list[dict]]], now: datetim
                     power_w=reading.get("power_w"), ecc_uncorrected=reading.get("ecc_uncorrected") or 0,
                     xid_events=list(reading.get("xid_events") or []),
                 ))
+                # The newest reading of the batch counts, with the XID events of all of them: an
+                # XID is an event, whatever the order the snapshots came in.
                 previous = latest.get(gpu.pk)
+                xids = list(reading.get("xid_events") or []) + (previous[2] if previous else [])
                 if previous is None or previous[0] <= at:
-                    xids = list(reading.get("xid_events") or []) + (previous[2] if previous else [])
                     latest[gpu.pk] = (at, reading, xids)
+                else:
+                    latest[gpu.pk] = (previous[0], previous[1], xids)
     with transaction.atomic():
         # Lock the nodes first, in id order, as a booking does (its node, then that node's GPUs through the share
         # guard trigger), so ingestion and bookings take these rows in one order and cannot deadlock on them.

@@ -257,10 +257,15 @@ class _Cycle:
         """Record why ``item``, whose earliest start is still ahead, waits, and when it could start.
 
         The estimate is the first start at or after its earliest start where an allowed node has
-        the shape free for the whole run time, from the bookings known now. Nothing is held for it.
+        the shape free for the whole run time, from the bookings known now. That window is held,
+        within the cycle's ``reserve_depth``, so requests behind it get later estimates.
         """
         allowed = allowed_nodes(self.timeline, item, self.model_masks)
         slot = self.timeline.earliest_start(item.request, allowed, item.duration, not_before=item.not_before)
+        if slot is not None and self.held_windows < self.config.reserve_depth:
+            start, row, columns = slot
+            self.timeline.hold(row, columns, item.request, start, start + item.duration)
+            self.held_windows += 1
         if slot is not None and slot[0] <= item.not_before:
             return self.wait(item, "not_before_start", "Its earliest start has not come yet.", item.not_before)
         if not self.timeline.could_ever_fit(item.request, allowed):
@@ -274,7 +279,10 @@ class _Cycle:
                          slot[0])
 
     def place(self, item: Waiting, row: int, columns: tuple[int, ...]) -> None:
-        self.timeline.take(row, columns, item.request, 0.0, item.duration)
+        # Splitting rows keeps later estimates on this node exact, but costs a copy of the timeline's
+        # arrays, so it stops once the cycle estimates no more starts.
+        estimating = self.held_windows < self.config.reserve_depth
+        (self.timeline.hold if estimating else self.timeline.take)(row, columns, item.request, 0.0, item.duration)
         self.policy.placed(self.state, row)
         self.fair_share.add(item.organization, item.request)
         self.placed.append(Placed(item.key, row, tuple(columns), backfilled=bool(self.decisions)))

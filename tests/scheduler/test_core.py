@@ -256,3 +256,14 @@ def test_queued_requests_on_one_node_get_successive_estimates():
 
     estimates = sorted(decision.estimated_start for decision in result.waiting)
     assert estimates == pytest.approx([HOUR, 2 * HOUR, 3 * HOUR])
+
+
+def test_estimate_after_a_placement_on_one_node():
+    """One idle one-GPU node: the first request starts now for an hour, so the second can start at one hour."""
+    waiting = [Waiting(1, 1, gpus(1), HOUR, submitted=1), Waiting(2, 2, gpus(1), HOUR, submitted=2)]
+
+    result, _ = cycle(fleet(1), waiting)
+
+    assert [placed.key for placed in result.placed] == [1]
+    [decision] = result.waiting
+    assert decision.estimated_start == pytest.approx(HOUR), (decision.reason_code, decision.estimated_start)

@@ -204,3 +204,65 @@ def test_move_after_failed_start_rolls_back(customer, region):
     assert allocation.node_id == third.pk, (
         f"migration {migration.status}: the allocation moved to {allocation.node.hostname}, while the agent on "
         f"{third.hostname} is told to {action}")
+
+
+def assignment_of(node, reservation, at):
+    [assignment] = [a for a in agent_assignments(node=node, now=at) if a.reservation_id == reservation.pk]
+    return assignment
+
+
+@pytest.mark.django_db
+def test_source_start_after_switch_bills_nothing(customer, two_nodes):
+    """The source agent got a start action before the drain and reports started just after the switch."""
+    source, target = two_nodes
+    reservation = reservation_create(customer=customer, now=NOW, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=1000, memory_mib=1024, start_at=NOW,
+        end_at=NOW + hours(2)))
+    assert reservation.allocation.node == source
+    old = assignment_of(source, reservation, NOW + MINUTE)  # the agent gets a start action
+
+    node_drain(node_id=source.pk, now=NOW + 2 * MINUTE)
+    [migration] = Migration.objects.all()
+    migration = migration_advance(migration_id=migration.pk, now=NOW + 2 * MINUTE)
+    assert migration.status == Migration.Status.DONE  # nothing had started, so the switch ran at once
+
+    # The source's container came up meanwhile; the report arrives after the switch.
+    agent_report(node=source, assignment_id=old.pk, state="started", now=NOW + 3 * MINUTE)
+    new = assignment_of(target, reservation, NOW + 3 * MINUTE)
+    agent_report(node=target, assignment_id=new.pk, state="started", now=NOW + 3 * MINUTE)
+    agent_report(node=target, assignment_id=new.pk, state="exited", exit_code=0, now=NOW + 60 * MINUTE)
+    # The source agent is unreachable and reports its stop hours later.
+    agent_report(node=source, assignment_id=old.pk, state="exited", exit_code=143, now=NOW + hours(6))
+
+    allocation = Allocation.objects.get(reservation=reservation)
+    billed = {entry.node_id: (entry.started_at, entry.stopped_at, entry.amount)
+              for entry in UsageEntry.objects.filter(reservation=reservation)}
+    source_seconds = 0
+    if source.pk in billed:
+        started, stopped, _amount = billed[source.pk]
+        source_seconds = (stopped - started).total_seconds()
+    assert source_seconds == 0, (
+        f"the source is billed {source_seconds} s after the switch at {NOW + 2 * MINUTE}, up to "
+        f"{billed[source.pk][1]}, past the allocation's end {allocation.end_at}: {billed}")
+
+
+@pytest.mark.django_db
+def test_source_start_after_switch_never_stopped(customer, two_nodes):
+    """As above, but the source agent never reports its stop: closing it bills the target's run time twice."""
+    source, target = two_nodes
+    reservation = reservation_create(customer=customer, now=NOW, spec=ReservationSpec(
+        gpu_count=1, gpu_milli_per_gpu=1000, cpu_millicores=1000, memory_mib=1024, start_at=NOW,
+        end_at=NOW + hours(2)))
+    old = assignment_of(source, reservation, NOW + MINUTE)
+    node_drain(node_id=source.pk, now=NOW + 2 * MINUTE)
+    [migration] = Migration.objects.all()
+    assert migration_advance(migration_id=migration.pk, now=NOW + 2 * MINUTE).status == Migration.Status.DONE
+    agent_report(node=source, assignment_id=old.pk, state="started", now=NOW + 3 * MINUTE)
+    new = assignment_of(target, reservation, NOW + 3 * MINUTE)
+    agent_report(node=target, assignment_id=new.pk, state="started", now=NOW + 3 * MINUTE)
+    agent_report(node=target, assignment_id=new.pk, state="exited", exit_code=0, now=NOW + 60 * MINUTE)
+
+    open_assignments_close(now=NOW + hours(3))
+
+    on_source = UsageEntry.objects.filter(reservation=reservation, node=source)
+    assert sum((entry.stopped_at - entry.started_at).total_seconds() for entry in on_source) == 0
