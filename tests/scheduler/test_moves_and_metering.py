@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 
 from allocation.models import Allocation, ReservationStatus
-from allocation.services import ReservationSpec, reservation_cancel, reservation_create
+from allocation.services import ReservationSpec, quota_set, reservation_cancel, reservation_create
 from marketplace.models import Gpu
 from providers.metering import open_assignments_close
 from providers.models import UsageEntry
@@ -266,3 +266,18 @@ def test_source_start_after_switch_never_stopped(customer, two_nodes):
 
     on_source = UsageEntry.objects.filter(reservation=reservation, node=source)
     assert sum((entry.stopped_at - entry.started_at).total_seconds() for entry in on_source) == 0
+
+
+@pytest.mark.django_db
+def test_customer_above_lowered_quota_can_still_move(require_postgres, customer, two_nodes):
+    """An admin lowers a quota below what the customer holds; a drain still moves its reservation."""
+    source, target = two_nodes
+    reservation = reservation_create(customer=customer, spec=spec(), now=NOW)
+    quota_set(organization=customer, gpu_model=None, max_gpu_milli=0)
+
+    node_drain(node_id=source.pk, now=NOW + MINUTE)
+    [migration] = Migration.objects.all()
+    migration = migration_advance(migration_id=migration.pk, now=NOW + MINUTE)
+
+    assert migration.status == Migration.Status.DONE, migration.outcome
+    assert Allocation.objects.get(reservation=reservation).node_id == target.pk
