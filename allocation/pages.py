@@ -68,12 +68,17 @@ def approvals_decide(request: HttpRequest) -> HttpResponse:
     require_permission(request, "allocation.approve_reservation",
                        "Deciding on reservations needs the 'approve or reject reservations' permission.")
     decision = request.POST.get("decision")
-    ids = [int(value) for value in request.POST.getlist("ids") if value.isascii() and value.isdigit() and len(value) < 19]
+    values = request.POST.getlist("ids")
+    ids = [int(value) for value in values if value.isascii() and value.isdigit() and len(value) < 19]
     reason = request.POST.get("reason", "")
     messages, errors = [], []
 
     if decision not in ("approve", "reject"):
         errors.append("Choose Approve or Reject.")
+    elif len(ids) < len(values):
+        shown = ", ".join(repr(value[:20]) for value in values if not (value.isascii() and value.isdigit()
+                                                                        and len(value) < 19))
+        errors.append(f"Reservation ids must be whole numbers; these are not: {shown}. Select rows in the table.")
     elif not ids:
         errors.append("Select at least one reservation.")
     else:
@@ -90,7 +95,7 @@ def approvals_decide(request: HttpRequest) -> HttpResponse:
             messages.append(f"Reservation {reservation_id} {'approved' if decision == 'approve' else 'rejected'}.")
 
     context = {**_queue_context(request.POST), "messages_done": messages, "messages_failed": errors}
-    return render(request, "approvals/_table.html", context)
+    return render(request, "approvals/_table.html", context, status=400 if errors and not messages else 200)
 
 
 def _queue_context(params) -> dict:

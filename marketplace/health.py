@@ -11,6 +11,7 @@ import datetime
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 from health_check.checks import Database
 from health_check.contrib.celery import Ping
@@ -19,6 +20,7 @@ from health_check.views import HealthCheckView
 from redis.asyncio import Redis as RedisClient
 
 
+@csrf_exempt
 @require_safe
 def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})

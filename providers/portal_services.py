@@ -139,6 +139,12 @@ def maintenance_create(*, provider: Organization, node_id: int, start_at: dateti
                              errors=problems)
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=provider_node(provider, node_id).pk)
+        overlapping_window = MaintenanceWindow.objects.filter(node=node, start_at__lt=end_at, end_at__gt=start_at).first()
+        if overlapping_window is not None:
+            raise InvalidRequest(
+                f"Node {node.hostname} already has maintenance from {overlapping_window.start_at:%Y-%m-%d %H:%M} to "
+                f"{overlapping_window.end_at:%Y-%m-%d %H:%M} UTC. Choose a window outside it, or remove that one first.",
+                errors=[FieldProblem("start_at", "Overlaps another maintenance window of this node.")])
         window = MaintenanceWindow.objects.create(node=node, start_at=start_at, end_at=end_at, reason=reason[:300],
                                                   created_by=actor)
         overlapping = (Allocation.objects.filter(node=node, released_at__isnull=True, start_at__lt=end_at,
@@ -184,10 +190,15 @@ def payouts_csv(*, provider: Organization, start: datetime, end: datetime) -> st
     entries = (UsageEntry.objects.filter(provider=provider, stopped_at__gte=start, stopped_at__lt=end)
                .select_related("node").order_by("stopped_at", "id"))
     for entry in entries:
-        writer.writerow([entry.reservation_id, entry.node.hostname, entry.started_at.isoformat(),
+        writer.writerow([entry.reservation_id, _spreadsheet_safe(entry.node.hostname), entry.started_at.isoformat(),
                          entry.stopped_at.isoformat(), f"{Decimal(entry.gpu_milli_seconds) / 3_600_000:.6f}",
                          entry.price_per_gpu_hour, entry.amount, entry.provider_share, entry.currency])
         total += entry.provider_share
     writer.writerow(["total", "", start.isoformat(), end.isoformat(), "", "", "",
                      total.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP), ""])
     return output.getvalue()
+
+
+def _spreadsheet_safe(text: str) -> str:
+    """Return ``text`` for a CSV cell that a spreadsheet will not run as a formula (a leading = + - or @)."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@") else text

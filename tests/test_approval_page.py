@@ -100,9 +100,17 @@ def test_api_create_pending_is_202(api, customer, t4_node):
     assert response.json()["status"] == "pending_approval"
 
 
-def test_unicode_digits_are_ignored(staff_client, pending):
+def test_unicode_digits_are_named_and_refused(staff_client, pending):
     page = staff_client.get("/ops/approvals/", {"min_gpus": "\u00b2"})
     decide = staff_client.post("/ops/approvals/decide/", {"decision": "approve", "ids": ["\u00b2"]})
 
     assert page.status_code == 200
-    assert "Select at least one reservation" in decide.content.decode()
+    assert decide.status_code == 400
+    assert "must be whole numbers" in decide.content.decode()
+
+
+def test_unknown_decision_is_400(staff_client, pending):
+    response = staff_client.post("/ops/approvals/decide/", {"decision": "maybe", "ids": [pending.pk]})
+
+    assert response.status_code == 400
+    assert "Choose Approve or Reject" in response.content.decode()

@@ -9,6 +9,7 @@ from django.utils import timezone
 from allocation.models import ReservationStatus
 from allocation.services import ReservationSpec, reservation_create
 from marketplace.models import MaintenanceWindow, Membership
+from providers.portal_services import _spreadsheet_safe
 from scheduler.cycle import scheduling_cycle
 
 from ..factories import UserFactory
@@ -76,3 +77,27 @@ def test_cycle_runs_after_far_maintenance_request(require_postgres, provider_cli
 
 def test_health_live_head_is_200(client):
     assert client.head("/health/live/").status_code == 200
+
+
+def test_health_live_post_is_405(client):
+    assert client.post("/health/live/").status_code == 405
+
+
+def test_overlapping_maintenance_is_400(provider_client, t4_node):
+    start = timezone.now() + timedelta(days=1)
+    window = {"node": t4_node.pk, "start_at": start.strftime("%Y-%m-%dT%H:%M"),
+              "end_at": (start + timedelta(hours=4)).strftime("%Y-%m-%dT%H:%M")}
+    assert provider_client.post("/provider/maintenance/", window).status_code == 200
+    later = {**window, "start_at": (start + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M"),
+             "end_at": (start + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M")}
+
+    response = provider_client.post("/provider/maintenance/", later)
+
+    assert response.status_code == 400
+    assert "already has maintenance" in response.content.decode()
+    assert MaintenanceWindow.objects.count() == 1
+
+
+def test_formula_in_hostname_is_quoted_in_csv():
+    assert _spreadsheet_safe("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert _spreadsheet_safe("node-1") == "node-1"
