@@ -42,7 +42,7 @@ from marketplace.exceptions import InvalidRequest, NotFound
 from marketplace.models import Gpu, Node, Organization
 from providers.metering import usage_record
 
-from .models import Assignment, Decision, Migration
+from .models import Assignment, Decision, Migration, Preemption, PreemptionVictim
 
 logger = logging.getLogger(__name__)
 
@@ -244,9 +244,13 @@ def _roll_back(migration: Migration, reason: str, now: datetime) -> None:
         GpuShare.objects.filter(allocation=hold).delete()
         hold.delete()
     # Past the deadline too: an agent that has not stopped yet runs on, and the reservation stays here.
-    (Assignment.objects.filter(reservation_id=migration.reservation_id, node_id=migration.from_node_id,
-                               status__in=[Assignment.Status.ASSIGNED, Assignment.Status.STARTED])
-     .update(stop_requested_at=None, stop_by=None))
+    # A preemption in its grace period keeps the stop request it shares with this move.
+    in_grace = PreemptionVictim.objects.filter(reservation_id=migration.reservation_id,
+                                               preemption__status=Preemption.Status.GRACE).exists()
+    if not in_grace:
+        (Assignment.objects.filter(reservation_id=migration.reservation_id, node_id=migration.from_node_id,
+                                   status__in=[Assignment.Status.ASSIGNED, Assignment.Status.STARTED])
+         .update(stop_requested_at=None, stop_by=None))
     migration.status, migration.outcome = Migration.Status.ROLLED_BACK, reason
     migration.save(update_fields=["hold", "status", "outcome", "updated_at"])
     _not_migrated(migration.reservation_id, f"The move to another node was rolled back: {reason}", now)

@@ -21,7 +21,7 @@ from allocation.services import reservation_requeue, reservation_transition
 from marketplace.audit import audit_record
 from marketplace.exceptions import FieldProblem, InvalidRequest, InvalidTransition, NotFound
 
-from .models import Assignment, Decision, Preemption, PreemptionVictim, PriorityClass, Workload
+from .models import Assignment, Decision, Migration, Preemption, PreemptionVictim, PriorityClass, Workload
 
 logger = logging.getLogger(__name__)
 
@@ -203,9 +203,12 @@ def _close_obsolete(preemption: Preemption, now: datetime) -> None:
     if preemption.status == Preemption.Status.GRACE:
         victims = preemption.victims.values_list("reservation_id", flat=True)
         # Past the deadline too: a victim still active was not preempted, so its agent may run on.
+        # A victim that an open migration is moving keeps the stop request it shares with that move.
+        moving = Migration.objects.filter(reservation_id__in=list(victims), status=Migration.Status.MOVING)
         Assignment.objects.filter(reservation_id__in=list(victims), reservation__status=ReservationStatus.ACTIVE,
                                   status__in=[Assignment.Status.ASSIGNED, Assignment.Status.STARTED],
-                                  ).update(stop_requested_at=None, stop_by=None)
+                                  ).exclude(reservation_id__in=moving.values("reservation_id")).update(
+            stop_requested_at=None, stop_by=None)
     preemption.status = Preemption.Status.OBSOLETE
     preemption.decision_note = "The beneficiary no longer waited; the victims keep running."
     preemption.save(update_fields=["status", "decision_note"])
