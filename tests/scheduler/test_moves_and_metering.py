@@ -7,14 +7,14 @@ import pytest
 
 from allocation.models import Allocation, ReservationStatus
 from allocation.services import ReservationSpec, quota_set, reservation_cancel, reservation_create
-from marketplace.models import Gpu
+from marketplace.models import Gpu, Node
 from providers.metering import open_assignments_close
 from providers.models import UsageEntry
 from providers.telemetry import node_register
 from scheduler.agents import agent_assignments, assignment_action, agent_report
 from scheduler.cycle import scheduling_cycle
 from scheduler.migrating import migration_advance, migration_plan, node_drain
-from scheduler.models import Migration, Preemption, Workload
+from scheduler.models import Assignment, Migration, Preemption, PreemptionVictim, PriorityClass, Workload
 from scheduler.preemptions import preemptions_finish
 
 from ..conftest import NOW, hours
@@ -281,3 +281,26 @@ def test_customer_above_lowered_quota_can_still_move(require_postgres, customer,
 
     assert migration.status == Migration.Status.DONE, migration.outcome
     assert Allocation.objects.get(reservation=reservation).node_id == target.pk
+
+
+@pytest.mark.django_db
+def test_rolled_back_move_keeps_preemption_stop(customer, other_customer, two_nodes):
+    """A victim in its grace period keeps its stop request when a move of it rolls back."""
+    source, target = two_nodes
+    victim = reservation_create(customer=customer, spec=spec(), now=NOW)
+    running = start_on(source, victim, NOW + MINUTE)
+    beneficiary = reservation_create(customer=other_customer, spec=spec(), now=NOW)
+    preemption = Preemption.objects.create(beneficiary=beneficiary, node=source, status=Preemption.Status.GRACE,
+                                           explanation="test", created_at=NOW, grace_ends_at=NOW + 10 * MINUTE)
+    PreemptionVictim.objects.create(preemption=preemption, reservation=victim, mode=PriorityClass.Mode.CANCEL)
+    stop_by = NOW + 10 * MINUTE
+    Assignment.objects.filter(pk=running.pk).update(stop_requested_at=NOW + 2 * MINUTE, stop_by=stop_by)
+
+    migration = migration_plan(reservation_id=victim.pk, to_node_id=target.pk, kind=Migration.Kind.DRAIN,
+                               reason="test", now=NOW + 2 * MINUTE)
+    migration_advance(migration_id=migration.pk, now=NOW + 2 * MINUTE, max_steps=2)
+    Node.objects.filter(pk=target.pk).update(status=Node.Status.DRAINING)
+    migration = migration_advance(migration_id=migration.pk, now=NOW + 11 * MINUTE)
+
+    assert migration.status == Migration.Status.ROLLED_BACK
+    assert Assignment.objects.get(pk=running.pk).stop_by == stop_by
