@@ -41,6 +41,18 @@ def start_on(node, reservation, at):
     return assignment
 
 
+def drain_and_switch(source):
+    """Drain ``source`` at 10 minutes and return when its reservation's move switched: at 13 minutes.
+
+    The source's agent gets 120 s to stop, so at 13 minutes that deadline passed and the switch runs.
+    """
+    node_drain(node_id=source.pk, now=NOW + 10 * MINUTE)
+    [migration] = Migration.objects.all()
+    migration_advance(migration_id=migration.pk, now=NOW + 10 * MINUTE)
+    assert migration_advance(migration_id=migration.pk, now=NOW + 13 * MINUTE).status == Migration.Status.DONE
+    return NOW + 13 * MINUTE
+
+
 @pytest.mark.django_db
 def test_late_source_stop_is_billed_to_switch(customer, two_nodes):
     """Check that a source agent's late stop report is metered only up to the switch, not to the report."""
@@ -49,13 +61,7 @@ def test_late_source_stop_is_billed_to_switch(customer, two_nodes):
     assert reservation.allocation.node == source
     old = start_on(source, reservation, NOW + MINUTE)
 
-    node_drain(node_id=source.pk, now=NOW + 10 * MINUTE)
-    [migration] = Migration.objects.all()
-    # Moving: the source agent has 120 s to stop. At 13 minutes that deadline passed, so the switch runs.
-    migration_advance(migration_id=migration.pk, now=NOW + 10 * MINUTE)
-    migration = migration_advance(migration_id=migration.pk, now=NOW + 13 * MINUTE)
-    assert migration.status == Migration.Status.DONE
-    switched_at = NOW + 13 * MINUTE
+    switched_at = drain_and_switch(source)
 
     new = start_on(target, reservation, NOW + 14 * MINUTE)
     agent_report(node=target, assignment_id=new.pk, state="exited", exit_code=0, now=NOW + 30 * MINUTE)
@@ -74,10 +80,7 @@ def test_unreported_source_stop_bills_no_overlap(customer, two_nodes):
     source, target = two_nodes
     reservation = reservation_create(customer=customer, spec=spec(), now=NOW)
     start_on(source, reservation, NOW + MINUTE)
-    node_drain(node_id=source.pk, now=NOW + 10 * MINUTE)
-    [migration] = Migration.objects.all()
-    migration_advance(migration_id=migration.pk, now=NOW + 10 * MINUTE)
-    assert migration_advance(migration_id=migration.pk, now=NOW + 13 * MINUTE).status == Migration.Status.DONE
+    drain_and_switch(source)
     new = start_on(target, reservation, NOW + 14 * MINUTE)
     agent_report(node=target, assignment_id=new.pk, state="exited", exit_code=0, now=NOW + 30 * MINUTE)
 
