@@ -156,7 +156,8 @@ def _decide_and_write(
         ranked, states = placement_shortlist(request=request, start_at=spec.start_at, end_at=spec.end_at,
                                              node_filter=node_filter, policy=policy)
     if not ranked:
-        outcome = placement_diagnose(request, spec.start_at, spec.end_at, node_filter, shortlisted_any=bool(states))
+        outcome = placement_diagnose(request, spec.start_at, spec.end_at, node_filter, shortlisted_any=bool(states),
+                                     price_factor=price_factor)
         return _write_rejection(payload, customer, resolved, terms, actor, outcome.reason, outcome.detail)
 
     approval_policy = _approval_policy(context["approval"])

@@ -151,7 +151,11 @@ def placement_find_and_commit(
                 f"was placed. Submit the request again, or see GET /api/v1/offers/ for free capacity."
             ),
         )
-    return placement_diagnose(request, start_at, end_at, node_filter)
+    return placement_diagnose(request, start_at, end_at, node_filter, price_factor=price_factor)
+
+
+def _interruptible_note(price_factor: Decimal) -> str:
+    return "" if price_factor == 1 else f" (interruptible work pays {price_factor} of a node's list price)"
 
 
 def _filtered(node_ids: tuple[int, ...], node_filter: NodeFilter, start_at: datetime, end_at: datetime) -> list[int]:
@@ -277,12 +281,14 @@ def _replan_locked_node(
 
 def placement_diagnose(
     request: PlacementRequest, start_at: datetime, end_at: datetime, node_filter: NodeFilter, *,
-    shortlisted_any: bool = False,
+    shortlisted_any: bool = False, price_factor: Decimal = Decimal(1),
 ) -> PlacementOutcome:
     """Explain why no node fits: the price cap, current usage, or a shape no node can ever hold.
 
     ``shortlisted_any`` is true when the shortlist read at least one node's state. Such a node
     could hold the request when idle, so no query is needed to rule out ``no_matching_node``.
+    ``node_filter`` caps list prices; the message states the cap as the request pays it, at
+    ``price_factor`` of the list price.
     """
     window = f"from {start_at:%Y-%m-%d %H:%M} to {end_at:%Y-%m-%d %H:%M} UTC"
     shape = describe_shape(request)
@@ -296,8 +302,9 @@ def placement_diagnose(
                 reason=RejectionReason.PRICE_ABOVE_MAXIMUM,
                 detail=(
                     f"Nodes can hold {shape} {window}, but none at or below the maximum price of "
-                    f"{node_filter.max_price_per_gpu_hour} per GPU-hour. Raise max_price_per_gpu_hour "
-                    f"or see GET /api/v1/offers/ for current prices."
+                    f"{charged_price(node_filter.max_price_per_gpu_hour, price_factor)} per GPU-hour"
+                    f"{_interruptible_note(price_factor)}. Raise max_price_per_gpu_hour or see GET "
+                    f"/api/v1/offers/ for current prices."
                 ),
             )
 

@@ -18,10 +18,18 @@ def charged_price(list_price: Decimal, price_factor: Decimal) -> Decimal:
 
 
 def node_price_cap(price_cap: Decimal | None, price_factor: Decimal) -> Decimal | None:
-    """Return the highest node list price whose share ``price_factor`` stays within ``price_cap``, to 4 places."""
+    """Return the highest node list price, to 4 places, whose ``charged_price`` stays within ``price_cap``.
+
+    The charged price is rounded, so a list price a little above ``price_cap / price_factor`` may
+    still charge exactly ``price_cap``: an interruptible option's price, sent back as the cap,
+    must find its node again.
+    """
     if price_cap is None:
         return None
-    return (price_cap / price_factor).quantize(PRICE_STEP, rounding=ROUND_DOWN)
+    highest = (price_cap / price_factor).quantize(PRICE_STEP, rounding=ROUND_DOWN)
+    while charged_price(highest + PRICE_STEP, price_factor) <= price_cap:
+        highest += PRICE_STEP
+    return highest
 
 
 def billed_gpu_milli(

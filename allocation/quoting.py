@@ -104,7 +104,7 @@ def reservation_quote(
     if ranked:
         return _no_fit(customer, request, spec, node_filter, factor, policy, now, RejectionReason.BUDGET_EXCEEDED,
                        "On every node that fits, the charge would take the organization past its budget.")
-    outcome = placement_diagnose(request, spec.start_at, spec.end_at, admitted)
+    outcome = placement_diagnose(request, spec.start_at, spec.end_at, admitted, price_factor=factor)
     reason, detail = outcome.reason, outcome.detail
     if budget_binds and reason == RejectionReason.PRICE_ABOVE_MAXIMUM:
         reason = RejectionReason.BUDGET_EXCEEDED

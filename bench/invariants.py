@@ -36,7 +36,8 @@ CHECKS = {
     # A customer stays within each quota per GPU model. Over all models it may pass its own quota
     # only as a cohort member: by at most its borrowing limit, and never past its cohort's summed
     # quotas, which every borrowing admission checked. A lender admitted within its own quota may
-    # later take the cohort past that sum, so the cohort's total is not checked.
+    # later take the cohort past that sum, so at each instant only the members above their own
+    # quota are added up against it.
     "quota_overrun": """
         WITH events AS (
             SELECT customer_id, gpu_model_id, start_at AS at, gpu_milli_total AS delta
@@ -62,6 +63,24 @@ CHECKS = {
             FROM allocation_cohortmembership m
             JOIN allocation_quota q ON q.organization_id = m.organization_id AND q.gpu_model_id IS NULL
             GROUP BY m.cohort_id
+        ), cohort_instants AS (
+            SELECT DISTINCT m.cohort_id, a.start_at AS at
+            FROM allocation_allocation a
+            JOIN allocation_cohortmembership m ON m.organization_id = a.customer_id
+            WHERE a.end_at > a.start_at
+        ), member_usage AS (
+            SELECT i.cohort_id, i.at, m.organization_id, SUM(a.gpu_milli_total) AS used
+            FROM cohort_instants i
+            JOIN allocation_cohortmembership m ON m.cohort_id = i.cohort_id
+            JOIN allocation_allocation a ON a.customer_id = m.organization_id AND a.start_at <= i.at
+                                         AND a.end_at > i.at
+            GROUP BY i.cohort_id, i.at, m.organization_id
+        ), borrowers AS (
+            SELECT u.cohort_id, u.at, SUM(u.used) AS used
+            FROM member_usage u
+            JOIN allocation_quota q ON q.organization_id = u.organization_id AND q.gpu_model_id IS NULL
+            WHERE u.used > q.max_gpu_milli
+            GROUP BY u.cohort_id, u.at
         )
         SELECT (SELECT COUNT(*) FROM overall p
                 JOIN allocation_quota q ON q.organization_id = p.customer_id AND q.gpu_model_id IS NULL
@@ -72,7 +91,10 @@ CHECKS = {
                        OR p.peak - q.max_gpu_milli > COALESCE(m.borrowing_limit_gpu_milli, p.peak)))
              + (SELECT COUNT(*) FROM per_model p
                 JOIN allocation_quota q ON q.organization_id = p.customer_id AND q.gpu_model_id = p.gpu_model_id
-                WHERE p.peak > q.max_gpu_milli)""",
+                WHERE p.peak > q.max_gpu_milli)
+             + (SELECT COUNT(DISTINCT b.cohort_id) FROM borrowers b
+                JOIN cohort_quota c ON c.cohort_id = b.cohort_id
+                WHERE b.used > c.total)""",
     # Half-written states, as a crash or a lost database between two writes would leave them.
     "booked_without_allocation": """
         SELECT COUNT(*) FROM allocation_reservation r
