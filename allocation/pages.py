@@ -69,16 +69,16 @@ def approvals_decide(request: HttpRequest) -> HttpResponse:
                        "Deciding on reservations needs the 'approve or reject reservations' permission.")
     decision = request.POST.get("decision")
     values = request.POST.getlist("ids")
-    ids = [int(value) for value in values if value.isascii() and value.isdigit() and len(value) < 19]
+    ids = [int(value) for value in values if _is_id(value)]
     reason = request.POST.get("reason", "")
     messages, errors = [], []
 
     if decision not in ("approve", "reject"):
         errors.append("Choose Approve or Reject.")
     elif len(ids) < len(values):
-        shown = ", ".join(repr(value[:20]) for value in values if not (value.isascii() and value.isdigit()
-                                                                        and len(value) < 19))
-        errors.append(f"Reservation ids must be whole numbers; these are not: {shown}. Select rows in the table.")
+        malformed = ", ".join(repr(value[:20]) for value in values if not _is_id(value))
+        errors.append(f"Reservation ids must be whole numbers; these are not: {malformed}. Select rows in the table.")
+        logger.info("Approval decision by %s rejected: ids that are not whole numbers: %s", request.user, malformed)
     elif not ids:
         errors.append("Select at least one reservation.")
     else:
@@ -96,6 +96,11 @@ def approvals_decide(request: HttpRequest) -> HttpResponse:
 
     context = {**_queue_context(request.POST), "messages_done": messages, "messages_failed": errors}
     return render(request, "approvals/_table.html", context, status=400 if errors and not messages else 200)
+
+
+def _is_id(value: str) -> bool:
+    """Return whether ``value`` is a row id: ASCII digits that fit a bigint (``"²".isdigit()`` is true)."""
+    return value.isascii() and value.isdigit() and len(value) < 19
 
 
 def _queue_context(params) -> dict:
